@@ -1,0 +1,57 @@
+# PIM SRE Lab. Every target goes through the project CLI (`pimlab`) in the project's venv.
+# `make lab` brings up the lab; `make test` runs the tests. Both install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIMLAB := $(VENV)/bin/pimlab
+# Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
+# Prometheus and promtool for real rule evaluation.
+DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
+
+.PHONY: help deps venv cluster-up cluster-down cluster-status crds lab lab-down test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the project needs (only the missing ones)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed ## the Python virtual environment with the project and its test tools
+
+cluster-up: deps venv ## start the local control plane (built once from the Go module proxy)
+	$(PIMLAB) cluster up
+
+cluster-down: venv ## stop the local control plane and remove its state
+	$(PIMLAB) cluster down
+
+cluster-status: venv ## which control-plane components run, nodes and namespaces
+	$(PIMLAB) cluster status
+
+crds: venv ## regenerate crds/ from the pydantic models
+	$(PIMLAB) crds
+
+lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
+	$(PIMLAB) lab up
+
+lab-down: venv ## stop the operator and the control plane
+	$(PIMLAB) lab down
+
+test: deps venv ## run the test suite (starts the control plane if it is not running)
+	$(PY) -m pytest
+
+bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
+	$(PY) tests/benchmarks/bench_booking.py
+
+clean: cluster-down ## remove the venv and every local state
+	rm -rf $(VENV) .lab

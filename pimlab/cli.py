@@ -1,0 +1,40 @@
+"""`pimlab`: the one entry point the Makefile, the image and the docs call.
+
+Each area of the project adds its own sub-commands through an `add_commands(subparsers)`
+function, so this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pimlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from pimlab import cluster_cli
+
+    cluster_cli.add_commands(sub)
+    try:
+        from pimlab_operator import cli as operator_cli
+    except ImportError:  # pragma: no cover - only while the operator package is being written
+        operator_cli = None
+    if operator_cli is not None:
+        operator_cli.add_commands(sub)
+    try:
+        from api_services import cli as services_cli
+    except ImportError:  # pragma: no cover
+        services_cli = None
+    if services_cli is not None:
+        services_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Build the local Kubernetes control plane from the Go module proxy.
+
+kind needs a Docker engine; our machines have none. So the tests and the quick start run a real
+control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok)
+compiled once with the machine's Go and cached outside the repository, in a directory named
+after the versions so an upgrade never mixes binaries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+KWOK_VERSION = "v0.7.0"
+# Upstream's go.mod for 1.34 says `go 1.24.0` and `godebug default=go1.24`.
+GO_DIRECTIVE = "1.24.0"
+GODEBUG_DEFAULT = "go1.24"
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+BINARIES = (*KUBE_COMMANDS, "etcd", "kwok")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("PIMLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pimlab"
+    )
+    return Path(base)
+
+
+def bin_dir() -> Path:
+    return cache_root() / f"controlplane-k8s-{KUBERNETES_VERSION}-kwok-{KWOK_VERSION}" / "bin"
+
+
+def is_built() -> bool:
+    return all((bin_dir() / name).is_file() for name in BINARIES)
+
+
+def _go(args: list[str], cwd: Path, log) -> None:
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
+    print(f"$ go {' '.join(args)}", file=log, flush=True)
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go {args[0]} failed in {cwd} (exit {proc.returncode}); see {log.name}")
+
+
+def _staging_replaces(work: Path, log) -> list[str]:
+    """Map every staging module that k8s.io/kubernetes pins at v0.0.0 to its published v0.X.Y."""
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+        cwd=work, capture_output=True, text=True, check=True,
+    )
+    gomod = Path(json.loads(out.stdout)["GoMod"]).read_text()
+    staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
+    modules = sorted(
+        {line.split()[0] for line in gomod.splitlines() if "=> ./staging/src/" in line}
+    )
+    print(f"{len(modules)} staging modules -> {staging_version}", file=log, flush=True)
+    return [f"\t{m} => {m} {staging_version}" for m in modules]
+
+
+def _version_ldflags() -> str:
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    values = {
+        "gitVersion": KUBERNETES_VERSION,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "gitCommit": f"module-{KUBERNETES_VERSION}",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [f"-X {pkg}.{key}={val}" for key, val in values.items()]
+    return " ".join(flags)
+
+
+def build(log=sys.stderr) -> Path:
+    """Compile every binary that is missing into bin_dir(); return bin_dir()."""
+    if shutil.which("go") is None:
+        raise RuntimeError("Go is not installed: the control plane is built with the machine's Go")
+    target = bin_dir()
+    if is_built():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    # Two builds at once (a test run and `make lab`) would race on the wrapper module.
+    with open(target.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_built():
+            print(f"building the control plane into {target} (once; 20-40 min cold on 2 cores)",
+                  file=log, flush=True)
+            _build_missing(target, log)
+    return target
+
+
+def _build_missing(target: Path, log) -> None:
+    work = target.parent / "work"
+    kube_mod = work / "kubernetes"
+    kube_mod.mkdir(parents=True, exist_ok=True)
+
+    missing_kube = [c for c in (*KUBE_COMMANDS, "etcd") if not (target / c).is_file()]
+    if missing_kube:
+        (kube_mod / "go.mod").write_text("module pimlab.local/controlplane\n")
+        replaces = _staging_replaces(kube_mod, log)
+        (kube_mod / "go.mod").write_text(
+            "module pimlab.local/controlplane\n\n"
+            f"go {GO_DIRECTIVE}\n\ngodebug default={GODEBUG_DEFAULT}\n\n"
+            f"require k8s.io/kubernetes {KUBERNETES_VERSION}\n\n"
+            "replace (\n" + "\n".join(replaces) + "\n)\n"
+        )
+        # A blank-import file keeps the etcd server module in the graph at the version
+        # Kubernetes itself pins, so etcd and the apiserver agree on the storage client.
+        (kube_mod / "tools.go").write_text(
+            "//go:build tools\n\npackage tools\n\n"
+            "import (\n"
+            + "".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"\n' for c in KUBE_COMMANDS)
+            + '\t_ "go.etcd.io/etcd/server/v3"\n)\n'
+        )
+        _go(["mod", "tidy", "-e"], kube_mod, log)
+        for name in missing_kube:
+            pkg = "go.etcd.io/etcd/server/v3" if name == "etcd" else f"k8s.io/kubernetes/cmd/{name}"
+            ldflags = "-s -w" if name == "etcd" else _version_ldflags()
+            partial = target / f"{name}.partial"
+            _go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), pkg],
+                kube_mod, log)
+            partial.rename(target / name)
+
+    if not (target / "kwok").is_file():
+        env_bin = work / "kwok-bin"
+        env_bin.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, GOBIN=str(env_bin), CGO_ENABLED="0")
+        print(f"$ go install sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}", file=log, flush=True)
+        proc = subprocess.run(
+            ["go", "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"go install kwok failed (exit {proc.returncode}); see {log.name}")
+        shutil.move(str(env_bin / "kwok"), target / "kwok")
+
+
+if __name__ == "__main__":
+    print(build())
