@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pimlab import cluster_cli
 
     cluster_cli.add_commands(sub)
+    cluster_cli.add_lab_commands(sub)
     try:
         from pimlab_operator import cli as operator_cli
     except ImportError:  # pragma: no cover - only while the operator package is being written

@@ -56,3 +56,43 @@ def add_commands(sub) -> None:
     actions.add_parser("down", help="stop every process and remove the state").set_defaults(func=_down)
     actions.add_parser("status", help="which components run").set_defaults(func=_status)
     actions.add_parser("build", help="compile the binaries into the cache").set_defaults(func=_build)
+
+
+def _lab_up(args) -> int:
+    from pimlab.lab import LocalLab
+
+    lab = LocalLab(args.root)
+    try:
+        lab.up(samples=not args.no_samples)
+    except (ControlPlaneError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not args.no_samples:
+        proc = lab.plane.kubectl("wait", "--for=condition=Ready", "lab", "--all", "-n", "lab",
+                                 f"--timeout={args.wait}s", check=False, timeout=args.wait + 10)
+        print(proc.stdout + proc.stderr, end="")
+    print(lab.state())
+    print(f"The lab is up. Operator log: {lab.operator_log}\n"
+          f"  export KUBECONFIG={lab.plane.layout.kubeconfig} PATH={lab.plane.layout.bin}:$PATH\n"
+          "  kubectl get pimlab -A\n"
+          "Stop everything with `make lab-down`.")
+    return 0
+
+
+def _lab_down(args) -> int:
+    from pimlab.lab import LocalLab
+
+    LocalLab(args.root).down()
+    print("operator and control plane stopped")
+    return 0
+
+
+def add_lab_commands(sub) -> None:
+    lab = sub.add_parser("lab", help="the whole lab on the local control plane")
+    lab.add_argument("--root", default=".", help="working tree whose .lab/ holds the state")
+    actions = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("up", help="control plane, CRDs, operator, samples")
+    up.add_argument("--no-samples", action="store_true", help="do not apply samples/")
+    up.add_argument("--wait", type=int, default=120, help="seconds to wait for the sample Lab")
+    up.set_defaults(func=_lab_up)
+    actions.add_parser("down", help="stop the operator and the control plane").set_defaults(func=_lab_down)

@@ -297,6 +297,9 @@ class LocalControlPlane:
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     f"--server-address={HOST}:{ports.kwok}",
                     "--cidr=10.244.0.0/16", f"--node-ip={HOST}",
+                    # Node leases: without them the node-lifecycle controller sees stale
+                    # heartbeats, marks the nodes NotReady and their pods not Ready.
+                    "--node-lease-duration-seconds=40",
                 ],
                 lambda: _port_open(ports.kwok),
             ),

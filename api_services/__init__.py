@@ -1,0 +1,1 @@
+"""The healthcare API services the lab operates: gateway, domain services and event workers."""

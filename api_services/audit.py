@@ -1,0 +1,104 @@
+"""The hash-chained audit log, and the one function every write goes through.
+
+`record_write` adds, inside the caller's transaction, the history row (before/after), the
+audit event chained to its predecessor by SHA-256, and the outbox event. The chain head is
+kept in `audit_head`, so deleting the newest rows is as detectable as editing old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from api_services.db import audit_events, audit_head, history, outbox
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: str
+    persona: str
+    request_id: str
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def canonical(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(prev_hash: str, row: dict) -> str:
+    fields = {k: row[k] for k in ("seq", "event_id", "ts", "user_id", "request_id", "persona", "action",
+                                  "entity", "entity_id", "before", "after")}
+    return hashlib.sha256((prev_hash + canonical(fields)).encode()).hexdigest()
+
+
+def chain_head_for_update():
+    """The chain head, locked until commit: SQLite's BEGIN IMMEDIATE already serialises writers;
+    SQL Server needs the explicit UPDLOCK/HOLDLOCK hint (its dialect ignores FOR UPDATE)."""
+    return (sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+            .with_hint(audit_head, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql"))
+
+
+def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entity_id: str,
+                 before: dict | None, after: dict | None) -> dict:
+    head = conn.execute(chain_head_for_update()).first()
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    row = {"seq": seq + 1, "event_id": str(uuid.uuid4()), "ts": now_iso(), "user_id": actor.user_id,
+           "request_id": actor.request_id, "persona": actor.persona, "action": action, "entity": entity,
+           "entity_id": entity_id, "before": canonical(before), "after": canonical(after), "prev_hash": prev}
+    row["hash"] = _digest(prev, row)
+    conn.execute(audit_events.insert().values(**row))
+    if head:
+        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=row["seq"], hash=row["hash"]))
+    else:
+        conn.execute(audit_head.insert().values(id=1, seq=row["seq"], hash=row["hash"]))
+    return row
+
+
+def record_write(conn: Connection, actor: Actor, *, action: str, entity: str, entity_id: str, version: int,
+                 before: dict | None, after: dict, event_type: str) -> str:
+    """History + audit + outbox for a row the caller has just written in `conn`'s transaction."""
+    ts = now_iso()
+    conn.execute(history.insert().values(entity=entity, entity_id=entity_id, version=version,
+                                         before=canonical(before), after=canonical(after), valid_from=ts,
+                                         request_id=actor.request_id, user_id=actor.user_id))
+    audit = append_audit(conn, actor, action, entity, entity_id, before, after)
+    event_id = str(uuid.uuid4())
+    payload = {"event_id": event_id, "type": event_type, "entity": entity, "entity_id": entity_id,
+               "version": version, "audit_seq": audit["seq"], "request_id": actor.request_id,
+               "user_id": actor.user_id, "occurred_at": ts, "data": after}
+    conn.execute(outbox.insert().values(event_id=event_id, event_type=event_type, entity_id=entity_id,
+                                        payload=canonical(payload), created_at=ts))
+    return event_id
+
+
+def verify_chain(conn: Connection) -> dict:
+    """Walk one shard's chain; report edited rows, gaps (deleted rows) and a truncated tail."""
+    problems: list[dict] = []
+    prev_hash, expected_seq, count = GENESIS, 1, 0
+    for row in conn.execute(sa.select(audit_events).order_by(audit_events.c.seq)).mappings():
+        count += 1
+        if row["seq"] != expected_seq:
+            problems.append({"seq": expected_seq, "problem": "missing", "detail": f"next row is seq {row['seq']}"})
+        if row["prev_hash"] != prev_hash:
+            problems.append({"seq": row["seq"], "problem": "broken_link"})
+        if _digest(row["prev_hash"], dict(row)) != row["hash"]:
+            problems.append({"seq": row["seq"], "problem": "altered"})
+        prev_hash, expected_seq = row["hash"], row["seq"] + 1
+    head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).first()
+    last_seq = expected_seq - 1
+    if head is None and count:
+        problems.append({"seq": last_seq, "problem": "missing_head"})
+    elif head is not None and (head.seq != last_seq or head.hash != prev_hash):
+        problems.append({"seq": head.seq, "problem": "truncated" if head.seq > last_seq else "head_mismatch"})
+    return {"events": count, "ok": not problems, "problems": problems}

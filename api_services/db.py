@@ -1,0 +1,285 @@
+"""Tables (SQLAlchemy Core) and one engine pair per shard: SQLite files here, SQL Server in the cluster.
+
+Every shard holds the same schema. Reference data (providers, facilities) is copied to every
+shard so a patient's requests never need a second shard.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from api_services.sharding import Shard, ShardMap
+
+MSSQL_DRIVER = "ODBC Driver 18 for SQL Server"
+
+metadata = sa.MetaData()
+_ts = lambda name: sa.Column(name, sa.String(40), nullable=False)  # noqa: E731 - ISO-8601 UTC text
+
+facilities = sa.Table(
+    "facilities", metadata,
+    sa.Column("facility_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(120), nullable=False),
+    sa.Column("city", sa.String(80), nullable=False),
+)
+providers = sa.Table(
+    "providers", metadata,
+    sa.Column("provider_id", sa.String(40), primary_key=True),
+    sa.Column("display_name", sa.String(120), nullable=False),
+    sa.Column("specialty", sa.String(80), nullable=False),
+    sa.Column("facility_id", sa.String(40), nullable=False),
+)
+patients = sa.Table(
+    "patients", metadata,
+    sa.Column("patient_id", sa.String(40), primary_key=True),
+    sa.Column("pseudonym", sa.String(120), nullable=False),
+    sa.Column("birth_year", sa.Integer, nullable=False),
+    sa.Column("sex", sa.String(1), nullable=False),
+    sa.Column("mrn", sa.String(40), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    _ts("created_at"),
+)
+encounters = sa.Table(
+    "encounters", metadata,
+    sa.Column("encounter_id", sa.String(48), primary_key=True),
+    sa.Column("patient_id", sa.String(40), nullable=False, index=True),
+    sa.Column("provider_id", sa.String(40), nullable=False),
+    sa.Column("facility_id", sa.String(40), nullable=False),
+    sa.Column("scheduled_for", sa.String(40), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("notes", sa.Text, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+diagnoses = sa.Table(
+    "diagnoses", metadata,
+    sa.Column("encounter_id", sa.String(48), primary_key=True),
+    sa.Column("code", sa.String(10), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+)
+procedures = sa.Table(
+    "procedures", metadata,
+    sa.Column("encounter_id", sa.String(48), primary_key=True),
+    sa.Column("code", sa.String(10), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+)
+medications = sa.Table(
+    "medications", metadata,
+    sa.Column("encounter_id", sa.String(48), primary_key=True),
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("dose", sa.String(40), nullable=False),
+)
+claims = sa.Table(
+    "claims", metadata,
+    sa.Column("claim_id", sa.String(48), primary_key=True),
+    sa.Column("encounter_id", sa.String(48), nullable=False, index=True),
+    sa.Column("patient_id", sa.String(40), nullable=False, index=True),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    sa.Column("payer", sa.String(80), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    _ts("created_at"),
+)
+history = sa.Table(
+    "history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("entity", sa.String(20), nullable=False),
+    sa.Column("entity_id", sa.String(48), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("before", sa.Text, nullable=True),
+    sa.Column("after", sa.Text, nullable=False),
+    _ts("valid_from"),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+)
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    _ts("ts"),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("persona", sa.String(20), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("entity", sa.String(20), nullable=False),
+    sa.Column("entity_id", sa.String(48), nullable=False),
+    sa.Column("before", sa.Text, nullable=True),
+    sa.Column("after", sa.Text, nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("entity_id", sa.String(48), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    _ts("created_at"),
+    sa.Column("claimed_by", sa.String(80), nullable=True),
+    sa.Column("claimed_at", sa.Float, nullable=True),
+    sa.Column("published_at", sa.String(40), nullable=True, index=True),
+)
+event_stream = sa.Table(  # the relay's destination: an append-only event log per shard
+    "event_stream", metadata,
+    sa.Column("position", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    _ts("published_at"),
+)
+processed_events = sa.Table(  # the projection's idempotent-consumer ledger
+    "processed_events", metadata,
+    sa.Column("consumer", sa.String(40), primary_key=True),
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False, index=True),
+    _ts("processed_at"),
+)
+financial_kpis = sa.Table(
+    "financial_kpis", metadata,
+    sa.Column("kpi", sa.String(40), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("response", sa.Text, nullable=False),
+    _ts("created_at"),
+)
+
+
+def read_secret_file(root: Path, secret: str, key: str) -> str:
+    """A key of a Secret mounted as files (`<root>/<secret>/<key>`); never logged."""
+    return (root / secret / key).read_text().strip()
+
+
+def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
+    """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
+    endpoint = shard.readonly if readonly and shard.readonly else shard.primary
+    if endpoint is None or not shard.credentials_secret:
+        raise ValueError(f"shard {shard.name} has no SQL Server endpoint or credentialsSecret")
+    query = {"driver": MSSQL_DRIVER, "Encrypt": "yes", "TrustServerCertificate": "yes"}
+    if readonly:
+        query["ApplicationIntent"] = "ReadOnly"
+    return URL.create(
+        "mssql+pyodbc",
+        username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
+        password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
+        host=endpoint.host,
+        port=endpoint.port,
+        database=shard.database,
+        query=query,
+    )
+
+
+def sqlite_engine(path: str, synchronous: str = "FULL") -> Engine:
+    """A SQLite engine whose transactions take the write lock up front (BEGIN IMMEDIATE).
+
+    Taking the lock at BEGIN serialises writers per shard, which the audit hash chain needs,
+    and avoids the lock-upgrade deadlock of deferred transactions. WAL keeps readers unblocked.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+                              pool_size=8, max_overflow=16)
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous if synchronous in ('FULL', 'NORMAL', 'EXTRA') else 'FULL'}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def sqlite_read_engine(path: str) -> Engine:
+    """A reader on the same file: deferred transactions, so reads never wait for writers."""
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
+                              pool_size=8, max_overflow=16)
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class Engines:
+    """Engines per shard, rebuilt for a shard only when its entry in the map changes."""
+
+    def __init__(self, credentials_root: Path, synchronous: str = "FULL", create_schema: bool = True):
+        self.credentials_root = credentials_root
+        self.synchronous = synchronous
+        self.create_schema = create_schema
+        self._lock = threading.Lock()
+        self._by_shard: dict[str, tuple[Shard, Engine, Engine, Engine]] = {}
+
+    def sync(self, shard_map: ShardMap) -> None:
+        with self._lock:
+            for shard in shard_map.shards:
+                known = self._by_shard.get(shard.name)
+                if known and known[0] == shard:
+                    continue
+                self._by_shard[shard.name] = (shard, *self._build(shard))
+                if known:
+                    for engine in known[1:]:
+                        engine.dispose()
+
+    def _build(self, shard: Shard) -> tuple[Engine, Engine, Engine]:
+        if shard.sqlite_path:
+            write = sqlite_engine(shard.sqlite_path, self.synchronous)
+            if self.create_schema:
+                metadata.create_all(write)
+            read = sqlite_read_engine(shard.sqlite_path)
+            return write, read, read
+        write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True)
+        if self.create_schema:
+            metadata.create_all(write)
+        primary_read = write
+        reporting = sa.create_engine(mssql_url(shard, self.credentials_root, readonly=True), pool_pre_ping=True)
+        return write, primary_read, reporting
+
+    def write(self, shard: str) -> Engine:
+        return self._by_shard[shard][1]
+
+    def read(self, shard: str) -> Engine:
+        """Patient-facing reads: always the primary, so a client reads its own writes."""
+        return self._by_shard[shard][2]
+
+    def reporting(self, shard: str) -> Engine:
+        """KPI and admin reads: the read-only Service (AG readable secondary) in the cluster."""
+        return self._by_shard[shard][3]
+
+    def names(self) -> list[str]:
+        return sorted(self._by_shard)
+
+    def dispose(self) -> None:
+        with self._lock:
+            for _shard, *engines in self._by_shard.values():
+                for engine in engines:
+                    engine.dispose()
+            self._by_shard.clear()

@@ -1,0 +1,1 @@
+"""Domain nouns: request/response models at the edge, plain functions on a shard connection inside."""

@@ -1,0 +1,46 @@
+"""Claims submitted by admins against an encounter; the projection turns them into KPIs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_services.audit import Actor, now_iso, record_write
+from api_services.db import claims
+from api_services.domain import ids
+
+
+class SubmitClaim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encounter_id: Annotated[str, Field(pattern=ids.ENCOUNTER_ID)]
+    amount_cents: Annotated[int, Field(ge=1, le=100_000_000)]
+    payer: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")]
+
+
+class Claim(BaseModel):
+    claim_id: str
+    encounter_id: str
+    patient_id: str
+    amount_cents: int
+    payer: str
+    status: str
+    version: int
+    created_at: str
+
+
+def snapshot(conn, claim_id: str) -> dict | None:
+    row = conn.execute(sa.select(claims).where(claims.c.claim_id == claim_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def submit(conn, actor: Actor, claim_id: str, patient_id: str, data: SubmitClaim) -> dict:
+    row = {"claim_id": claim_id, "encounter_id": data.encounter_id, "patient_id": patient_id,
+           "amount_cents": data.amount_cents, "payer": data.payer, "status": "submitted", "version": 1,
+           "created_at": now_iso()}
+    conn.execute(claims.insert().values(**row))
+    record_write(conn, actor, action="claim.submit", entity="claim", entity_id=claim_id, version=1,
+                 before=None, after=row, event_type="claim.submitted")
+    return {"tracking_id": claim_id, "status": "accepted"}

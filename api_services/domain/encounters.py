@@ -1,0 +1,136 @@
+"""Encounters, with the diagnoses, procedures and medications a clinician documents on them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+import sqlalchemy as sa
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from api_services.audit import Actor, now_iso, record_write
+from api_services.db import diagnoses, encounters, medications, procedures
+from api_services.domain import ids
+from api_services.redaction import redact
+
+
+class BookEncounter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: Annotated[str, Field(pattern=ids.PATIENT_ID)]
+    provider_id: Annotated[str, Field(pattern=ids.PROVIDER_ID)]
+    facility_id: Annotated[str, Field(pattern=ids.FACILITY_ID)]
+    scheduled_for: AwareDatetime
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Diagnosis(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-Z]{1,4})?$", description="ICD-10-CM")]
+    description: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Procedure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: Annotated[str, Field(pattern=r"^[0-9]{5}$", description="CPT")]
+    description: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Medication(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 -]*$")]
+    dose: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class EncounterNotes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    notes: Annotated[str, Field(min_length=1, max_length=4000)]
+    diagnoses: Annotated[list[Diagnosis], Field(max_length=20)] = []
+    procedures: Annotated[list[Procedure], Field(max_length=20)] = []
+    medications: Annotated[list[Medication], Field(max_length=20)] = []
+
+
+class Accepted(BaseModel):
+    tracking_id: str
+    status: str
+
+
+class Encounter(BaseModel):
+    encounter_id: str
+    patient_id: str
+    provider_id: str
+    facility_id: str
+    scheduled_for: str
+    reason: str
+    status: Literal["booked", "documented"]
+    notes: str | None
+    version: int
+    created_at: str
+    updated_at: str
+    diagnoses: list[Diagnosis]
+    procedures: list[Procedure]
+    medications: list[Medication]
+
+
+def snapshot(conn, encounter_id: str) -> dict | None:
+    row = conn.execute(sa.select(encounters).where(encounters.c.encounter_id == encounter_id)).mappings().first()
+    if row is None:
+        return None
+    out = dict(row)
+    for name, table, cols in (("diagnoses", diagnoses, ("code", "description")),
+                              ("procedures", procedures, ("code", "description")),
+                              ("medications", medications, ("name", "dose"))):
+        rows = conn.execute(sa.select(*[table.c[c] for c in cols]).where(table.c.encounter_id == encounter_id)
+                            .order_by(table.c[cols[0]])).mappings()
+        out[name] = [dict(r) for r in rows]
+    return out
+
+
+def for_patient(conn, patient_id: str) -> list[dict]:
+    ids_ = conn.execute(sa.select(encounters.c.encounter_id).where(encounters.c.patient_id == patient_id)
+                        .order_by(encounters.c.created_at)).scalars().all()
+    return [snapshot(conn, i) for i in ids_]
+
+
+def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
+    ts = now_iso()
+    row = {"encounter_id": encounter_id, "patient_id": data.patient_id, "provider_id": data.provider_id,
+           "facility_id": data.facility_id,
+           "scheduled_for": data.scheduled_for.astimezone(timezone.utc).isoformat(),
+           "reason": redact(data.reason), "status": "booked", "notes": None, "version": 1,
+           "created_at": ts, "updated_at": ts}
+    conn.execute(encounters.insert().values(**row))
+    after = {**row, "diagnoses": [], "procedures": [], "medications": []}
+    record_write(conn, actor, action="encounter.book", entity="encounter", entity_id=encounter_id, version=1,
+                 before=None, after=after, event_type="encounter.booked")
+    return {"tracking_id": encounter_id, "status": "accepted"}
+
+
+def document(conn, actor: Actor, before: dict, data: EncounterNotes) -> dict:
+    """Replace the encounter's notes and coded entries; notes are redacted before storage."""
+    encounter_id = before["encounter_id"]
+    version = before["version"] + 1
+    updated = {"notes": redact(data.notes), "status": "documented", "version": version, "updated_at": now_iso()}
+    result = conn.execute(encounters.update().where(encounters.c.encounter_id == encounter_id,
+                                                    encounters.c.version == before["version"]).values(**updated))
+    if result.rowcount != 1:
+        from api_services.errors import Conflict
+        raise Conflict("encounter changed concurrently; retry", "version_conflict")
+    for table in (diagnoses, procedures, medications):
+        conn.execute(table.delete().where(table.c.encounter_id == encounter_id))
+    for table, items in ((diagnoses, data.diagnoses), (procedures, data.procedures), (medications, data.medications)):
+        unique = {tuple(i.model_dump().values())[0]: i.model_dump() for i in items}
+        for item in unique.values():
+            conn.execute(table.insert().values(encounter_id=encounter_id, **item))
+    after = snapshot(conn, encounter_id)
+    record_write(conn, actor, action="encounter.document", entity="encounter", entity_id=encounter_id,
+                 version=version, before=before, after=after, event_type="encounter.documented")
+    return after
+
+
+def parse_when(value: str) -> datetime:
+    return datetime.fromisoformat(value)

@@ -1,0 +1,50 @@
+"""Patients: pseudonymized demographics only (synthetic data, no real PHI)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_services.audit import Actor, now_iso, record_write
+from api_services.db import patients
+
+Sex = Literal["F", "M", "X"]
+
+
+class PatientCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pseudonym: Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")]
+    birth_year: Annotated[int, Field(ge=1900, le=2030)]
+    sex: Sex
+
+
+class Patient(BaseModel):
+    patient_id: str
+    pseudonym: str
+    birth_year: int
+    sex: str
+    mrn: str
+    version: int
+    created_at: str
+
+
+class PatientCreated(BaseModel):
+    patient_id: str
+    status: Literal["created"] = "created"
+
+
+def snapshot(conn, patient_id: str) -> dict | None:
+    row = conn.execute(sa.select(patients).where(patients.c.patient_id == patient_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def create(conn, actor: Actor, patient_id: str, data: PatientCreate, mrn: str | None = None) -> dict:
+    row = {"patient_id": patient_id, "pseudonym": data.pseudonym, "birth_year": data.birth_year,
+           "sex": data.sex, "mrn": mrn or f"SYN-{patient_id[4:14].upper()}", "version": 1, "created_at": now_iso()}
+    conn.execute(patients.insert().values(**row))
+    record_write(conn, actor, action="patient.create", entity="patient", entity_id=patient_id, version=1,
+                 before=None, after=row, event_type="patient.registered")
+    return {"patient_id": patient_id, "status": "created"}

@@ -1,0 +1,111 @@
+"""The ASGI edge every service shares: request id, server span, body limit, RED metrics, access log.
+
+A plain ASGI middleware (not BaseHTTPMiddleware) so it costs little on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.exceptions import HTTPException
+
+from api_services.telemetry import RequestContext, bind_context, observe_request, reset_context, trace_ids, tracer
+
+log = logging.getLogger("pim.access")
+_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_QUIET = {"/healthz", "/readyz", "/metrics"}
+
+
+class EdgeMiddleware:
+    def __init__(self, app, service: str, max_body_bytes: int, route_label=None):
+        self.app = app
+        self.service = service
+        self.max_body = max_body_bytes
+        self.route_label = route_label
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        supplied = headers.get("x-request-id", "")
+        ctx = RequestContext(request_id=supplied if _RID.match(supplied) else uuid.uuid4().hex)
+        token = bind_context(ctx)
+        method = scope["method"]
+        state = {"status": 500, "started": False}
+        parent = propagate.extract(headers)
+        with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER,
+                                            record_exception=False, set_status_on_exception=False) as span:
+            trace_id, span_id = trace_ids()
+            extra_headers = [(b"x-request-id", ctx.request_id.encode()), (b"x-trace-id", trace_id.encode())]
+
+            async def send_wrapper(message):
+                if message["type"] == "http.response.start":
+                    state["status"], state["started"] = message["status"], True
+                    message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
+                await send(message)
+
+            seen = 0
+
+            async def receive_wrapper():
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_body:
+                        raise HTTPException(413, f"body larger than {self.max_body} bytes")
+                return message
+
+            try:
+                declared = headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > self.max_body:
+                    await self._error(send_wrapper, 413, "payload_too_large",
+                                      f"body larger than {self.max_body} bytes", ctx.request_id)
+                else:
+                    await self.app(scope, receive_wrapper, send_wrapper)
+            except Exception as exc:  # last resort: never leak a trace, always answer JSON
+                log.error("unhandled error", exc_info=exc, extra={"error_type": type(exc).__name__})
+                span.set_status(Status(StatusCode.ERROR))
+                if not state["started"]:
+                    await self._error(send_wrapper, 500, "internal_error", "internal error", ctx.request_id)
+            finally:
+                route = scope.get("route")
+                label = getattr(route, "path", None) or (self.route_label(scope["path"]) if self.route_label else "unmatched")
+                status = state["status"]
+                span.update_name(f"{method} {label}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", label)
+                span.set_attribute("http.response.status_code", status)
+                span.set_attribute("pim.request_id", ctx.request_id)
+                span.set_attribute("pim.persona", ctx.persona)
+                span.set_attribute("pim.shard", ctx.shard)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                elapsed = time.perf_counter() - started
+                observe_request(self.service, label, method, ctx.persona, ctx.shard, status, elapsed, trace_id)
+                if label not in _QUIET or status >= 400:
+                    log.info("request", extra={"method": method, "route": label, "status": status,
+                                               "duration_ms": round(elapsed * 1000, 2), "service": self.service})
+                reset_context(token)
+
+    @staticmethod
+    async def _error(send, status: int, code: str, message: str, request_id: str) -> None:
+        body = json.dumps({"code": code, "message": message, "request_id": request_id}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:
+    """W3C traceparent for calls the gateway makes, so the service's span joins the trace."""
+    propagate.inject(headers)
+    return headers
+
+
+__all__ = ["EdgeMiddleware", "inject_trace_headers", "trace"]

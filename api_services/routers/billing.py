@@ -1,0 +1,71 @@
+"""Billing service: claims and the financial KPIs the projection maintains."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from api_services.auth import Principal, principal, require
+from api_services.domain import claims as dom
+from api_services.domain import encounters as enc_dom
+from api_services.domain import ids, kpis
+from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
+from api_services.routers import IdempotencyKey, actor
+from api_services.runtime import runtime
+from api_services.telemetry import current_context, tracer
+from api_services.transactions import request_hash, run_read, run_write
+
+router = APIRouter(tags=["billing"], responses=ERROR_RESPONSES)
+
+
+@router.post("/claims", status_code=202, response_model=enc_dom.Accepted)
+def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
+                 who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
+    """Admins submit claims; the claim lives on its encounter's (hence its patient's) shard."""
+    require(who, "admin")
+    rt = runtime(request)
+    shard, slot = rt.route_id(body.encounter_id, "encounter")
+    claim_id = ids.slotted_id("clm", slot)
+
+    def write(conn):
+        encounter = enc_dom.snapshot(conn, body.encounter_id)
+        if encounter is None:
+            raise Invalid("unknown encounter", "unknown_reference", errors=[
+                {"field": "body.encounter_id", "code": "unknown_reference", "message": "no such encounter"}])
+        return dom.submit(conn, actor(who), claim_id, encounter["patient_id"], body)
+
+    with tracer().start_as_current_span("claim.submit"):
+        status, out, replayed = run_write(
+            rt.write_engine(shard), shard, "claim.submit", write, status=202, user_id=who.user_id,
+            idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
+    response.status_code = status
+    response.headers["Location"] = f"/claims/{out['tracking_id']}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return out
+
+
+@router.get("/claims/{claim_id}", response_model=dom.Claim)
+def get_claim(request: Request, claim_id: str = Path(pattern=ids.CLAIM_ID), who: Principal = Depends(principal)):
+    require(who, "admin", "patient")
+    rt = runtime(request)
+    shard, _ = rt.route_id(claim_id, "claim")
+    row = run_read(rt.engines.read(shard), shard, lambda conn: dom.snapshot(conn, claim_id))
+    if row is None:
+        raise NotFound("claim not found", "claim_not_found")
+    if who.persona == "patient" and row["patient_id"] != who.user_id:
+        raise Forbidden("patients may only read their own records", "not_own_record")
+    return row
+
+
+@router.get("/kpis/financial", response_model=kpis.FinancialKpis)
+def financial_kpis(request: Request, who: Principal = Depends(principal)):
+    """Read from each shard's read-only replica in the cluster; eventually consistent by design."""
+    require(who, "admin", "sre")
+    rt = runtime(request)
+    current_context().shard = "all"
+    shards = []
+    for name in rt.shard_names():
+        values = run_read(rt.engines.reporting(name), name, kpis.read)
+        shards.append(kpis.ShardKpis(shard=name, **values))
+    total = kpis.ShardKpis(shard="all", **{k: sum(getattr(s, k) for s in shards) for k in kpis.KPI_NAMES})
+    return kpis.FinancialKpis(total=total, shards=shards)

@@ -1,0 +1,103 @@
+"""The per-process runtime: settings, shard map watcher, engines, authenticator, rate limiter."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fastapi import Request
+
+from api_services.auth import Authenticator
+from api_services.config import Settings
+from api_services.db import Engines
+from api_services.errors import NotFound, RateLimited, Unavailable
+from api_services.sharding import ShardMapWatcher, ensure_embedded_map, slot_in_id, slot_of
+from api_services.telemetry import RATE_LIMITED, SHARD_MAP_VERSION, current_context
+
+
+class TokenBuckets:
+    """Per-user token buckets: `rate` requests/second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 when allowed, else seconds until a token is available."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+class Runtime:
+    def __init__(self, settings: Settings, service: str, with_db: bool = True):
+        self.settings = settings
+        self.service = service
+        if not settings.shard_map_explicit:
+            ensure_embedded_map(settings.shard_map_file, settings.data_dir, settings.shard_count)
+        self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous) if with_db else None
+        self.watcher = ShardMapWatcher(settings.shard_map_file, on_change=self._map_changed)
+        self._map_changed(self.watcher.current)
+        self.auth = Authenticator(settings)
+        self.limiter = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst) \
+            if service in ("gateway", "all") else None
+        self.workers: list = []
+
+    def _map_changed(self, shard_map) -> None:
+        if self.engines is not None:
+            self.engines.sync(shard_map)
+        SHARD_MAP_VERSION.set(shard_map.version)
+
+    @property
+    def shard_map(self):
+        return self.watcher.get()
+
+    def shard_names(self) -> list[str]:
+        return [s.name for s in self.shard_map.shards]
+
+    def route_patient(self, patient_id: str) -> tuple[str, int]:
+        """The shard and slot owning a patient; also tags the request for logs and metrics."""
+        smap = self.shard_map
+        slot = slot_of(patient_id, smap.slot_count)
+        shard = smap.shard_for_slot(slot).name
+        current_context().shard = shard
+        return shard, slot
+
+    def route_id(self, entity_id: str, what: str) -> tuple[str, int]:
+        smap = self.shard_map
+        slot = slot_in_id(entity_id)
+        if slot is None or slot >= smap.slot_count:
+            raise NotFound(f"{what} not found", f"{what}_not_found")
+        shard = smap.shard_for_slot(slot).name
+        current_context().shard = shard
+        return shard, slot
+
+    def reference_shard(self) -> str:
+        shard = self.shard_map.shards[0].name
+        current_context().shard = shard
+        return shard
+
+    def rate_limit(self, user_id: str, persona: str) -> None:
+        if self.limiter is None:
+            return
+        wait = self.limiter.take(user_id)
+        if wait > 0:
+            RATE_LIMITED.labels(persona).inc()
+            raise RateLimited("too many requests", headers={"Retry-After": str(max(1, round(wait)))})
+
+    def write_engine(self, shard: str):
+        try:
+            return self.engines.write(shard)
+        except KeyError:
+            raise Unavailable(f"shard {shard} not configured", "shard_unavailable") from None
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime

@@ -1,0 +1,152 @@
+"""All MELTP wiring in one place: request context, JSON logs, Prometheus RED metrics, OTel traces.
+
+Logs, spans and metric exemplars share the trace id, so an SRE can go from a log line to its
+trace and to the latency bucket it landed in.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from api_services.redaction import redact
+
+
+@dataclass
+class RequestContext:
+    request_id: str = "-"
+    user_id: str = "-"
+    persona: str = "-"
+    shard: str = "none"
+    route: str = "-"
+
+
+_ctx: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("pim_request", default=None)
+
+
+def current_context() -> RequestContext:
+    ctx = _ctx.get()
+    return ctx if ctx is not None else RequestContext()
+
+
+def bind_context(ctx: RequestContext):
+    return _ctx.set(ctx)
+
+
+def reset_context(token) -> None:
+    _ctx.reset(token)
+
+
+def trace_ids() -> tuple[str, str]:
+    span_ctx = trace.get_current_span().get_span_context()
+    if not span_ctx.is_valid:
+        return "", ""
+    return format(span_ctx.trace_id, "032x"), format(span_ctx.span_id, "016x")
+
+
+# ---- logs -------------------------------------------------------------------------------------
+
+_STD_ATTRS = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with correlation ids, and every string field redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ctx = current_context()
+        trace_id, span_id = trace_ids()
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            "trace_id": trace_id, "span_id": span_id,
+            "request_id": ctx.request_id, "user_id": ctx.user_id, "persona": ctx.persona, "shard": ctx.shard,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STD_ATTRS and key not in out and key != "color_message":
+                out[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            out["exception"] = redact(self.formatException(record.exc_info))[-2000:]
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).disabled = True
+    logging.getLogger("uvicorn.error").propagate = True
+    logging.getLogger("uvicorn.error").handlers[:] = []
+    logging.getLogger("uvicorn").handlers[:] = []
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0)
+LABELS = ("service", "route", "method", "persona", "shard", "status")
+
+HTTP_REQUESTS = Counter("pim_http_requests", "HTTP requests by outcome (RED rate/errors).", LABELS, registry=REGISTRY)
+HTTP_DURATION = Histogram("pim_http_request_duration_seconds", "HTTP request latency (RED duration).",
+                          LABELS, buckets=LATENCY_BUCKETS, registry=REGISTRY)
+DB_TX_DURATION = Histogram("pim_db_transaction_duration_seconds", "Duration of one write transaction.",
+                           ("shard", "action"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+SHARD_MAP_VERSION = Gauge("pim_shard_map_version", "Version of the shard map in use.", registry=REGISTRY)
+OUTBOX_PUBLISHED = Counter("pim_outbox_published_events", "Outbox events relayed to the event stream.",
+                           ("shard",), registry=REGISTRY)
+OUTBOX_PENDING = Gauge("pim_outbox_pending_events", "Outbox events not yet relayed.", ("shard",), registry=REGISTRY)
+PROJECTED = Counter("pim_projection_applied_events", "Events applied to read models.", ("shard", "event_type"),
+                    registry=REGISTRY)
+PROJECTION_LAG = Gauge("pim_projection_lag_events", "Published events not yet projected.", ("shard",),
+                       registry=REGISTRY)
+RATE_LIMITED = Counter("pim_rate_limited_requests", "Requests refused by the rate limiter.", ("persona",),
+                       registry=REGISTRY)
+
+
+def observe_request(service: str, route: str, method: str, persona: str, shard: str, status: int,
+                    seconds: float, trace_id: str) -> None:
+    labels = (service, route, method, persona, shard, str(status))
+    exemplar = {"trace_id": trace_id} if trace_id else None
+    HTTP_REQUESTS.labels(*labels).inc(exemplar=exemplar)
+    HTTP_DURATION.labels(*labels).observe(seconds, exemplar=exemplar)
+
+
+# ---- traces -----------------------------------------------------------------------------------
+
+_tracer_ready = False
+
+
+def setup_tracing(service_name: str, otlp_endpoint: str | None) -> None:
+    """Spans are always recorded (ids feed logs and exemplars); exported only when OTLP is set."""
+    global _tracer_ready
+    if _tracer_ready:
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": f"pim-{service_name}",
+                                                        "service.namespace": "pim-sre-lab"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    _tracer_ready = True
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("api_services")

@@ -1,0 +1,77 @@
+"""One write = one transaction on one shard, with idempotency and a repository span.
+
+Idempotency records live in the same shard and the same transaction as the write they
+remember, so a retried POST either sees the whole first write or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from api_services.audit import now_iso
+from api_services.db import idempotency_keys
+from api_services.errors import Conflict, Unavailable
+from api_services.telemetry import DB_TX_DURATION, tracer
+
+
+def request_hash(method: str, path: str, body: dict) -> str:
+    return hashlib.sha256(f"{method} {path} ".encode() + json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stored(conn, user_id: str, key: str):
+    return conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
+                                                          idempotency_keys.c.key == key)).first()
+
+
+def _replay(row, req_hash: str) -> tuple[int, dict, bool]:
+    if row.request_hash != req_hash:
+        raise Conflict("Idempotency-Key was already used for a different request", "idempotency_key_reused")
+    return row.status_code, json.loads(row.response), True
+
+
+def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
+              idempotency_key: str | None = None, req_hash: str = "") -> tuple[int, dict, bool]:
+    """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed)."""
+    started = time.perf_counter()
+    with tracer().start_as_current_span("repository.transaction", attributes={
+            "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action}):
+        try:
+            with engine.begin() as conn:
+                if idempotency_key:
+                    row = _stored(conn, user_id, idempotency_key)
+                    if row is not None:
+                        return _replay(row, req_hash)
+                body = fn(conn)
+                if idempotency_key:
+                    conn.execute(idempotency_keys.insert().values(
+                        user_id=user_id, key=idempotency_key, request_hash=req_hash, status_code=status,
+                        response=json.dumps(body, default=str), created_at=now_iso()))
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            with engine.connect() as conn:  # a concurrent twin committed first: answer as it did
+                row = _stored(conn, user_id, idempotency_key)
+            if row is None:
+                raise
+            return _replay(row, req_hash)
+        except OperationalError as exc:
+            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc
+        finally:
+            DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
+    return status, body, False
+
+
+def run_read(engine, shard: str, fn: Callable):
+    with tracer().start_as_current_span("repository.read", attributes={"db.system": engine.dialect.name,
+                                                                        "pim.shard": shard}):
+        try:
+            with engine.connect() as conn:
+                return fn(conn)
+        except OperationalError as exc:
+            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc

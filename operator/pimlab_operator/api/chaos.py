@@ -1,0 +1,277 @@
+"""ChaosExperiment: one fault, bounded by a blast radius, tied to an ADR or ticket, optionally a dry run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from pimlab_operator.api.common import (
+    AGE_COLUMN,
+    MESSAGE_COLUMN,
+    READY_COLUMN,
+    ApiModel,
+    CronSchedule,
+    CrdInfo,
+    Duration,
+    LabelSelector,
+    ObjectName,
+    ObjectRef,
+    PrinterColumn,
+    Resource,
+    StatusBase,
+    StatusModel,
+    Text,
+    cel,
+    list_map,
+    rules,
+)
+
+Action = Literal["podKill", "sqlFailover", "networkDelay", "networkLoss", "networkPartition", "cpuStress"]
+REFERENCE_PATTERN = r"^$|^(ADR-[0-9]+|[A-Z][A-Z0-9]+-[0-9]+|https?://\S+)$"
+PERCENT_PATTERN = r"^(100|[0-9]{1,2})(\.[0-9]+)?$"
+#: Parameters that only network and stress faults use (Chaos Mesh renders them).
+FAULT_PARAMETERS = ("latency", "jitter", "loss", "direction", "cpuWorkers", "cpuLoad")
+
+
+class ChaosSelector(LabelSelector):
+    """Pods to pick targets from; must narrow the choice (an empty selector would match every pod)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "(has(self.matchLabels) && size(self.matchLabels) > 0) ||"
+                " (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                "target.selector needs matchLabels or matchExpressions: an empty selector would pick any pod",
+            )
+        )
+    )
+
+    namespace: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        None, description="Namespace of the pods; unset: the experiment's namespace."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ChaosSelector:
+        if not self.match_labels and not self.match_expressions:
+            raise ValueError("target.selector needs matchLabels or matchExpressions")
+        return self
+
+
+class ChaosTarget(ApiModel):
+    """What the fault hits: the pods of one Shard, or pods picked by labels."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("has(self.shardRef) != has(self.selector)", "target needs exactly one of shardRef or selector"),
+            cel(
+                "!(self.mode in ['fixed', 'fixedPercent']) || has(self.value)",
+                "target.value is required when mode is fixed or fixedPercent",
+                field_path=".value",
+            ),
+            cel(
+                "self.mode != 'fixedPercent' || !has(self.value) || self.value <= 100",
+                "target.value is a percentage (1..100) when mode is fixedPercent",
+                field_path=".value",
+            ),
+        )
+    )
+
+    shard_ref: ObjectName | None = Field(None, description="Name of a Shard in this namespace.")
+    selector: ChaosSelector | None = Field(None, description="Pods picked by labels.")
+    mode: Literal["one", "fixed", "fixedPercent", "all"] = Field(
+        "one", description="How many matching pods to hit: one (random), fixed (value), fixedPercent (value %), all. Default one."
+    )
+    value: int | None = Field(None, ge=1, le=1000, description="Pod count (fixed) or percentage (fixedPercent).")
+
+    @model_validator(mode="after")
+    def _one_kind_of_target(self) -> ChaosTarget:
+        if (self.shard_ref is None) == (self.selector is None):
+            raise ValueError("target needs exactly one of shardRef or selector")
+        if self.mode in ("fixed", "fixedPercent") and self.value is None:
+            raise ValueError("target.value is required when mode is fixed or fixedPercent")
+        if self.mode == "fixedPercent" and self.value is not None and self.value > 100:
+            raise ValueError("target.value is a percentage (1..100) when mode is fixedPercent")
+        return self
+
+
+class BlastRadius(ApiModel):
+    """Upper bounds on the planned targets; the experiment refuses to inject when they are exceeded."""
+
+    max_pods: int = Field(1, ge=1, le=1000, description="Most pods one run may hit, >= 1 (default 1).")
+    max_percent: int = Field(
+        34, ge=1, le=100, description="Most pods one run may hit, as a percentage of the matching pods, 1..100 (default 34)."
+    )
+
+
+class AbortCondition(ApiModel):
+    """Stop injecting and recover when an SLO burns its budget this fast."""
+
+    slo_ref: ObjectName = Field(description="Name of an SLO in this namespace.")
+    burn_rate_above: float = Field(gt=0, le=1000, description="1h burn rate that aborts the run (14.4 = a 30d budget gone in ~2 days).")
+
+
+class ChaosParameters(ApiModel):
+    """Action-specific knobs; network and stress parameters go to Chaos Mesh."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("!has(self.jitter) || has(self.latency)", "parameters.jitter needs parameters.latency", field_path=".jitter")
+        )
+    )
+
+    latency: Duration | None = Field(None, description="networkDelay: added delay, e.g. 200ms.")
+    jitter: Duration | None = Field(None, description="networkDelay: delay variation, e.g. 50ms.")
+    loss: Annotated[str, StringConstraints(pattern=PERCENT_PATTERN, max_length=8)] | None = Field(
+        None, description="networkLoss: percentage of packets dropped, as a string such as \"10\"."
+    )
+    direction: Literal["to", "from", "both"] | None = Field(
+        None, description="networkDelay/networkLoss/networkPartition: traffic direction; unset: to."
+    )
+    cpu_workers: int | None = Field(None, ge=1, le=64, description="cpuStress: stressor threads.")
+    cpu_load: int | None = Field(None, ge=1, le=100, description="cpuStress: load per worker, percent.")
+    grace_period_seconds: int | None = Field(
+        None, ge=0, le=300, description="podKill: termination grace period; unset: 0 (a hard kill)."
+    )
+
+    @model_validator(mode="after")
+    def _jitter_needs_latency(self) -> ChaosParameters:
+        if self.jitter is not None and self.latency is None:
+            raise ValueError("parameters.jitter needs parameters.latency")
+        return self
+
+
+def _requires(action: str, parameter: str) -> dict[str, str]:
+    """A rule: `action` cannot run without `parameters.<parameter>`."""
+    return cel(
+        f"self.action != '{action}' || (has(self.parameters) && has(self.parameters.{parameter}))",
+        f"parameters.{parameter} is required when action is {action}",
+        field_path=f".parameters.{parameter}",
+    )
+
+
+_NO_FAULT_PARAMETERS = " && ".join(f"!has(self.parameters.{name})" for name in FAULT_PARAMETERS)
+
+
+class ChaosExperimentSpec(ApiModel):
+    """The desired experiment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.dryRun || (has(self.reference) && self.reference != '')",
+                "reference (an ADR or ticket, e.g. ADR-012) is required unless dryRun is true",
+                field_path=".reference",
+            ),
+            cel(
+                "self.action != 'sqlFailover' || has(self.target.shardRef)",
+                "sqlFailover needs target.shardRef: it fails over one Shard's availability group",
+                field_path=".target",
+            ),
+            _requires("networkDelay", "latency"),
+            _requires("networkLoss", "loss"),
+            _requires("cpuStress", "cpuLoad"),
+            cel(
+                f"!(self.action in ['podKill', 'sqlFailover']) || !has(self.parameters) || ({_NO_FAULT_PARAMETERS})",
+                "parameters latency, jitter, loss, direction, cpuWorkers and cpuLoad apply only to network and"
+                " cpuStress actions: remove them for podKill and sqlFailover",
+                field_path=".parameters",
+            ),
+            cel(
+                "self.action == 'podKill' || !has(self.parameters) || !has(self.parameters.gracePeriodSeconds)",
+                "parameters.gracePeriodSeconds applies only to podKill",
+                field_path=".parameters",
+            ),
+        )
+    )
+
+    action: Action = Field(
+        description="podKill and sqlFailover are done by the operator; networkDelay, networkLoss,"
+        " networkPartition and cpuStress become Chaos Mesh objects (when its CRDs exist)."
+    )
+    target: ChaosTarget = Field(description="What to hit: exactly one of shardRef or selector.")
+    blast_radius: BlastRadius = Field(default_factory=BlastRadius, description="Upper bounds on the targets (default 1 pod, 34%).")
+    duration: Duration = Field("5m", description="How long the fault lasts, or recovery is watched for podKill/sqlFailover (default 5m).")
+    dry_run: bool = Field(
+        True, description="Only plan: list the targets in status.plannedTargets and inject nothing. Default true, so a fault is always opted into."
+    )
+    reference: Annotated[str, StringConstraints(pattern=REFERENCE_PATTERN, max_length=256)] | None = Field(
+        None, description="ADR (ADR-012), ticket (OPS-123) or URL justifying the experiment; required unless dryRun."
+    )
+    abort_if: list[AbortCondition] | None = Field(
+        None, max_length=8, description="SLO burn rates that abort the run.", json_schema_extra=list_map("sloRef")
+    )
+    parameters: ChaosParameters | None = Field(None, description="Action-specific knobs.")
+    schedule: CronSchedule | None = Field(None, description="Cron schedule for recurring runs; empty: run once.")
+
+    @model_validator(mode="after")
+    def _action_fits(self) -> ChaosExperimentSpec:
+        params = self.parameters or ChaosParameters()
+        set_fields = params.model_dump(by_alias=True, exclude_none=True)
+        if not self.dry_run and not self.reference:
+            raise ValueError("reference (an ADR or ticket) is required unless dryRun is true")
+        if self.action == "sqlFailover" and self.target.shard_ref is None:
+            raise ValueError("sqlFailover needs target.shardRef")
+        for action, parameter in (("networkDelay", "latency"), ("networkLoss", "loss"), ("cpuStress", "cpuLoad")):
+            if self.action == action and parameter not in set_fields:
+                raise ValueError(f"parameters.{parameter} is required when action is {action}")
+        if self.action in ("podKill", "sqlFailover") and set(set_fields) & set(FAULT_PARAMETERS):
+            raise ValueError("network and cpuStress parameters apply only to those actions")
+        if self.action != "podKill" and "gracePeriodSeconds" in set_fields:
+            raise ValueError("parameters.gracePeriodSeconds applies only to podKill")
+        return self
+
+
+class TimelineEvent(StatusModel):
+    """One step of a run."""
+
+    time: datetime = Field(description="When it happened.")
+    event: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="Planned, Injected, Recovered, Aborted, Completed, ..."
+    )
+    detail: Text | None = Field(None, description="What exactly, e.g. which pod was deleted.")
+
+
+class ChaosExperimentStatus(StatusBase):
+    """The plan and the outcome of the last run."""
+
+    phase: Literal["Pending", "Scheduled", "Planned", "Injecting", "Recovering", "Completed", "Aborted", "Failed"] | None = Field(
+        None, description="Pending, Scheduled, Planned (dry run done), Injecting, Recovering, Completed, Aborted or Failed."
+    )
+    planned_targets: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(
+        None, max_length=1000, description="Pods the run hits (or would hit, in a dry run)."
+    )
+    timeline: list[TimelineEvent] | None = Field(None, max_length=100, description="Injection and recovery steps, oldest first.")
+    started_at: datetime | None = Field(None, description="When the run started.")
+    completed_at: datetime | None = Field(None, description="When the run ended.")
+    recovery_seconds: float | None = Field(None, ge=0, description="Seconds from injection until the target was healthy again.")
+    verdict: Literal["Passed", "Failed", "Inconclusive"] | None = Field(
+        None, description="Passed: recovered and no abort condition fired; Failed: did not; Inconclusive: dry run or no data."
+    )
+    abort_reason: Text | None = Field(None, description="Why the run was aborted, when it was.")
+    generated_objects: list[ObjectRef] | None = Field(None, max_length=16, description="Chaos Mesh objects created for the run.")
+
+
+class ChaosExperiment(Resource):
+    """A bounded, referenced fault injection: pod kill, SQL failover, network or CPU fault."""
+
+    crd = CrdInfo(
+        plural="chaosexperiments",
+        short_names=("chaosexp", "cx"),
+        columns=(
+            PrinterColumn("Action", ".spec.action"),
+            PrinterColumn("Dry Run", ".spec.dryRun", type="boolean"),
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Verdict", ".status.verdict"),
+            PrinterColumn("Recovery s", ".status.recoverySeconds", type="number", priority=1),
+            PrinterColumn("Reference", ".spec.reference", priority=1),
+            READY_COLUMN,
+            AGE_COLUMN,
+            MESSAGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["ChaosExperiment"] = Field("ChaosExperiment", description="Always `ChaosExperiment`.")
+    spec: ChaosExperimentSpec
+    status: ChaosExperimentStatus | None = None

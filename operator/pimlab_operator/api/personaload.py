@@ -1,0 +1,287 @@
+"""PersonaLoad: an open-model load run of personas doing journeys, once (Job) or on a schedule (CronJob)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from pimlab_operator.api.common import (
+    AGE_COLUMN,
+    LIST_SET,
+    MESSAGE_COLUMN,
+    READY_COLUMN,
+    ApiModel,
+    CronSchedule,
+    CrdInfo,
+    Duration,
+    HttpUrl,
+    Journey,
+    ObjectName,
+    PrinterColumn,
+    Resource,
+    ShortName,
+    StatusBase,
+    StatusModel,
+    cel,
+    list_map,
+    rules,
+)
+
+
+def _go_seconds(duration: str) -> float:
+    """Seconds in a Go-style duration, for the rules CEL checks with `duration()`."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, number = 0.0, ""
+    i = 0
+    while i < len(duration):
+        if duration[i].isdigit():
+            number += duration[i]
+            i += 1
+            continue
+        unit = "ms" if duration.startswith("ms", i) else duration[i]
+        total += int(number) * units[unit]
+        number, i = "", i + len(unit)
+    return total
+
+
+class LoadTarget(ApiModel):
+    """Where the load goes: a Lab's gateway in this namespace, or any URL."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(cel("has(self.labRef) != has(self.url)", "target needs exactly one of labRef or url"))
+    )
+
+    lab_ref: ObjectName | None = Field(None, description="Name of a Lab in this namespace; its gateway is the target.")
+    url: HttpUrl | None = Field(None, description="Base URL of a gateway outside the lab's control.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> LoadTarget:
+        if (self.lab_ref is None) == (self.url is None):
+            raise ValueError("target needs exactly one of labRef or url")
+        return self
+
+
+class ThinkTime(ApiModel):
+    """Pause between a persona's steps, drawn uniformly from [min, max]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("duration(self.min) <= duration(self.max)", "thinkTime.min must not exceed thinkTime.max", field_path=".min")
+        )
+    )
+
+    min: Duration = Field("1s", description="Shortest pause (default 1s).")
+    max: Duration = Field("5s", description="Longest pause, >= min (default 5s).")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ThinkTime:
+        if _go_seconds(self.min) > _go_seconds(self.max):
+            raise ValueError("thinkTime.min must not exceed thinkTime.max")
+        return self
+
+
+class Persona(ApiModel):
+    """A kind of user and the journeys it runs."""
+
+    name: ShortName = Field(description="Persona name (patient, clinician, admin, ...); unique in the list.")
+    weight: int = Field(ge=1, le=10000, description="Relative share of arrivals (positive; weights need not sum to 100).")
+    journeys: list[Journey] = Field(
+        min_length=1, max_length=6, description="Journeys the persona picks from uniformly.", json_schema_extra=LIST_SET
+    )
+    think_time: ThinkTime = Field(default_factory=ThinkTime, description="Pause between steps (default 1s..5s).")
+
+
+class Population(ApiModel):
+    """The synthetic patients the personas act on."""
+
+    patients: int = Field(10000, ge=1, le=10_000_000, description="Synthetic patients to draw ids from (default 10000).")
+    seed: int = Field(42, ge=0, description="Random seed; the same seed gives the same ids and arrivals (default 42).")
+
+
+class LoadProfile(ApiModel):
+    """The arrival-rate shape over time (open model: arrivals do not wait for responses)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "self.pattern == 'constant' || has(self.peakRate)",
+                "profile.peakRate is required when pattern is ramp, spike or diurnal",
+                field_path=".peakRate",
+            ),
+            cel(
+                "!has(self.peakRate) || self.peakRate >= self.rate",
+                "profile.peakRate must be at least profile.rate: raise peakRate or lower rate",
+                field_path=".peakRate",
+            ),
+        )
+    )
+
+    pattern: Literal["constant", "ramp", "spike", "diurnal"] = Field(
+        "constant",
+        description="constant: `rate`; ramp: rate -> peakRate over the duration; spike: rate with bursts at"
+        " peakRate; diurnal: a day's curve between rate and peakRate, compressed into the duration. Default constant.",
+    )
+    rate: float = Field(gt=0, le=100000, description="Base arrival rate, requests per second.")
+    peak_rate: float | None = Field(
+        None, gt=0, le=100000, description="Highest arrival rate (>= rate); required unless pattern is constant."
+    )
+    duration: Duration = Field("10m", description="How long a run lasts (default 10m).")
+    ramp_up: Duration | None = Field(None, description="Linear warm-up from 0 to `rate` before the pattern starts; unset: none.")
+
+    @model_validator(mode="after")
+    def _peak_rate_fits(self) -> LoadProfile:
+        if self.pattern != "constant" and self.peak_rate is None:
+            raise ValueError("profile.peakRate is required when pattern is ramp, spike or diurnal")
+        if self.peak_rate is not None and self.peak_rate < self.rate:
+            raise ValueError(f"profile.peakRate ({self.peak_rate}) must be at least profile.rate ({self.rate})")
+        return self
+
+
+class Retries(ApiModel):
+    """Client retries, as real clients do them."""
+
+    max: int = Field(0, ge=0, le=10, description="Retries per failed request (default 0).")
+    backoff: Duration = Field("200ms", description="First backoff, doubled per retry (default 200ms).")
+    jitter: bool = Field(True, description="Randomise backoffs (full jitter), default true.")
+
+
+class Bursts(ApiModel):
+    """Periodic surges on top of the profile."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel("duration(self.length) < duration(self.every)", "bursts.length must be shorter than bursts.every", field_path=".length")
+        )
+    )
+
+    every: Duration = Field(description="Time between burst starts.")
+    factor: float = Field(ge=1, le=100, description="Rate multiplier during a burst.")
+    length: Duration = Field(description="How long each burst lasts; shorter than `every`.")
+
+    @model_validator(mode="after")
+    def _length_below_every(self) -> Bursts:
+        if _go_seconds(self.length) >= _go_seconds(self.every):
+            raise ValueError("bursts.length must be shorter than bursts.every")
+        return self
+
+
+class FailurePressure(ApiModel):
+    """Client-side behaviour that stresses the platform the way bad days do."""
+
+    retries: Retries = Field(default_factory=Retries, description="Client retries with backoff.")
+    invalid_request_ratio: float = Field(
+        0, ge=0, le=1, description="Share of requests sent malformed on purpose (expect 4xx), 0..1 (default 0)."
+    )
+    timeout: Duration = Field("2s", description="Client timeout per request (default 2s).")
+    bursts: Bursts | None = Field(None, description="Periodic surges; unset: none.")
+
+
+class Thresholds(ApiModel):
+    """Pass/fail criteria for a run; a failed run sets the Ready condition to False."""
+
+    p95: Duration | None = Field(None, description="Highest acceptable p95 latency, e.g. 300ms.")
+    p99: Duration | None = Field(None, description="Highest acceptable p99 latency.")
+    error_ratio: float | None = Field(None, ge=0, le=1, description="Highest acceptable error ratio, 0..1.")
+
+
+class PersonaLoadSpec(ApiModel):
+    """The desired load run."""
+
+    target: LoadTarget = Field(description="Where the load goes: exactly one of labRef or url.")
+    personas: list[Persona] = Field(
+        min_length=1, max_length=16, description="Personas and their weights; at least one.", json_schema_extra=list_map("name")
+    )
+    population: Population = Field(default_factory=Population, description="Synthetic patient population.")
+    profile: LoadProfile = Field(description="Arrival-rate shape.")
+    max_in_flight: int = Field(
+        1000, ge=1, le=100000, description="Concurrent requests cap per engine; arrivals over it count as dropped (default 1000)."
+    )
+    parallelism: int = Field(1, ge=1, le=32, description="Engine pods sharing the rate (Job parallelism), default 1.")
+    failure_pressure: FailurePressure | None = Field(None, description="Retries, invalid requests, timeouts, bursts; unset: none.")
+    thresholds: Thresholds | None = Field(None, description="Pass/fail criteria; unset: the run only reports.")
+    schedule: CronSchedule | None = Field(None, description="Cron schedule for recurring runs (a CronJob); empty: run once (a Job).")
+    image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        None, description="Engine image; unset: the target Lab's image."
+    )
+
+    @model_validator(mode="after")
+    def _unique_lists(self) -> PersonaLoadSpec:
+        names = [persona.name for persona in self.personas]
+        if len(set(names)) != len(names):
+            raise ValueError("personas: each persona name may appear once")
+        for persona in self.personas:
+            if len(set(persona.journeys)) != len(persona.journeys):
+                raise ValueError(f"personas[{persona.name}].journeys: each journey may appear once")
+        return self
+
+
+class LatencySummary(StatusModel):
+    """Latency percentiles in milliseconds, measured from the intended start (no coordinated omission)."""
+
+    p50: float | None = Field(None, ge=0, description="Median, ms.")
+    p95: float | None = Field(None, ge=0, description="95th percentile, ms.")
+    p99: float | None = Field(None, ge=0, description="99th percentile, ms.")
+    max: float | None = Field(None, ge=0, description="Maximum, ms.")
+
+
+class LoadBreakdown(StatusModel):
+    """Counts and latency for one persona, journey or shard."""
+
+    requests: int | None = Field(None, ge=0, description="Requests sent.")
+    errors: int | None = Field(None, ge=0, description="Requests that failed (5xx, timeouts, connection errors).")
+    latency_ms: LatencySummary | None = Field(None, description="Latency percentiles, ms.")
+
+
+BreakdownMap = dict[Annotated[str, StringConstraints(max_length=63)], LoadBreakdown]
+
+
+class LoadSummary(LoadBreakdown):
+    """The engine's summary of a run, copied from its termination message."""
+
+    dropped: int | None = Field(None, ge=0, description="Arrivals not sent because maxInFlight was reached.")
+    error_ratio: float | None = Field(None, ge=0, le=1, description="errors / requests.")
+    achieved_rate: float | None = Field(None, ge=0, description="Requests per second actually sent.")
+    thresholds_met: bool | None = Field(None, description="Whether spec.thresholds held; unset when none are set.")
+    by_persona: BreakdownMap | None = Field(None, max_length=16, description="Per persona.")
+    by_journey: BreakdownMap | None = Field(None, max_length=16, description="Per journey.")
+    by_shard: BreakdownMap | None = Field(None, max_length=64, description="Per shard.")
+
+
+class PersonaLoadStatus(StatusBase):
+    """The last run as the operator saw it."""
+
+    phase: Literal["Pending", "Scheduled", "Running", "Succeeded", "Failed"] | None = Field(
+        None, description="Pending, Scheduled (CronJob waiting), Running, Succeeded or Failed."
+    )
+    started_at: datetime | None = Field(None, description="When the current or last run started.")
+    completed_at: datetime | None = Field(None, description="When the last run finished.")
+    job_name: Annotated[str, StringConstraints(max_length=253)] | None = Field(None, description="Job of the current or last run.")
+    last_schedule_time: datetime | None = Field(None, description="When the CronJob last started a run.")
+    summary: LoadSummary | None = Field(None, description="Results of the last finished run.")
+
+
+class PersonaLoad(Resource):
+    """A synthetic-load run: personas doing journeys at a rate shape, with optional failure pressure."""
+
+    crd = CrdInfo(
+        plural="personaloads",
+        short_names=("pload",),
+        columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Pattern", ".spec.profile.pattern", priority=1),
+            PrinterColumn("Rate", ".spec.profile.rate", type="number", description="Base arrival rate, req/s"),
+            PrinterColumn("Achieved", ".status.summary.achievedRate", type="number", description="Achieved rate, req/s"),
+            PrinterColumn("p95 ms", ".status.summary.latencyMs.p95", type="number", description="p95 latency, ms"),
+            PrinterColumn("Errors", ".status.summary.errorRatio", type="number", description="Error ratio"),
+            PrinterColumn("Schedule", ".spec.schedule", priority=1),
+            READY_COLUMN,
+            AGE_COLUMN,
+            MESSAGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["PersonaLoad"] = Field("PersonaLoad", description="Always `PersonaLoad`.")
+    spec: PersonaLoadSpec
+    status: PersonaLoadStatus | None = None

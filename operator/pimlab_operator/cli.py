@@ -1,0 +1,56 @@
+"""The operator's `pimlab` sub-commands; `pimlab.cli` collects them through `add_commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: The repository root when the package is used from a checkout (editable install).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    """Write (or, with --check, verify) the CRD YAML generated from the models."""
+    from pimlab_operator import crdgen
+
+    out_dir = Path(args.out_dir)
+    if args.check:
+        stale = crdgen.stale_files(out_dir)
+        for name in stale:
+            print(f"stale: {out_dir / name} (run `pimlab crds`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in crdgen.write(out_dir):
+        print(path)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the operator's commands; each sets `func(args) -> int`."""
+    crds = subparsers.add_parser("crds", help="generate the CRDs in crds/ from the pydantic models")
+    crds.add_argument("--out-dir", default=str(REPO_ROOT / "crds"), help="directory for <plural>.pim-sre.lab.yaml files")
+    crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    crds.set_defaults(func=_crds)
+    add_operator_commands(subparsers)
+
+
+def _operator_run(args: argparse.Namespace) -> int:
+    from pimlab_operator import main
+
+    main.run(namespaces=args.namespace or [], host=args.host, metrics_port=args.metrics_port,
+             health_port=args.health_port, log_format=args.log_format, verbose=args.verbose)
+    return 0
+
+
+def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
+    operator = subparsers.add_parser("operator", help="the kopf operator")
+    actions = operator.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = actions.add_parser("run", help="reconcile Lab, Shard, PersonaLoad, ChaosExperiment, SLO")
+    run.add_argument("--namespace", "-n", action="append",
+                     help="watch only this namespace (repeatable); default: every namespace")
+    run.add_argument("--host", default="0.0.0.0", help="address for metrics and health")
+    run.add_argument("--metrics-port", type=int, default=9095, help="Prometheus /metrics port")
+    run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port")
+    run.add_argument("--log-format", choices=("json", "text"), default="json")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(func=_operator_run)

@@ -1,0 +1,24 @@
+"""kopf settings: our own annotation prefix and finalizer, and watch timeouts so a silent
+connection drop never leaves the operator deaf."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+PREFIX = "pim-sre.lab"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_):
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 8

@@ -1,0 +1,165 @@
+"""What a Lab should be, computed purely from its spec and the namespace's Shards.
+
+The handler gathers the inputs (the Lab, its Shards, the previous shard map, which optional
+kinds exist), calls `desired_children`, applies the result and writes `lab_status`.
+"""
+
+from __future__ import annotations
+
+from pimlab_operator.api.lab import LabSpec
+from pimlab_operator.conditions import Condition
+from pimlab_operator.render import owned, render
+
+PORT = 8080
+SLOT_COUNT = 1024
+SQL_PORT = 1433
+DATABASE = "pim"
+# spec.services key -> component name (the `pimlab serve --service` name).
+COMPONENTS = {
+    "gateway": "gateway",
+    "patient": "patient",
+    "encounter": "encounter",
+    "billing": "billing",
+    "admin": "admin",
+    "outboxRelay": "outbox-relay",
+    "projectionWorker": "projection-worker",
+}
+DOWNSTREAMS = ("patient", "encounter", "billing", "admin")
+
+
+def selector_matches(selector: dict | None, labels: dict | None) -> bool:
+    """A LabelSelector's matchLabels/matchExpressions against an object's labels."""
+    labels = labels or {}
+    selector = selector or {}
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, op, values = expression["key"], expression["operator"], expression.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def shard_entries(shards: list[dict], namespace: str) -> list[dict]:
+    """The shard map's body: one entry per Shard, ordered by ordinal."""
+    entries = []
+    for shard in sorted(shards, key=lambda s: s["spec"]["ordinal"]):
+        name, spec = shard["metadata"]["name"], shard["spec"]
+        secret = (spec.get("credentialsSecretRef") or {}).get("name") or f"{name}-credentials"
+        entries.append({
+            "name": name,
+            "ordinal": spec["ordinal"],
+            "slots": {"start": spec["slots"]["start"], "end": spec["slots"]["end"]},
+            "primary": {"host": f"{name}-primary.{namespace}.svc", "port": SQL_PORT},
+            "readonly": {"host": f"{name}-readonly.{namespace}.svc", "port": SQL_PORT},
+            "database": DATABASE,
+            "credentialsSecret": secret,
+        })
+    return entries
+
+
+def shard_map(shards: list[dict], namespace: str, previous: dict | None) -> dict:
+    """The versioned map; the version moves only when the shards' entries change."""
+    entries = shard_entries(shards, namespace)
+    version = (previous or {}).get("version", 0)
+    if previous is None or previous.get("shards") != entries:
+        version += 1
+    return {"version": version, "slotCount": SLOT_COUNT, "shards": entries}
+
+
+def slot_coverage(entries: list[dict]) -> tuple[int, list[str]]:
+    """How many of the slots are owned, and any slot owned twice (a misconfiguration)."""
+    owner: dict[int, str] = {}
+    overlaps = []
+    for entry in entries:
+        for slot in range(entry["slots"]["start"], entry["slots"]["end"] + 1):
+            if slot in owner:
+                overlaps.append(f"slot {slot}: {owner[slot]} and {entry['name']}")
+            owner.setdefault(slot, entry["name"])
+    return len(owner), overlaps
+
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def desired_children(lab: dict, shard_map_body: dict, with_service_monitor: bool) -> list[dict]:
+    """Every child of the Lab; a ServiceMonitor only when its CRD exists and the spec wants it."""
+    spec = LabSpec.model_validate(lab["spec"]).to_k8s()
+    observability = spec.get("observability") or {}
+    name = lab["metadata"]["name"]
+    secrets = sorted({entry["credentialsSecret"] for entry in shard_map_body["shards"]})
+    children = render("lab/shard-map.yaml.j2", lab_name=name, shard_map=shard_map_body)
+    for key, component in COMPONENTS.items():
+        children += render(
+            "lab/component.yaml.j2",
+            lab_name=name, component=component,
+            service={"resources": DEFAULT_RESOURCES, **spec["services"][key]},
+            image=spec["image"], image_pull_policy=spec["imagePullPolicy"], port=PORT,
+            auth=spec.get("auth") or {}, observability=observability, downstreams=DOWNSTREAMS,
+            credential_secrets=secrets, shard_map_version=shard_map_body["version"],
+        )
+    if with_service_monitor and observability.get("serviceMonitor", True):
+        children += render("lab/servicemonitor.yaml.j2", lab_name=name)
+    return owned(children, lab)
+
+
+def service_status(key: str, service: dict, deployment: dict | None) -> dict:
+    """One service as observed: desired replicas (the HPA's when it scales) and ready ones."""
+    wanted = (deployment or {}).get("spec", {}).get("replicas")
+    if wanted is None:
+        wanted = (service.get("autoscaling") or {}).get("minReplicas", service.get("replicas", 1))
+    ready = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+    return {"name": key, "replicas": wanted, "readyReplicas": ready,
+            "ready": deployment is not None and ready >= wanted}
+
+
+def lab_status(lab: dict, shard_map_body: dict, deployments: dict[str, dict | None]
+               ) -> tuple[dict, list[Condition]]:
+    """Status fields and conditions from what the cluster reports about the children."""
+    spec = LabSpec.model_validate(lab["spec"]).to_k8s()
+    name, namespace = lab["metadata"]["name"], lab["metadata"]["namespace"]
+    services = [service_status(key, spec["services"][key], deployments.get(component))
+                for key, component in COMPONENTS.items()]
+    not_ready = [s["name"] for s in services if not s["ready"]]
+    entries = shard_map_body["shards"]
+    owned_slots, overlaps = slot_coverage(entries)
+    if overlaps:
+        degraded = Condition("Degraded", True, "ShardSlotsOverlap", "; ".join(overlaps[:3]))
+    elif owned_slots < SLOT_COUNT:
+        degraded = Condition(
+            "Degraded", True, "ShardSlotsUncovered",
+            f"{SLOT_COUNT - owned_slots} of {SLOT_COUNT} hash slots have no Shard "
+            f"({len(entries)} shards selected)")
+    else:
+        degraded = Condition("Degraded", False, "ShardMapComplete",
+                             f"{len(entries)} shards own all {SLOT_COUNT} slots")
+    if not_ready:
+        phase = "Progressing"
+        ready = Condition("Ready", False, "ServicesNotReady", f"waiting for {', '.join(not_ready)}")
+        progressing = Condition("Progressing", True, "RollingOut",
+                                f"{len(services) - len(not_ready)}/{len(services)} services ready")
+    else:
+        phase = "Degraded" if degraded.status else "Ready"
+        ready = Condition("Ready", not degraded.status,
+                          degraded.reason if degraded.status else "AllServicesReady",
+                          degraded.message if degraded.status else
+                          f"{len(services)} services ready, shard map v{shard_map_body['version']}")
+        progressing = Condition("Progressing", False, "RolledOut", "every service is up to date")
+    status = {
+        "phase": phase,
+        "phaseReason": ready.message,
+        "endpoints": {"gateway": f"http://{name}-gateway.{namespace}.svc:{PORT}"},
+        "shardMapVersion": str(shard_map_body["version"]),
+        "shards": [entry["name"] for entry in entries],
+        "readyServices": len(services) - len(not_ready),
+        "totalServices": len(services),
+        "services": services,
+    }
+    return status, [ready, progressing, degraded]

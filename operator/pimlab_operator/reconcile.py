@@ -1,0 +1,59 @@
+"""The shared reconcile loop: desired children -> server-side apply -> status with conditions.
+
+Each kind's handler module supplies two pure functions (children and status) and the inputs
+they need; this module does the I/O the same way for every kind, serialised per object so a
+timer, an edit and a deleted child never reconcile the same object at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Callable
+
+import kopf
+
+from pimlab_operator import conditions, kube
+from pimlab_operator.metrics import APPLIED, observed
+
+_locks: dict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def lock_for(kind: str, namespace: str, name: str) -> threading.Lock:
+    return _locks[(kind, namespace, name)]
+
+
+def apply_children(kind: str, children: list[dict]) -> list[dict]:
+    applied = []
+    for child in children:
+        applied.append(kube.apply(child))
+        APPLIED.labels(kind, child["kind"]).inc()
+    return applied
+
+
+def write_status(body: dict, fields: dict, wanted: list[conditions.Condition]) -> dict:
+    """Stamp observedGeneration, merge conditions, write via the status subresource, and
+    announce every condition transition as a Kubernetes Event."""
+    meta = body["metadata"]
+    previous = (body.get("status") or {}).get("conditions") or []
+    merged = conditions.merge(previous, wanted, meta.get("generation", 1))
+    status = {**fields, "observedGeneration": meta.get("generation", 1), "conditions": merged}
+    kube.patch_status(body["kind"], meta["name"], meta["namespace"], status)
+    before = {c["type"]: c["status"] for c in previous}
+    for condition in merged:
+        kind_of, status_of = condition["type"], condition["status"]
+        if before.get(kind_of) == status_of or kind_of not in {"Ready", "Degraded"}:
+            continue
+        healthy = (kind_of == "Ready") == (status_of == "True")
+        (kopf.info if healthy else kopf.warn)(body, reason=condition["reason"],
+                  message=f"{condition['type']}={condition['status']}: {condition['message']}")
+    return status
+
+
+def run(kind: str, body: dict, trigger: str, step: Callable[[dict], None]) -> None:
+    meta = body["metadata"]
+    with lock_for(kind, meta["namespace"], meta["name"]), observed(kind, trigger):
+        fresh = kube.get(body["apiVersion"], kind, meta["name"], meta["namespace"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        step(fresh)

@@ -1,0 +1,60 @@
+"""One request followed from its log line to its trace id and to the exemplar on its metric."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+
+def test_log_line_trace_id_and_metric_exemplar_agree(server):
+    with server.client("sre", "sre-trace") as sre:
+        resp = sre.get("/admin/shards", headers={"X-Request-Id": "trace-follow-1"})
+        assert resp.status_code == 200
+        trace_id = resp.headers["x-trace-id"]
+        metrics = sre.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [l for l in server.log_lines() if l.get("request_id") == "trace-follow-1"]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["trace_id"] == trace_id and re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    assert re.fullmatch(r"[0-9a-f]{16}", line["span_id"])
+    assert (line["user_id"], line["persona"], line["shard"], line["route"]) == ("sre-trace", "sre", "all", "/admin/shards")
+    exemplars = [
+        s.exemplar.labels["trace_id"]
+        for fam in text_string_to_metric_families(metrics) if fam.name == "pim_http_request_duration_seconds"
+        for s in fam.samples
+        if s.exemplar and s.labels.get("route") == "/admin/shards" and s.labels.get("persona") == "sre"
+    ]
+    assert trace_id in exemplars
+
+
+def test_traceparent_from_caller_is_continued(server):
+    parent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    resp = server.client("sre", "sre-1").get("/providers", headers={"traceparent": parent})
+    assert resp.headers["x-trace-id"] == "1" * 32
+
+
+def test_redaction_keeps_identifiers_out_of_logs():
+    import io
+    import json
+    import logging
+
+    from api_services.telemetry import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("pim.test.redaction")
+    log.addHandler(handler)
+    log.warning("note mentions 123-45-6789 and jane@example.org", extra={"detail": "MRN-12345678 call 555-123-4567"})
+    line = json.loads(stream.getvalue())
+    text = json.dumps(line)
+    for secret in ("123-45-6789", "jane@example.org", "MRN-12345678", "555-123-4567"):
+        assert secret not in text
+    assert "[REDACTED-SSN]" in line["message"]
