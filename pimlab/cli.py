@@ -13,22 +13,14 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pimlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from api_services import cli as services_cli
     from pimlab import cluster_cli
+    from pimlab_operator import cli as operator_cli
 
     cluster_cli.add_commands(sub)
     cluster_cli.add_lab_commands(sub)
-    try:
-        from pimlab_operator import cli as operator_cli
-    except ImportError:  # pragma: no cover - only while the operator package is being written
-        operator_cli = None
-    if operator_cli is not None:
-        operator_cli.add_commands(sub)
-    try:
-        from api_services import cli as services_cli
-    except ImportError:  # pragma: no cover
-        services_cli = None
-    if services_cli is not None:
-        services_cli.add_commands(sub)
+    operator_cli.add_commands(sub)
+    services_cli.add_commands(sub)
     return parser
 
 

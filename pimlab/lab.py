@@ -25,23 +25,78 @@ def _home() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def write_operator_kubeconfig(plane: LocalControlPlane, path: Path) -> None:
+    """A kubeconfig with the operator ServiceAccount's token, not the admin's certificate, so
+    the operator is held to its own RBAC (clusters/base/operator/rbac.yaml)."""
+    token = plane.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE,
+                          "--duration=24h").stdout.strip()
+    config = yaml.safe_load(plane.layout.kubeconfig.read_text())
+    config["users"] = [{"name": OPERATOR_SA, "user": {"token": token}}]
+    config["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": OPERATOR_SA}}]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+def install_operator_rbac(plane: LocalControlPlane) -> None:
+    for name in ("namespace.yaml", "rbac.yaml"):
+        plane.kubectl("apply", "--server-side", "-f", str(_home() / "clusters/base/operator" / name))
+
+
+class OperatorProcess:
+    """`pimlab operator run` as a background process with a pid file and a log file."""
+
+    def __init__(self, kubeconfig: Path, log: Path, pid_file: Path, *, metrics_port: int,
+                 health_port: int, namespaces: tuple[str, ...] = ()):
+        self.kubeconfig, self.log, self.pid_file = kubeconfig, log, pid_file
+        self.metrics_port, self.health_port, self.namespaces = metrics_port, health_port, namespaces
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid, Path(sys.executable)) else None
+
+    def start(self) -> int:
+        self.stop()
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(_home()))
+        args = [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
+                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        for namespace in self.namespaces:
+            args += ["--namespace", namespace]
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 15) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.pid():
+            time.sleep(0.1)
+        if self.pid():
+            os.killpg(pid, signal.SIGKILL)
+            while self.pid():
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
+
 class LocalLab:
     def __init__(self, root: Path | str = ".", out=sys.stdout):
         self.plane = LocalControlPlane(root, log=out)
         self.out = out
-        self.lab_dir = self.plane.layout.lab
-
-    @property
-    def operator_log(self) -> Path:
-        return self.lab_dir / "operator.log"
-
-    @property
-    def operator_pid(self) -> Path:
-        return self.lab_dir / "operator.pid"
-
-    @property
-    def operator_kubeconfig(self) -> Path:
-        return self.lab_dir / "operator.kubeconfig"
+        lab_dir = self.plane.layout.lab
+        self.operator_log = lab_dir / "operator.log"
+        self.operator_kubeconfig = lab_dir / "operator.kubeconfig"
+        self.operator = OperatorProcess(
+            self.operator_kubeconfig, self.operator_log, lab_dir / "operator.pid",
+            metrics_port=int(os.environ.get("PIMLAB_OPERATOR_METRICS_PORT", "19095")),
+            health_port=int(os.environ.get("PIMLAB_OPERATOR_HEALTH_PORT", "18081")),
+        )
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -54,61 +109,20 @@ class LocalLab:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         self.say("installing the operator's namespace and RBAC")
-        for name in ("namespace.yaml", "rbac.yaml"):
-            kubectl("apply", "--server-side", "-f", str(home / "clusters/base/operator" / name))
-        self.start_operator()
+        install_operator_rbac(self.plane)
+        if self.operator.pid():
+            self.say("restarting the operator")
+        write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
+        pid = self.operator.start()
+        self.say(f"operator started (pid {pid}, log {self.operator_log})")
         if samples:
             self.say("applying samples/")
             kubectl("apply", "--server-side", "-f", str(home / "samples"))
 
-    def _write_operator_kubeconfig(self) -> None:
-        """A kubeconfig with the operator ServiceAccount's token, not the admin's cert."""
-        token = self.plane.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE,
-                                   "--duration=24h").stdout.strip()
-        admin = yaml.safe_load(self.plane.layout.kubeconfig.read_text())
-        admin["users"] = [{"name": OPERATOR_SA, "user": {"token": token}}]
-        admin["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": OPERATOR_SA}}]
-        self.operator_kubeconfig.write_text(yaml.safe_dump(admin, sort_keys=False))
-        self.operator_kubeconfig.chmod(0o600)
-
-    def operator_running(self) -> int | None:
-        try:
-            pid = int(self.operator_pid.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if _pid_alive(pid, Path(sys.executable)) else None
-
-    def stop_operator(self) -> None:
-        pid = self.operator_running()
-        if pid is None:
-            return
-        self.say(f"stopping the operator (pid {pid})")
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and self.operator_running():
-            time.sleep(0.2)
-        if self.operator_running():
-            os.killpg(pid, signal.SIGKILL)
-        self.operator_pid.unlink(missing_ok=True)
-
-    def start_operator(self) -> None:
-        """(Re)start the operator in the background; its log is .lab/operator.log."""
-        self.stop_operator()
-        self._write_operator_kubeconfig()
-        env = dict(os.environ, KUBECONFIG=str(self.operator_kubeconfig), PIMLAB_HOME=str(_home()))
-        with open(self.operator_log, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
-                 "--metrics-port", os.environ.get("PIMLAB_OPERATOR_METRICS_PORT", "19095"),
-                 "--health-port", os.environ.get("PIMLAB_OPERATOR_HEALTH_PORT", "18081")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,
-            )
-        self.operator_pid.write_text(str(proc.pid))
-        self.say(f"operator started (pid {proc.pid}, log {self.operator_log})")
-
     def down(self) -> None:
-        self.stop_operator()
+        if self.operator.pid():
+            self.say("stopping the operator")
+        self.operator.stop()
         self.operator_kubeconfig.unlink(missing_ok=True)
         self.plane.down()
 

@@ -1,0 +1,227 @@
+"""The operator running against the real control plane: the sample Lab becomes Ready with
+owned children; edits, deletions, a hand-deleted child and a killed operator all converge."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS = ("gateway", "patient", "encounter", "billing", "admin", "outbox-relay",
+              "projection-worker")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 90, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def sample_docs(kind: str, namespace: str) -> list[dict]:
+    docs = []
+    for path in sorted((ROOT / "samples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == kind:
+                doc["metadata"]["namespace"] = namespace
+                docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, crds_installed, tmp_path_factory):
+    """The operator, as its own ServiceAccount, watching only the namespaces it is given."""
+    install_operator_rbac(cluster.plane)
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = workdir / "kubeconfig"
+    write_operator_kubeconfig(cluster.plane, kubeconfig)
+    namespace = f"lab-e2e-{int(time.time()) % 100000}"
+    cluster.kubectl("create", "namespace", namespace)
+    process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
+                              metrics_port=free_port(), health_port=free_port(),
+                              namespaces=(namespace,))
+    process.start()
+    process.namespace = namespace
+    yield process
+    process.stop()
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def lab_condition(cluster, namespace: str, name: str, ctype: str = "Ready") -> dict | None:
+    lab = cluster.get("lab", name, namespace)
+    for condition in (lab or {}).get("status", {}).get("conditions", []):
+        if condition["type"] == ctype:
+            return condition
+    return None
+
+
+def children(cluster, namespace: str, kind: str, lab: str) -> list[dict]:
+    out = cluster.kubectl("get", kind, "-n", namespace, "-l", f"pim-sre.lab/lab={lab}",
+                          "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+@pytest.fixture(scope="module")
+def sample_lab(cluster, operator):
+    ns = operator.namespace
+    cluster.apply(sample_docs("Shard", ns) + sample_docs("Lab", ns))
+    wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
+             timeout=120, what="the sample Lab to become Ready")
+    return ns
+
+
+def test_sample_lab_becomes_ready_with_owned_children(cluster, sample_lab):
+    ns = sample_lab
+    lab = cluster.get("lab", "pim", ns)
+    status = lab["status"]
+    assert status["observedGeneration"] == lab["metadata"]["generation"]
+    assert status["readyServices"] == status["totalServices"] == 7
+    assert status["shards"] == ["shard-00", "shard-01", "shard-02"]
+    assert status["phase"] == "Ready"
+    assert status["endpoints"]["gateway"] == f"http://pim-gateway.{ns}.svc:8080"
+    kinds = {c["type"]: c for c in status["conditions"]}
+    assert kinds["Degraded"]["status"] == "False" and kinds["Progressing"]["status"] == "False"
+
+    deployments = children(cluster, ns, "deployments", "pim")
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(f"pim-{c}" for c in COMPONENTS)
+    for kind in ("deployments", "services", "poddisruptionbudgets", "configmaps"):
+        for child in children(cluster, ns, kind, "pim"):
+            (owner,) = child["metadata"]["ownerReferences"]
+            assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == \
+                ("Lab", "pim", lab["metadata"]["uid"], True)
+    autoscaled = {f"pim-{name}" for name, service in sample_docs("Lab", ns)[0]["spec"]["services"].items()
+                  if service.get("autoscaling")}
+    hpas = children(cluster, ns, "horizontalpodautoscalers", "pim")
+    assert autoscaled and {h["metadata"]["name"] for h in hpas} == autoscaled
+    gateway = json.loads(cluster.kubectl("get", "deployment", "pim-gateway", "-n", ns, "-o", "json",
+                                         "--show-managed-fields").stdout)
+    ours = [m for m in gateway["metadata"]["managedFields"] if m["manager"] == "pimlab-operator"]
+    assert len(ours) == 1 and ours[0]["operation"] == "Apply"
+    assert "f:replicas" not in ours[0]["fieldsV1"]["f:spec"], \
+        "an autoscaled Deployment's replicas belong to its HPA, not to the operator"
+    shard_map = json.loads(cluster.get("configmap", "pim-shard-map", ns)["data"]["shard-map.json"])
+    assert shard_map["version"] == 1 and shard_map["slotCount"] == 1024
+    assert [s["slots"] for s in shard_map["shards"]] == [
+        {"start": 0, "end": 341}, {"start": 342, "end": 682}, {"start": 683, "end": 1023}]
+    assert shard_map["shards"][0]["primary"] == {"host": f"shard-00-primary.{ns}.svc", "port": 1433}
+    printed = cluster.kubectl("get", "lab", "pim", "-n", ns).stdout
+    assert "Ready" in printed and "True" in printed
+    events = cluster.kubectl("get", "events", "-n", ns, "--field-selector",
+                             "involvedObject.kind=Lab", "-o", "json").stdout
+    assert any(e["reason"] == "AllServicesReady" for e in json.loads(events)["items"])
+
+
+def test_editing_the_spec_updates_the_children(cluster, sample_lab):
+    ns = sample_lab
+    cluster.kubectl("patch", "lab", "pim", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"services": {"billing": {"replicas": 3}},
+                                         "image": "ghcr.io/pim-sre/lab:0.1.1"}}))
+    deployment = wait_for(
+        lambda: (d := cluster.get("deployment", "pim-billing", ns)) and d["spec"]["replicas"] == 3 and d,
+        what="billing to scale to 3")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/pim-sre/lab:0.1.1"
+    lab = wait_for(lambda: (l := cluster.get("lab", "pim", ns))["status"].get("observedGeneration")
+                   == l["metadata"]["generation"] and l, what="observedGeneration to catch up")
+    wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
+             what="Ready again after the rollout")
+    billing = next(s for s in cluster.get("lab", "pim", ns)["status"]["services"] if s["name"] == "billing")
+    assert billing["replicas"] == 3 and lab["metadata"]["generation"] >= 2
+
+
+def test_a_child_deleted_by_hand_comes_back(cluster, sample_lab):
+    ns = sample_lab
+    before = cluster.get("service", "pim-patient", ns)["metadata"]["uid"]
+    cluster.kubectl("delete", "service", "pim-patient", "-n", ns)
+    again = wait_for(lambda: cluster.get("service", "pim-patient", ns), timeout=60,
+                     what="the Service to be recreated")
+    assert again["metadata"]["uid"] != before
+
+
+def test_a_new_shard_moves_the_shard_map_version(cluster, sample_lab):
+    ns = sample_lab
+    cluster.kubectl("patch", "shard", "shard-02", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"slots": {"start": 683, "end": 1000}}}))
+    wait_for(lambda: (lab_condition(cluster, ns, "pim", "Degraded") or {}).get("reason")
+             == "ShardSlotsUncovered", what="the uncovered slots to be reported")
+    shard_map = json.loads(cluster.get("configmap", "pim-shard-map", ns)["data"]["shard-map.json"])
+    assert shard_map["version"] == 2
+    cluster.kubectl("patch", "shard", "shard-02", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"slots": {"start": 683, "end": 1023}}}))
+    wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
+             what="Ready once every slot is owned again")
+    assert cluster.get("lab", "pim", ns)["status"]["shardMapVersion"] == "3"
+
+
+def test_operator_serves_health_and_metrics(operator, sample_lab):
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'pimlab_operator_reconciles_total{kind="Lab"' in metrics
+    assert 'pimlab_operator_reconcile_duration_seconds_bucket{kind="Lab"' in metrics
+    log_line = json.loads(Path(operator.log).read_text().splitlines()[-1])
+    assert {"message", "timestamp", "severity"} <= set(log_line)
+
+
+def test_killing_the_operator_mid_reconcile_converges_without_duplicates(cluster, operator):
+    ns = operator.namespace
+    lab = sample_docs("Lab", ns)[0]
+    lab["metadata"]["name"] = "killed"
+    cluster.apply(lab)
+    wait_for(lambda: children(cluster, ns, "deployments", "killed"), timeout=60, interval=0.05,
+             what="the first child of the new Lab")
+    operator.stop(sig=signal.SIGKILL, grace=0)
+    partial = len(children(cluster, ns, "deployments", "killed"))
+    operator.start()
+    wait_for(lambda: (lab_condition(cluster, ns, "killed") or {}).get("status") == "True",
+             timeout=120, what="the Lab to converge after the restart")
+    deployments = children(cluster, ns, "deployments", "killed")
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(f"killed-{c}" for c in COMPONENTS)
+    assert partial <= len(COMPONENTS)
+    for kind in ("services", "poddisruptionbudgets"):
+        names = [c["metadata"]["name"] for c in children(cluster, ns, kind, "killed")]
+        assert len(names) == len(set(names)) == len(COMPONENTS)
+    for deployment in deployments:
+        rs = json.loads(cluster.kubectl("get", "rs", "-n", ns, "-l",
+                                        f"app.kubernetes.io/instance=killed,app.kubernetes.io/component="
+                                        f"{deployment['metadata']['labels']['app.kubernetes.io/component']}",
+                                        "-o", "json").stdout)["items"]
+        assert len(rs) == 1, "a restart must not roll the pods (same template, same ReplicaSet)"
+
+
+def test_status_is_true_again_after_an_operator_restart(cluster, operator, sample_lab):
+    ns = sample_lab
+    operator.stop()
+    cluster.kubectl("delete", "deployment", "pim-admin", "-n", ns)
+    wait_for(lambda: cluster.get("deployment", "pim-admin", ns) is None, what="deletion")
+    operator.start()
+    wait_for(lambda: cluster.get("deployment", "pim-admin", ns), what="the resumed operator to recreate it")
+    wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
+             what="Ready after the restart")
+
+
+def test_deleting_the_lab_removes_its_children(cluster, operator, sample_lab):
+    ns = sample_lab
+    cluster.kubectl("delete", "lab", "pim", "-n", ns, "--timeout=60s")
+    wait_for(lambda: not children(cluster, ns, "deployments", "pim")
+             and not children(cluster, ns, "configmaps", "pim"),
+             timeout=90, what="the garbage collector to remove the Lab's children")
