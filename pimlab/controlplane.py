@@ -330,6 +330,22 @@ class LocalControlPlane:
             return False
         return _https_ok(f"{self.layout.server}/readyz", self.ca, admin)
 
+    def foreign_reason(self) -> str | None:
+        """Why the cluster behind `.lab/kubeconfig` is not this tree's own (None if it is).
+        Tests create and delete objects freely, so they run only against their own cluster."""
+        config = yaml.safe_load(self.layout.kubeconfig.read_text())
+        servers = {c["cluster"]["server"] for c in config.get("clusters", [])}
+        if servers != {self.layout.server}:
+            return f"{self.layout.kubeconfig} points to {sorted(servers)}, not {self.layout.server}"
+        expected = self.layout.cluster_id_file.read_text().strip() \
+            if self.layout.cluster_id_file.exists() else ""
+        marker = self.kubectl("get", "configmap", MARKER_NAME, "-n", MARKER_NAMESPACE,
+                              "-o", "jsonpath={.data.id}", check=False).stdout.strip()
+        if not expected or marker != expected:
+            return (f"the cluster at {self.layout.server} does not carry this tree's "
+                    f"control-plane id ({self.layout.cluster_id_file})")
+        return None
+
     def up(self, build_log=None) -> None:
         if self.healthy():
             self.say(f"control plane already running: {self.layout.server}")

@@ -17,12 +17,9 @@ from pathlib import Path
 import yaml
 
 from pimlab.controlplane import LocalControlPlane, _pid_alive
+from pimlab_operator.render import project_home
 
 OPERATOR_NAMESPACE, OPERATOR_SA = "pim-system", "pimlab-operator"
-
-
-def _home() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def write_operator_kubeconfig(plane: LocalControlPlane, path: Path) -> None:
@@ -39,7 +36,12 @@ def write_operator_kubeconfig(plane: LocalControlPlane, path: Path) -> None:
 
 def install_operator_rbac(plane: LocalControlPlane) -> None:
     for name in ("namespace.yaml", "rbac.yaml"):
-        plane.kubectl("apply", "--server-side", "-f", str(_home() / "clusters/base/operator" / name))
+        plane.kubectl("apply", "--server-side", "-f", str(project_home() / "clusters/base/operator" / name))
+
+
+def install_operator_manifests(plane: LocalControlPlane) -> None:
+    """Namespace, RBAC and Deployment, exactly as Flux applies them in a user's cluster."""
+    plane.kubectl("apply", "--server-side", "-k", str(project_home() / "clusters/base/operator"))
 
 
 class OperatorProcess:
@@ -59,7 +61,7 @@ class OperatorProcess:
 
     def start(self) -> int:
         self.stop()
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(_home()))
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(project_home()))
         args = [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
                 "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         for namespace in self.namespaces:
@@ -102,14 +104,15 @@ class LocalLab:
         print(message, file=self.out, flush=True)
 
     def up(self, samples: bool = True) -> None:
-        home = _home()
+        home = project_home()
         self.plane.up()
         kubectl = self.plane.kubectl
         self.say("installing the CRDs from crds/")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        self.say("installing the operator's namespace and RBAC")
-        install_operator_rbac(self.plane)
+        self.say("installing the operator's namespace, RBAC and Deployment (clusters/base/operator);"
+                 " kwok only simulates its pod, so the operator itself runs as a local process")
+        install_operator_manifests(self.plane)
         if self.operator.pid():
             self.say("restarting the operator")
         write_operator_kubeconfig(self.plane, self.operator_kubeconfig)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.controlplane import HOST, MARKER_NAME, MARKER_NAMESPACE, LocalControlPlane
+from pimlab.controlplane import LocalControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
@@ -53,28 +53,15 @@ class Cluster:
         return yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
 
 
-def _refuse_foreign_cluster(plane: LocalControlPlane) -> None:
-    """The tests create and delete objects freely: only our own local cluster qualifies."""
-    config = yaml.safe_load(plane.layout.kubeconfig.read_text())
-    servers = {c["cluster"]["server"] for c in config.get("clusters", [])}
-    if servers != {plane.layout.server} or HOST not in plane.layout.server:
-        pytest.exit(f"refusing to test against {servers}: not the local control plane "
-                    f"{plane.layout.server}", returncode=3)
-    marker = plane.kubectl("get", "configmap", MARKER_NAME, "-n", MARKER_NAMESPACE,
-                           "-o", "jsonpath={.data.id}", check=False).stdout.strip()
-    expected = plane.layout.cluster_id_file.read_text().strip()
-    if not marker or marker != expected:
-        pytest.exit("refusing to test: the cluster behind .lab/kubeconfig does not carry this "
-                    "tree's control-plane id", returncode=3)
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     plane = LocalControlPlane(ROOT)
     started_here = not plane.healthy()
     if started_here:
         plane.up()
-    _refuse_foreign_cluster(plane)
+    reason = plane.foreign_reason()
+    if reason:
+        pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
     yield Cluster(plane)
     if started_here and not os.environ.get("PIMLAB_KEEP_CLUSTER"):

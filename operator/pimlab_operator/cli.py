@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-#: The repository root when the package is used from a checkout (editable install).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pimlab_operator.render import project_home
+
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _crds(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the operator's commands; each sets `func(args) -> int`."""
     crds = subparsers.add_parser("crds", help="generate the CRDs in crds/ from the pydantic models")
-    crds.add_argument("--out-dir", default=str(REPO_ROOT / "crds"), help="directory for <plural>.pim-sre.lab.yaml files")
+    crds.add_argument("--out-dir", default=str(project_home() / "crds"), help="directory for <plural>.pim-sre.lab.yaml files")
     crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     crds.set_defaults(func=_crds)
     add_operator_commands(subparsers)

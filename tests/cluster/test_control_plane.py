@@ -231,3 +231,38 @@ def test_a_port_in_use_is_named_in_the_error(cluster, tmp_path, monkeypatch):
     with pytest.raises(ControlPlaneError, match=r"port 127\.0\.0\.1:\d+ is already in use.*PIMLAB_PORT_OFFSET"):
         blocked.up()
     blocked.down(quiet=True)
+
+
+def test_a_component_that_fails_to_start_is_named_with_its_log(cluster, tmp_path, monkeypatch):
+    """etcd cannot use a data directory that is a plain file: `up` says so and where to look."""
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "300")
+    broken = LocalControlPlane(tmp_path)
+    (tmp_path / ".lab/cluster").mkdir(parents=True)
+    (tmp_path / ".lab/cluster/etcd").write_text("not a directory")
+    try:
+        with pytest.raises(ControlPlaneError) as failed:
+            broken.up()
+        message = str(failed.value)
+        assert message.startswith("etcd ")
+        assert str(tmp_path / ".lab/cluster/logs/etcd.log") in message
+    finally:
+        broken.down(quiet=True)
+    assert not broken.running()
+
+
+def test_a_cluster_that_is_not_this_trees_own_is_refused(cluster, tmp_path):
+    other = LocalControlPlane(tmp_path)
+    other.layout.lab.mkdir()
+    other.layout.bin.symlink_to(cluster.bin_dir)
+    # same server, but not the id this tree recorded when it started the cluster
+    other.layout.kubeconfig.write_text(cluster.kubeconfig.read_text())
+    assert "does not carry this tree's control-plane id" in other.foreign_reason()
+    other.layout.state.mkdir()
+    other.layout.cluster_id_file.write_text("someone-elses-cluster")
+    assert "does not carry this tree's control-plane id" in other.foreign_reason()
+    # a kubeconfig that points anywhere else
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = "https://10.0.0.1:6443"
+    other.layout.kubeconfig.write_text(yaml.safe_dump(config))
+    assert "points to ['https://10.0.0.1:6443']" in other.foreign_reason()
+    assert cluster.plane.foreign_reason() is None
