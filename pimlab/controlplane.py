@@ -25,6 +25,7 @@ from typing import Callable
 import yaml
 
 from pimlab import controlplane_build
+from pimlab.waiting import TimedOut, wait_for
 from pimlab.pki import CertificateAuthority, KeyPair, service_account_keys
 
 HOST = "127.0.0.1"
@@ -456,15 +457,13 @@ class LocalControlPlane:
 
     def _wait_default_service_account(self, timeout: float = 60) -> None:
         """Pods can only be created once the controller-manager made the default SA."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.kubectl("get", "serviceaccount", "default", "-n", "default",
-                            check=False).returncode == 0:
-                return
-            time.sleep(0.5)
-        raise ControlPlaneError(
-            "the controller-manager did not create the default ServiceAccount; "
-            f"see {self.layout.log('kube-controller-manager')}")
+        try:
+            wait_for(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                                          check=False).returncode == 0, timeout=timeout)
+        except TimedOut:
+            raise ControlPlaneError(
+                "the controller-manager did not create the default ServiceAccount; "
+                f"see {self.layout.log('kube-controller-manager')}") from None
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component this tree started and delete the cluster's state."""

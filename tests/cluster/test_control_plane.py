@@ -16,17 +16,7 @@ import yaml
 
 from pimlab import controlplane_build
 from pimlab.controlplane import ControlPlaneError, LocalControlPlane, _pid_alive
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+from pimlab.waiting import wait_for
 
 
 def pods(cluster, namespace: str, selector: str) -> list[dict]:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from pimlab.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("gateway", "patient", "encounter", "billing", "admin", "outbox-relay",
@@ -24,17 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 90, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def sample_docs(kind: str, namespace: str) -> list[dict]:
