@@ -25,7 +25,6 @@ from api_services.telemetry import OUTBOX_PENDING, OUTBOX_PUBLISHED, PROJECTED, 
 
 log = logging.getLogger("pim.workers")
 CONSUMER = "financial-kpis"
-LEASE_SECONDS = 30.0
 REORDER_WINDOW = 1000  # positions re-checked below the checkpoint (identity commit order may differ)
 
 
@@ -34,22 +33,25 @@ def worker_id(role: str) -> str:
 
 
 def relay_once(engine, shard: str, me: str, batch: int = 500) -> int:
-    now = time.time()
-    pending = sa.and_(outbox.c.published_at.is_(None),
-                      sa.or_(outbox.c.claimed_by.is_(None), outbox.c.claimed_at < now - LEASE_SECONDS))
-    with engine.begin() as conn:
-        ids = conn.execute(sa.select(outbox.c.id).where(pending).order_by(outbox.c.id).limit(batch)).scalars().all()
-        if not ids:
-            OUTBOX_PENDING.labels(shard).set(0)
-            return 0
-        conn.execute(outbox.update().where(outbox.c.id.in_(ids), pending).values(claimed_by=me, claimed_at=now))
-    with tracer().start_as_current_span("outbox.relay", attributes={"pim.shard": shard, "pim.batch": len(ids)}):
+    """Move a batch of unpublished outbox rows to the event stream in ONE transaction.
+
+    Select, append (idempotent by event_id) and mark published commit together or not at all,
+    so a relay killed at any instant leaves every row either published-and-appended or plainly
+    pending for the next relay, never "claimed" by a dead process. (The former claim-then-publish
+    in two transactions stranded rows claimed just before a kill -9 until their 30 s lease
+    expired.) Concurrent relays are serialised by the write lock (SQLite BEGIN IMMEDIATE) or skip
+    each other's locked rows (SQL Server UPDLOCK/READPAST); event_id uniqueness backs both.
+    `claimed_by`/`claimed_at` now only record which relay published a row, and when.
+    """
+    with tracer().start_as_current_span("outbox.relay", attributes={"pim.shard": shard}) as span:
         with engine.begin() as conn:
-            rows = conn.execute(sa.select(outbox).where(outbox.c.id.in_(ids), outbox.c.claimed_by == me,
-                                                        outbox.c.published_at.is_(None))
-                                .order_by(outbox.c.id)).mappings().all()
+            rows = conn.execute(
+                sa.select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(batch)
+                .with_hint(outbox, "WITH (UPDLOCK, READPAST, ROWLOCK)", dialect_name="mssql")).mappings().all()
             if not rows:
+                OUTBOX_PENDING.labels(shard).set(0)
                 return 0
+            span.set_attribute("pim.batch", len(rows))
             known = set(conn.execute(sa.select(event_stream.c.event_id)
                                      .where(event_stream.c.event_id.in_([r["event_id"] for r in rows]))).scalars())
             ts = now_iso()
@@ -57,9 +59,11 @@ def relay_once(engine, shard: str, me: str, batch: int = 500) -> int:
                       "published_at": ts} for r in rows if r["event_id"] not in known]
             if fresh:
                 conn.execute(event_stream.insert(), fresh)
-            conn.execute(outbox.update().where(outbox.c.id.in_([r["id"] for r in rows])).values(published_at=ts))
-            remaining = conn.execute(sa.select(sa.func.count()).select_from(outbox)
-                                     .where(outbox.c.published_at.is_(None))).scalar_one()
+            conn.execute(outbox.update().where(outbox.c.id.in_([r["id"] for r in rows]),
+                                               outbox.c.published_at.is_(None))
+                         .values(published_at=ts, claimed_by=me, claimed_at=time.time()))
+            remaining = 0 if len(rows) < batch else conn.execute(
+                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))).scalar_one()
     OUTBOX_PUBLISHED.labels(shard).inc(len(rows))
     OUTBOX_PENDING.labels(shard).set(remaining)
     return len(rows)

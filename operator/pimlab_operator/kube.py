@@ -90,6 +90,17 @@ def delete(api_version: str, kind: str, name: str, namespace: str | None) -> Non
         pass
 
 
+def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
+                 labels: dict[str, str | None]) -> dict | None:
+    """Merge-patch only the given labels (None removes one); None when the object is gone."""
+    try:
+        return resource(api_version, kind).patch(
+            body={"metadata": {"labels": labels}}, name=name, namespace=namespace,
+            content_type="application/merge-patch+json").to_dict()
+    except NotFoundError:
+        return None
+
+
 def patch_status(kind: str, name: str, namespace: str, status: dict) -> None:
     """Write our computed status through the status subresource. A JSON merge patch replaces
     lists whole, so conditions are always written as one computed list, never merged."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
