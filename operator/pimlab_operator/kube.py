@@ -24,7 +24,8 @@ def _api_client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # $KUBECONFIG read now: the library reads it once, at import, which may be too early.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return kubernetes.client.ApiClient()
 
 

@@ -129,7 +129,8 @@ class ShardSpec(ApiModel):
     )
     credentials_secret_ref: LocalObjectRef | None = Field(
         None,
-        description="Secret with key `sa-password` for the SA login; unset or empty name: the operator"
+        description="Secret with keys `username` and `password` for the SQL login (SQL Server and the"
+        " services read both); unset or empty name: the operator"
         " generates `<shard>-credentials` (never printed).",
     )
 

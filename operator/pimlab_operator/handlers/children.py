@@ -6,10 +6,12 @@ from __future__ import annotations
 import kopf
 
 from pimlab_operator import kube, reconcile
-from pimlab_operator.handlers import lab
+from pimlab_operator.handlers import chaos, lab, personaload, shard, slo
 
 MANAGED = {"app.kubernetes.io/managed-by": kube.FIELD_MANAGER}
-STEPS = {"Lab": lab.step}
+STEPS = {"Lab": lab.step, "Shard": shard.step, "PersonaLoad": personaload.step,
+         "ChaosExperiment": chaos.step, "SLO": slo.step}
+STATUS_CHILDREN = {"deployments", "statefulsets", "jobs", "cronjobs"}
 
 
 def _reconcile_owner(body, trigger: str) -> None:
@@ -26,7 +28,7 @@ def _watch(group: str, version: str, plural: str):
     def child_event(type, body, **_):
         if type == "DELETED":
             _reconcile_owner(body, f"child-deleted:{plural}")
-        elif plural == "deployments" and type == "MODIFIED":
+        elif plural in STATUS_CHILDREN and type == "MODIFIED":
             _reconcile_owner(body, "child-status")
     return child_event
 
@@ -37,6 +39,10 @@ for _group, _version, _plural in (
     ("", "v1", "configmaps"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("apps", "v1", "statefulsets"),
+    ("", "v1", "secrets"),
+    ("batch", "v1", "jobs"),
+    ("batch", "v1", "cronjobs"),
 ):
     _watch(_group, _version, _plural)
 

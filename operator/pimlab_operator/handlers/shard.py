@@ -1,0 +1,49 @@
+"""Shard -> SQL Server StatefulSet, its Services, PDB, config and (generated once) credentials."""
+
+from __future__ import annotations
+
+import kopf
+
+from pimlab_operator import kube, reconcile, shard
+
+KIND = "Shard"
+
+
+def _new_password_if_needed(body: dict) -> str | None:
+    """A password only when we own the Secret and it does not exist: never regenerated."""
+    if not shard.generates_credentials(body):
+        return None
+    name, namespace = shard.credentials_secret_name(body), body["metadata"]["namespace"]
+    return None if kube.get("v1", "Secret", name, namespace) else shard.generate_password()
+
+
+def _pods(body: dict) -> list[dict]:
+    return kube.list_objects("v1", "Pod", body["metadata"]["namespace"],
+                             label_selector=shard.label_selector(body["metadata"]["name"]))
+
+
+def step(body: dict) -> None:
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    reconcile.apply_children(KIND, shard.desired_children(body, _new_password_if_needed(body)))
+    pods = _pods(body)
+    assignments = shard.role_assignments(body, pods)
+    for pod, role in assignments.items():
+        kube.patch_labels("v1", "Pod", pod, namespace, {shard.ROLE_LABEL: role})
+    if assignments:
+        pods = _pods(body)
+    statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
+    fields, wanted = shard.shard_status(body, statefulset, pods)
+    reconcile.write_status(body, fields, wanted)
+
+
+@kopf.on.resume(kube.GROUP, kube.VERSION, "shards", id="shard-resume")
+@kopf.on.create(kube.GROUP, kube.VERSION, "shards", id="shard-create")
+@kopf.on.update(kube.GROUP, kube.VERSION, "shards", id="shard-update", field="spec")
+def on_change(body, reason, **_):
+    reconcile.run(KIND, dict(body), str(reason), step)
+
+
+@kopf.timer(kube.GROUP, kube.VERSION, "shards", id="shard-resync", interval=20, idle=5)
+def resync(body, **_):
+    """Level-based: pod readiness, role labels and a deleted child converge on the next tick."""
+    reconcile.run(KIND, dict(body), "resync", step)

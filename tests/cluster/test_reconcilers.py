@@ -1,0 +1,61 @@
+"""Every child the Shard, SLO, PersonaLoad and ChaosExperiment reconcilers render for the
+samples is accepted by the real apiserver (server-side dry run, third-party CRDs installed)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pimlab_operator import chaos, kube, personaload, shard, slo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def samples(kind: str, namespace: str) -> list[dict]:
+    found = []
+    for path in sorted((ROOT / "samples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == kind:
+                doc["metadata"].update(namespace=namespace, uid=f"00000000-0000-0000-0000-{len(found):012d}",
+                                       generation=1)
+                found.append(doc)
+    return found
+
+
+def children_of(kind: str, namespace: str) -> list[dict]:
+    rendered = []
+    if kind == "Shard":
+        for body in samples(kind, namespace):
+            rendered += shard.desired_children(body, password=shard.generate_password())
+    elif kind == "SLO":
+        for body in samples(kind, namespace):
+            rendered += slo.desired_children(body, with_prometheus_rule=True)
+    elif kind == "PersonaLoad":
+        for body in samples(kind, namespace):
+            rendered += personaload.desired_children(body, "ghcr.io/pim-sre/lab:0.1.0")
+    else:
+        for body in samples(kind, namespace):
+            for action, parameters in (("networkDelay", {"latency": "200ms", "jitter": "20ms"}),
+                                       ("networkLoss", {"loss": "10"}), ("networkPartition", {}),
+                                       ("cpuStress", {"cpuWorkers": 2, "cpuLoad": 80})):
+                variant = copy.deepcopy(body)
+                variant["metadata"]["name"] = f"{body['metadata']['name']}-{action.lower()}"
+                variant["spec"] = {"action": action, "target": {"selector": {"matchLabels": {"app": "x"}}},
+                                   "dryRun": False, "reference": "ADR-011", "duration": "1m",
+                                   **({"parameters": parameters} if parameters else {})}
+                rendered += chaos.chaos_mesh_children(variant, ["x-0"])
+            break
+    return rendered
+
+
+@pytest.mark.parametrize("kind", ["Shard", "SLO", "PersonaLoad", "ChaosExperiment"])
+def test_rendered_children_pass_server_side_dry_run(cluster, crds_installed, thirdparty_crds, namespace, kind):
+    rendered = children_of(kind, namespace)
+    assert rendered
+    for child in rendered:
+        child["metadata"]["ownerReferences"] = []  # the sample owners do not exist in this namespace
+        result = kube.apply(child, dry_run=True)
+        assert result["metadata"]["name"] == child["metadata"]["name"], child["kind"]
