@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Callable
 
 import kopf
+from kubernetes.dynamic.exceptions import ForbiddenError
 
 from pimlab_operator import conditions, kube
 from pimlab_operator.metrics import APPLIED, observed
@@ -56,4 +57,9 @@ def run(kind: str, body: dict, trigger: str, step: Callable[[dict], None]) -> No
         fresh = kube.get(body["apiVersion"], kind, meta["name"], meta["namespace"])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
-        step(fresh)
+        try:
+            step(fresh)
+        except ForbiddenError as error:
+            # The namespace is being deleted: its objects go away with it, nothing to repair.
+            if "NamespaceTerminating" not in str(error.body):
+                raise
