@@ -9,7 +9,7 @@ PIMLAB := $(VENV)/bin/pimlab
 # Prometheus and promtool for real rule evaluation.
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
 
-.PHONY: help deps venv cluster-up cluster-down cluster-status crds lab lab-down test bench clean
+.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds lab lab-down test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -29,7 +29,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## the Python virtual environment with the project and its test tools
 
-cluster-up: deps venv ## start the local control plane (built once from the Go module proxy)
+controlplane: venv ## compile the control plane once into ~/.cache/pimlab (Go module proxy)
+	$(PIMLAB) cluster build
+
+cluster-up: deps controlplane ## start the local control plane
 	$(PIMLAB) cluster up
 
 cluster-down: venv ## stop the local control plane and remove its state
@@ -47,7 +50,7 @@ lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down
 
-test: deps venv ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
