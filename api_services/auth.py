@@ -66,6 +66,7 @@ class Authenticator:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._verified: dict[str, tuple[Principal, float]] = {}
         if settings.oidc_issuer and settings.oidc_jwks_uri:
             self._jwks = jwt.PyJWKClient(settings.oidc_jwks_uri, cache_keys=True, lifespan=300)
             self._dev_public = None
@@ -73,7 +74,23 @@ class Authenticator:
             self._jwks = None
             self._dev_public = load_or_create_dev_key(settings.dev_issuer_key_file).public_key()
 
+    CACHE_SIZE = 4096
+    CACHE_SECONDS = 60.0
+
     def verify(self, token: str) -> Principal:
+        """Verified tokens are remembered (until exp, at most 60 s, so a JWKS rotation still bites
+        quickly): an ES256 verification costs more CPU than the rest of a cheap request."""
+        hit = self._verified.get(token)
+        now = time.time()
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        principal_, exp = self._verify(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal_, min(exp, now + self.CACHE_SECONDS))
+        return principal_
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             if self._jwks is not None:
                 key = self._jwks.get_signing_key_from_jwt(token).key
@@ -90,7 +107,7 @@ class Authenticator:
         sub = str(claims["sub"])
         if not sub or len(sub) > 64:
             raise Unauthorized("token subject is invalid", "invalid_token")
-        return Principal(user_id=sub, persona=persona)
+        return Principal(user_id=sub, persona=persona), float(claims["exp"])
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:

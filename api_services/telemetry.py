@@ -148,5 +148,13 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None) -> None:
     _tracer_ready = True
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("api_services")
+    """The services' tracer, created once: `trace.get_tracer` builds a new Tracer (and its
+    instrumentation scope) on every call, which cost ~0.1 ms per span on the hot path."""
+    global _tracer
+    if _tracer is None or not _tracer_ready:
+        _tracer = trace.get_tracer("api_services")
+    return _tracer

@@ -25,6 +25,7 @@ from api_services.telemetry import OUTBOX_PENDING, OUTBOX_PUBLISHED, PROJECTED, 
 
 log = logging.getLogger("pim.workers")
 CONSUMER = "financial-kpis"
+BATCH = 500
 REORDER_WINDOW = 1000  # positions re-checked below the checkpoint (identity commit order may differ)
 
 
@@ -32,7 +33,7 @@ def worker_id(role: str) -> str:
     return f"{role}:{socket.gethostname()}:{os.getpid()}"
 
 
-def relay_once(engine, shard: str, me: str, batch: int = 500) -> int:
+def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
     """Move a batch of unpublished outbox rows to the event stream in ONE transaction.
 
     Select, append (idempotent by event_id) and mark published commit together or not at all,
@@ -69,7 +70,7 @@ def relay_once(engine, shard: str, me: str, batch: int = 500) -> int:
     return len(rows)
 
 
-def project_once(engine, shard: str, batch: int = 500) -> int:
+def project_once(engine, shard: str, batch: int = BATCH) -> int:
     with engine.begin() as conn:
         checkpoint = conn.execute(sa.select(sa.func.max(processed_events.c.position))
                                   .where(processed_events.c.consumer == CONSUMER)).scalar() or 0
@@ -97,9 +98,9 @@ def project_once(engine, shard: str, batch: int = 500) -> int:
 class PollLoop(threading.Thread):
     """Runs `step(engine, shard)` over every shard until stopped; errors are logged, not fatal."""
 
-    def __init__(self, name: str, runtime, step, interval: float):
+    def __init__(self, name: str, runtime, step, interval: float, batch: int = BATCH):
         super().__init__(name=name, daemon=True)
-        self.runtime, self.step, self.interval = runtime, step, interval
+        self.runtime, self.step, self.interval, self.batch = runtime, step, interval, batch
         self.stop_event = threading.Event()
         self.last_success = 0.0
 
@@ -108,7 +109,10 @@ class PollLoop(threading.Thread):
             busy = False
             for shard in self.runtime.shard_names():
                 try:
-                    busy |= self.step(self.runtime.engines.write(shard), shard) > 0
+                    # Only a full batch means a backlog worth looping for at once; otherwise wait the
+                    # interval so events accumulate into fewer, larger transactions (each one is an
+                    # fsync under the shard's write lock, in the way of request writes).
+                    busy |= self.step(self.runtime.engines.write(shard), shard) >= self.batch
                     self.last_success = time.monotonic()
                 except (IntegrityError, OperationalError) as exc:
                     log.warning("worker step retried", extra={"worker": self.name, "shard_name": shard,

@@ -46,7 +46,8 @@ def book_encounter(body: dom.BookEncounter, request: Request, response: Response
     with tracer().start_as_current_span("encounter.book"):
         status, out, replayed = run_write(
             rt.write_engine(shard), shard, "encounter.book", write, status=202, user_id=who.user_id,
-            idempotency_key=idempotency_key, req_hash=request_hash("POST", "/encounters", body.model_dump()))
+            idempotency_key=idempotency_key,
+            req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
     response.status_code = status
     response.headers["Location"] = f"/encounters/{out['tracking_id']}"
     if replayed:

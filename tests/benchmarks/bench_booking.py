@@ -28,6 +28,19 @@ sys.path.insert(0, str(ROOT))
 from tests.services.conftest import run_cli, start_server  # noqa: E402  (real server helpers)
 
 BAR_P95_MS = 300.0
+STEP_BUDGET_S = 50.0  # no new booking step after this; with start-up and /healthz the run stays < 90 s
+
+
+async def settle(client: httpx.AsyncClient, quiet_ms: float = 20.0, limit_s: float = 15.0) -> None:
+    """Wait until the server answers /healthz quickly again (its queue has drained)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        await client.get("/healthz")
+        if (time.perf_counter() - t0) * 1000 < quiet_ms:
+            await asyncio.sleep(1.0)
+            return
+        await asyncio.sleep(0.2)
 
 
 async def open_model(client: httpx.AsyncClient, rate: float, seconds: float, request) -> dict:
@@ -86,6 +99,7 @@ async def main(rates: list[float], seconds: float) -> dict:
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10,
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             await open_model(client, 50, 1.0, book)  # warm-up (connections, SQLite caches)
+            began = time.monotonic()
             steps, sustained = [], None
             for rate in rates:
                 step = await open_model(client, rate, seconds, book)
@@ -96,10 +110,17 @@ async def main(rates: list[float], seconds: float) -> dict:
                     sustained = step
                 else:
                     break
+                if time.monotonic() - began > STEP_BUDGET_S:  # keep the whole run under 90 s
+                    break
             sustained = sustained or steps[0]
+            await settle(client)  # an overloaded last step leaves a backlog: don't bill it to /healthz
             trivial = await open_model(client, sustained["target_rps"], seconds, healthz)
             print(json.dumps({"healthz": trivial}), flush=True)
         ratio = {k: round(sustained[k] / max(trivial[k], 0.001), 1) for k in ("p50_ms", "p95_ms", "p99_ms")}
+        print(f"SUSTAINED {sustained['achieved_rps']} req/s  booking p50/p95/p99 = {sustained['p50_ms']}/"
+              f"{sustained['p95_ms']}/{sustained['p99_ms']} ms  healthz (same rate) = {trivial['p50_ms']}/"
+              f"{trivial['p95_ms']}/{trivial['p99_ms']} ms  ratio = {ratio['p50_ms']}x/{ratio['p95_ms']}x/"
+              f"{ratio['p99_ms']}x", flush=True)
         return {"sustained_booking": sustained, "trivial_healthz_same_rate": trivial,
                 "latency_ratio_booking_vs_healthz": ratio, "bar_p95_ms": BAR_P95_MS,
                 "meets_bar": sustained["p95_ms"] < BAR_P95_MS, "steps": steps, "cores": os.cpu_count()}
@@ -109,8 +130,8 @@ async def main(rates: list[float], seconds: float) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="40,60,80,100,120,150,200", help="open-model request rates to step through")
-    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each step")
+    parser.add_argument("--rates", default="60,100,150,200,250", help="open-model request rates to step through")
+    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each step")
     args = parser.parse_args()
     started = time.monotonic()
     report = asyncio.run(main([float(r) for r in args.rates.split(",")], args.seconds))
