@@ -63,3 +63,27 @@ def run(kind: str, body: dict, trigger: str, step: Callable[[dict], None]) -> No
             # The namespace is being deleted: its objects go away with it, nothing to repair.
             if "NamespaceTerminating" not in str(error.body):
                 raise
+
+
+#: kind -> its step, for the handlers that reconcile an owner when a child changes.
+STEPS: dict[str, Callable[[dict], None]] = {}
+
+
+def register(kind: str, plural: str, step: Callable[[dict], None], *, resync_seconds: float,
+             idle_seconds: float = 5) -> None:
+    """Every kind reconciles on the same triggers: creation, a spec change and the operator's
+    own restart (edges), and a resync timer (level) that repairs whatever an edge missed."""
+    STEPS[kind] = step
+    prefix = kind.lower()
+
+    def on_change(body, reason, **_):
+        run(kind, dict(body), str(reason), step)
+
+    def resync(body, **_):
+        run(kind, dict(body), "resync", step)
+
+    kopf.on.resume(kube.GROUP, kube.VERSION, plural, id=f"{prefix}-resume")(on_change)
+    kopf.on.create(kube.GROUP, kube.VERSION, plural, id=f"{prefix}-create")(on_change)
+    kopf.on.update(kube.GROUP, kube.VERSION, plural, id=f"{prefix}-update", field="spec")(on_change)
+    kopf.timer(kube.GROUP, kube.VERSION, plural, id=f"{prefix}-resync",
+               interval=resync_seconds, idle=idle_seconds)(resync)

@@ -204,9 +204,10 @@ def test_status_is_true_again_after_an_operator_restart(cluster, operator, sampl
     cluster.kubectl("delete", "deployment", "pim-admin", "-n", ns)
     wait_for(lambda: cluster.get("deployment", "pim-admin", ns) is None, what="deletion")
     operator.start()
-    wait_for(lambda: cluster.get("deployment", "pim-admin", ns), what="the resumed operator to recreate it")
+    wait_for(lambda: cluster.get("deployment", "pim-admin", ns), timeout=120,
+             what="the resumed operator to recreate it")
     wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
-             what="Ready after the restart")
+             timeout=120, what="Ready after the restart")
 
 
 def test_deleting_the_lab_removes_its_children(cluster, operator, sample_lab):

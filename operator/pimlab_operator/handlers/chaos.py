@@ -3,8 +3,6 @@ objects; each step's intention is in status before it is acted on."""
 
 from __future__ import annotations
 
-import kopf
-
 from pimlab_operator import chaos, kube, reconcile
 
 KIND = "ChaosExperiment"
@@ -70,14 +68,5 @@ def step(body: dict) -> None:
         _write(body, chaos.recover(body, chaos.run_fields(status), pods))
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "chaosexperiments", id="chaos-resume")
-@kopf.on.create(kube.GROUP, kube.VERSION, "chaosexperiments", id="chaos-create")
-@kopf.on.update(kube.GROUP, kube.VERSION, "chaosexperiments", id="chaos-update", field="spec")
-def on_change(body, reason, **_):
-    reconcile.run(KIND, dict(body), str(reason), step)
-
-
-@kopf.timer(kube.GROUP, kube.VERSION, "chaosexperiments", id="chaos-resync", interval=5, idle=2)
-def resync(body, **_):
-    """Recovery is measured by polling: every few seconds while a run is Recovering."""
-    reconcile.run(KIND, dict(body), "resync", step)
+# Recovery is measured by polling: every few seconds while a run is Recovering.
+reconcile.register(KIND, "chaosexperiments", step, resync_seconds=5, idle_seconds=2)

@@ -6,17 +6,15 @@ from __future__ import annotations
 import kopf
 
 from pimlab_operator import kube, reconcile
-from pimlab_operator.handlers import chaos, lab, personaload, shard, slo
+from pimlab_operator.handlers import lab
 
 MANAGED = {"app.kubernetes.io/managed-by": kube.FIELD_MANAGER}
-STEPS = {"Lab": lab.step, "Shard": shard.step, "PersonaLoad": personaload.step,
-         "ChaosExperiment": chaos.step, "SLO": slo.step}
 STATUS_CHILDREN = {"deployments", "statefulsets", "jobs", "cronjobs"}
 
 
 def _reconcile_owner(body, trigger: str) -> None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        step = STEPS.get(ref.get("kind"))
+        step = reconcile.STEPS.get(ref.get("kind"))
         if step and ref.get("apiVersion") == f"{kube.GROUP}/{kube.VERSION}":
             owner = kube.get(ref["apiVersion"], ref["kind"], ref["name"], body["metadata"]["namespace"])
             if owner:

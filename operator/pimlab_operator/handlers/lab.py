@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import kopf
-
 from pimlab_operator import kube, lab, reconcile
 
 KIND = "Lab"
@@ -39,14 +37,5 @@ def step(body: dict) -> None:
     reconcile.write_status(body, fields, wanted)
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "labs", id="lab-resume")
-@kopf.on.create(kube.GROUP, kube.VERSION, "labs", id="lab-create")
-@kopf.on.update(kube.GROUP, kube.VERSION, "labs", id="lab-update", field="spec")
-def on_change(body, reason, **_):
-    reconcile.run(KIND, dict(body), str(reason), step)
-
-
-@kopf.timer(kube.GROUP, kube.VERSION, "labs", id="lab-resync", interval=20, idle=5)
-def resync(body, **_):
-    """Level-based: whatever was missed (a deleted child, a restart), the next tick repairs."""
-    reconcile.run(KIND, dict(body), "resync", step)
+# Level-based: a deleted child or a missed event is repaired on the next tick.
+reconcile.register(KIND, "labs", step, resync_seconds=20, idle_seconds=5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import kopf
-
 from pimlab_operator import kube, personaload, reconcile
 
 KIND = "PersonaLoad"
@@ -35,14 +33,5 @@ def step(body: dict) -> None:
     reconcile.write_status(body, fields, wanted)
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "personaloads", id="personaload-resume")
-@kopf.on.create(kube.GROUP, kube.VERSION, "personaloads", id="personaload-create")
-@kopf.on.update(kube.GROUP, kube.VERSION, "personaloads", id="personaload-update", field="spec")
-def on_change(body, reason, **_):
-    reconcile.run(KIND, dict(body), str(reason), step)
-
-
-@kopf.timer(kube.GROUP, kube.VERSION, "personaloads", id="personaload-resync", interval=15, idle=5)
-def resync(body, **_):
-    """Level-based: the run's progress and its summary reach status even without Job events."""
-    reconcile.run(KIND, dict(body), "resync", step)
+# The run's progress and its summary reach status even without Job events.
+reconcile.register(KIND, "personaloads", step, resync_seconds=15, idle_seconds=5)

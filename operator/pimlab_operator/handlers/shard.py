@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import kopf
-
 from pimlab_operator import kube, reconcile, shard
 
 KIND = "Shard"
@@ -36,14 +34,5 @@ def step(body: dict) -> None:
     reconcile.write_status(body, fields, wanted)
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "shards", id="shard-resume")
-@kopf.on.create(kube.GROUP, kube.VERSION, "shards", id="shard-create")
-@kopf.on.update(kube.GROUP, kube.VERSION, "shards", id="shard-update", field="spec")
-def on_change(body, reason, **_):
-    reconcile.run(KIND, dict(body), str(reason), step)
-
-
-@kopf.timer(kube.GROUP, kube.VERSION, "shards", id="shard-resync", interval=20, idle=5)
-def resync(body, **_):
-    """Level-based: pod readiness, role labels and a deleted child converge on the next tick."""
-    reconcile.run(KIND, dict(body), "resync", step)
+# Pod readiness, role labels and a deleted child converge on the next tick.
+reconcile.register(KIND, "shards", step, resync_seconds=20, idle_seconds=5)

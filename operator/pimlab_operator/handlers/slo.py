@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import kopf
-
 from pimlab_operator import kube, reconcile, slo
 
 KIND = "SLO"
@@ -17,14 +15,5 @@ def step(body: dict) -> None:
     reconcile.write_status(body, fields, wanted)
 
 
-@kopf.on.resume(kube.GROUP, kube.VERSION, "slos", id="slo-resume")
-@kopf.on.create(kube.GROUP, kube.VERSION, "slos", id="slo-create")
-@kopf.on.update(kube.GROUP, kube.VERSION, "slos", id="slo-update", field="spec")
-def on_change(body, reason, **_):
-    reconcile.run(KIND, dict(body), str(reason), step)
-
-
-@kopf.timer(kube.GROUP, kube.VERSION, "slos", id="slo-resync", interval=60, idle=5)
-def resync(body, **_):
-    """Level-based: a PrometheusRule CRD installed later, or a deleted child, is picked up."""
-    reconcile.run(KIND, dict(body), "resync", step)
+# A PrometheusRule CRD installed later, or a deleted child, is picked up.
+reconcile.register(KIND, "slos", step, resync_seconds=60, idle_seconds=5)
