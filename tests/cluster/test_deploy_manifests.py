@@ -23,16 +23,21 @@ def test_operator_manifests_pass_a_server_side_dry_run(cluster):
     assert "clusterrole.rbac.authorization.k8s.io/pimlab-operator" in result.stdout
 
 
-def test_operator_rbac_allows_what_it_reconciles_and_nothing_cluster_admin(cluster):
+def test_operator_rbac_allows_what_it_reconciles_and_nothing_cluster_admin(
+        cluster, crds_installed, thirdparty_crds):
     cluster.kubectl("apply", "--server-side", "-f", str(CLUSTERS / "base/operator/namespace.yaml"))
     cluster.kubectl("apply", "--server-side", "-f", str(CLUSTERS / "base/operator/rbac.yaml"))
     sa = "system:serviceaccount:pim-system:pimlab-operator"
 
     def can(verb: str, resource: str) -> bool:
-        proc = cluster.kubectl("auth", "can-i", verb, resource, "--as", sa, "-n", "lab", check=False)
+        resource, _, subresource = resource.partition("/")
+        extra = [f"--subresource={subresource}"] if subresource else []
+        proc = cluster.kubectl("auth", "can-i", verb, resource, *extra, "--as", sa, "-n", "lab",
+                               check=False)
         return proc.stdout.strip() == "yes"
 
-    for verb, resource in [("patch", "labs.pim-sre.lab/status"), ("create", "deployments.apps"),
+    for verb, resource in [("patch", "labs.pim-sre.lab/status"),
+                           ("patch", "shards.pim-sre.lab/status"), ("patch", "pods"), ("create", "deployments.apps"),
                            ("create", "statefulsets.apps"), ("create", "jobs.batch"),
                            ("delete", "pods"), ("create", "prometheusrules.monitoring.coreos.com"),
                            ("create", "events")]:
