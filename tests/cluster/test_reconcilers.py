@@ -1,4 +1,4 @@
-"""Every child the Shard, SLO, PersonaLoad and ChaosExperiment reconcilers render for the
+"""Every child the Lab, Shard, SLO, PersonaLoad and ChaosExperiment reconcilers render for the
 samples is accepted by the real apiserver (server-side dry run, third-party CRDs installed)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab_operator import chaos, kube, personaload, shard, slo
+from pimlab_operator import chaos, kube, lab, personaload, shard, slo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,11 @@ def samples(kind: str, namespace: str) -> list[dict]:
 
 def children_of(kind: str, namespace: str) -> list[dict]:
     rendered = []
-    if kind == "Shard":
+    if kind == "Lab":
+        shard_map = lab.shard_map(samples("Shard", namespace), namespace, None)
+        for body in samples(kind, namespace):
+            rendered += lab.desired_children(body, shard_map, with_service_monitor=True)
+    elif kind == "Shard":
         for body in samples(kind, namespace):
             rendered += shard.desired_children(body, password=shard.generate_password())
     elif kind == "SLO":
@@ -51,7 +55,7 @@ def children_of(kind: str, namespace: str) -> list[dict]:
     return rendered
 
 
-@pytest.mark.parametrize("kind", ["Shard", "SLO", "PersonaLoad", "ChaosExperiment"])
+@pytest.mark.parametrize("kind", ["Lab", "Shard", "SLO", "PersonaLoad", "ChaosExperiment"])
 def test_rendered_children_pass_server_side_dry_run(cluster, crds_installed, thirdparty_crds, namespace, kind):
     rendered = children_of(kind, namespace)
     assert rendered
@@ -59,3 +63,5 @@ def test_rendered_children_pass_server_side_dry_run(cluster, crds_installed, thi
         child["metadata"]["ownerReferences"] = []  # the sample owners do not exist in this namespace
         result = kube.apply(child, dry_run=True)
         assert result["metadata"]["name"] == child["metadata"]["name"], child["kind"]
+    if kind == "Lab":
+        assert {"ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= {c["kind"] for c in rendered}
