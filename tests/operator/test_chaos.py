@@ -10,7 +10,7 @@ from pimlab_operator import chaos
 
 POD_KILL = sample("ChaosExperiment", "pod-kill")
 FAILOVER = sample("ChaosExperiment", "sql-failover-drill")
-ENCOUNTER = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "encounter"}
+TARGET_LABELS = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "patient"}
 
 
 def pod(name: str, labels: dict, created: str = "2025-01-01T00:00:00Z", ready: bool = True) -> dict:
@@ -18,13 +18,13 @@ def pod(name: str, labels: dict, created: str = "2025-01-01T00:00:00Z", ready: b
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
-PODS = [pod(f"pim-encounter-{i}", ENCOUNTER) for i in range(4)] + [pod("pim-billing-0", {"x": "y"})]
+PODS = [pod(f"pim-patient-{i}", TARGET_LABELS) for i in range(4)] + [pod("pim-billing-0", {"x": "y"})]
 
 
 def test_one_pod_is_planned_deterministically_from_the_selector():
     first = chaos.plan(POD_KILL, PODS, None)
     assert first.refusal is None and first.matched == 4 and len(first.targets) == 1
-    assert first.targets[0].startswith("pim-encounter-")
+    assert first.targets[0].startswith("pim-patient-")
     assert chaos.plan(POD_KILL, list(reversed(PODS)), None).targets == first.targets
 
 
@@ -80,7 +80,7 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     survivors = [p for p in PODS if p["metadata"]["name"] not in planned.targets]
     waiting = chaos.recover(body, after, survivors, at="2025-01-01T01:00:05Z")
     assert waiting.status["phase"] == "Recovering"
-    replacement = pod("pim-encounter-new", ENCOUNTER, created="2025-01-01T01:00:02Z")
+    replacement = pod("pim-patient-new", TARGET_LABELS, created="2025-01-01T01:00:02Z")
     done = chaos.recover(body, after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
     assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 12
     assert done["timeline"][-1]["event"] == "Recovered"
