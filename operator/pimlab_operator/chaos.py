@@ -18,7 +18,7 @@ from pimlab_operator.conditions import Condition, now
 from pimlab_operator.lab import selector_matches
 from pimlab_operator.render import owned, render
 from pimlab_operator.shard import pod_ready
-from pimlab_operator.slo import duration_seconds
+from pimlab_operator.api.common import duration_seconds
 
 CHAOS_MESH = {"networkDelay": "NetworkChaos", "networkLoss": "NetworkChaos",
               "networkPartition": "NetworkChaos", "cpuStress": "StressChaos"}

@@ -16,7 +16,7 @@ from pimlab_operator.api.personaload import LoadSummary, PersonaLoadSpec
 from pimlab_operator.conditions import Condition
 from pimlab_operator.lab import PORT
 from pimlab_operator.render import owned, render
-from pimlab_operator.slo import duration_seconds
+from pimlab_operator.api.common import duration_seconds
 
 RUN_LABEL = "pim-sre.lab/personaload"
 

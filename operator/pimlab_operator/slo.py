@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pimlab_operator.api.common import duration_seconds
 from pimlab_operator.api.slo import WINDOW_PLACEHOLDER, SLOSpec
 from pimlab_operator.conditions import Condition
 from pimlab_operator.render import owned, render
@@ -36,21 +37,6 @@ def number(value: float) -> str:
 def le_label(seconds: float) -> str:
     """A bucket bound as Prometheus clients and Prometheus 3 write `le`: 0.3, 1.0, 2.5."""
     return repr(float(seconds))
-
-
-def duration_seconds(duration: str) -> float:
-    """Seconds in a Go duration such as 300ms, 1s, 1m30s."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total, digits, i = 0.0, "", 0
-    while i < len(duration):
-        if duration[i].isdigit():
-            digits += duration[i]
-            i += 1
-            continue
-        unit = "ms" if duration.startswith("ms", i) else duration[i]
-        total += int(digits) * units[unit]
-        digits, i = "", i + len(unit)
-    return total
 
 
 def error_ratio_query(spec: SLOSpec, window: str) -> str:
@@ -153,18 +139,6 @@ def _uid(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
 
 
-def window_seconds(window: str) -> int:
-    """Seconds in a Prometheus window such as 5m, 6h, 3d, 1w."""
-    units = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-    total, digits = 0, ""
-    for char in window:
-        if char.isdigit():
-            digits += char
-        else:
-            total, digits = total + int(digits) * units[char], ""
-    return total
-
-
 def grafana_rules(slo: dict) -> list[dict]:
     """Grafana-managed alert rules mirroring the burn-rate alerts. They query the SLI itself
     (not our recording rules), so they work where no prometheus-operator runs."""
@@ -180,7 +154,7 @@ def grafana_rules(slo: dict) -> list[dict]:
             "uid": _uid(ns, name, long, short),
             "title": f"{name} {alert['severity']} burn {long}/{short}",
             "expr": expr, "for": alert["for"], "labels": labels,
-            "annotations": alert["annotations"], "lookback": window_seconds(long),
+            "annotations": alert["annotations"], "lookback": int(duration_seconds(long)),
         })
     return rules
 

@@ -94,6 +94,22 @@ HTTP_URL_PATTERN = r"^https?://[^\s]+$"
 
 #: A Go-style duration (`200ms`, `5s`, `1m30s`, `2h`): CEL's `duration()` parses it too.
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a duration such as 300ms, 1m30s (Go) or 6h, 3d, 1w (Prometheus windows)."""
+    total, digits, i = 0.0, "", 0
+    while i < len(duration):
+        if duration[i].isdigit():
+            digits += duration[i]
+            i += 1
+            continue
+        unit = "ms" if duration.startswith("ms", i) else duration[i]
+        total += int(digits) * _DURATION_UNITS[unit]
+        digits, i = "", i + len(unit)
+    return total
 #: A Prometheus-style window of minutes to weeks (`30d`, `28d`, `6h`, `1w`).
 Window = Annotated[str, StringConstraints(pattern=WINDOW_PATTERN, max_length=32)]
 #: A Kubernetes quantity (`500m`, `2Gi`, `1`): a string or an integer, like Pod resources.

@@ -25,25 +25,10 @@ from pimlab_operator.api.common import (
     StatusBase,
     StatusModel,
     cel,
+    duration_seconds,
     list_map,
     rules,
 )
-
-
-def _go_seconds(duration: str) -> float:
-    """Seconds in a Go-style duration, for the rules CEL checks with `duration()`."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total, number = 0.0, ""
-    i = 0
-    while i < len(duration):
-        if duration[i].isdigit():
-            number += duration[i]
-            i += 1
-            continue
-        unit = "ms" if duration.startswith("ms", i) else duration[i]
-        total += int(number) * units[unit]
-        number, i = "", i + len(unit)
-    return total
 
 
 class LoadTarget(ApiModel):
@@ -77,7 +62,7 @@ class ThinkTime(ApiModel):
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> ThinkTime:
-        if _go_seconds(self.min) > _go_seconds(self.max):
+        if duration_seconds(self.min) > duration_seconds(self.max):
             raise ValueError("thinkTime.min must not exceed thinkTime.max")
         return self
 
@@ -162,7 +147,7 @@ class Bursts(ApiModel):
 
     @model_validator(mode="after")
     def _length_below_every(self) -> Bursts:
-        if _go_seconds(self.length) >= _go_seconds(self.every):
+        if duration_seconds(self.length) >= duration_seconds(self.every):
             raise ValueError("bursts.length must be shorter than bursts.every")
         return self
 
