@@ -1,8 +1,10 @@
 """The operator running against the real control plane: the sample Lab becomes Ready with
-owned children; edits, deletions, a hand-deleted child and a killed operator all converge."""
+owned children; edits, deletions, a hand-deleted child and a killed operator all converge;
+Shards get their children and a password that appears nowhere; SLOs get PrometheusRules."""
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
@@ -208,6 +210,45 @@ def test_status_is_true_again_after_an_operator_restart(cluster, operator, sampl
              what="the resumed operator to recreate it")
     wait_for(lambda: (lab_condition(cluster, ns, "pim") or {}).get("status") == "True",
              timeout=120, what="Ready after the restart")
+
+
+def test_shard_children_and_a_password_that_appears_nowhere(cluster, operator, sample_lab):
+    ns = sample_lab
+    secret = wait_for(lambda: cluster.get("secret", "shard-00-credentials", ns), what="the generated Secret")
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    assert base64.b64decode(secret["data"]["username"]).decode() == "sa" and len(password) >= 16
+    shard = cluster.get("shard", "shard-00", ns)
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert owner["uid"] == shard["metadata"]["uid"]
+    sts = wait_for(lambda: cluster.get("statefulset", "shard-00", ns), what="the StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    for service in ("shard-00", "shard-00-primary", "shard-00-readonly"):
+        assert cluster.get("service", service, ns)["metadata"]["ownerReferences"][0]["uid"] == shard["metadata"]["uid"]
+    shard = wait_for(lambda: (s := cluster.get("shard", "shard-00", ns)).get("status", {}).get("conditions") and s,
+                     what="the Shard's status")
+    assert shard["status"]["observedGeneration"] == shard["metadata"]["generation"]
+    ready = next(c for c in shard["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False", "no Shard is Ready before its availability group exists"
+    everywhere = "\n".join([
+        Path(operator.log).read_text(),
+        cluster.kubectl("get", "shard", "-n", ns, "-o", "yaml").stdout,
+        cluster.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout,
+        cluster.kubectl("get", "configmaps", "-n", ns, "-o", "yaml").stdout,
+    ])
+    assert password not in everywhere, "the generated SA password leaked"
+
+
+def test_slo_becomes_a_prometheus_rule_where_the_crd_exists(cluster, operator, thirdparty_crds):
+    ns = operator.namespace
+    slo = next(d for d in sample_docs("SLO", ns) if d["metadata"]["name"] == "encounter-booking-availability")
+    cluster.apply(slo)
+    rule = wait_for(lambda: cluster.get("prometheusrule", "encounter-booking-availability", ns),
+                    what="the PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert {a["labels"]["severity"] for a in alerts} >= {"page", "ticket"}
+    status = wait_for(lambda: (o := cluster.get("slo", "encounter-booking-availability", ns))
+                      .get("status", {}).get("generatedObjects") and o["status"], what="SLO status")
+    assert any(g["kind"] == "PrometheusRule" for g in status["generatedObjects"])
 
 
 def test_deleting_the_lab_removes_its_children(cluster, operator, sample_lab):
