@@ -84,9 +84,11 @@ def list_objects(api_version: str, kind: str, namespace: str, label_selector: st
     return [item.to_dict() for item in found.items]
 
 
-def delete(api_version: str, kind: str, name: str, namespace: str | None) -> None:
+def delete(api_version: str, kind: str, name: str, namespace: str | None,
+           options: dict | None = None) -> None:
+    """Delete with DeleteOptions (grace period, propagation); already gone counts as done."""
     try:
-        resource(api_version, kind).delete(name=name, namespace=namespace)
+        resource(api_version, kind).delete(name=name, namespace=namespace, body=options or {})
     except NotFoundError:
         pass
 

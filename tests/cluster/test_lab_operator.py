@@ -251,6 +251,28 @@ def test_slo_becomes_a_prometheus_rule_where_the_crd_exists(cluster, operator, t
     assert any(g["kind"] == "PrometheusRule" for g in status["generatedObjects"])
 
 
+def test_a_real_pod_kill_is_injected_once_and_recovery_is_measured(cluster, operator, sample_lab):
+    ns = sample_lab
+    selector = "app.kubernetes.io/instance=pim,app.kubernetes.io/component=patient"
+    before = {p["metadata"]["name"] for p in json.loads(cluster.kubectl(
+        "get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)["items"]}
+    drill = next(d for d in sample_docs("ChaosExperiment", ns) if d["metadata"]["name"] == "pod-kill")
+    drill["metadata"]["name"] = "pod-kill-for-real"
+    drill["spec"]["dryRun"] = False
+    cluster.apply(drill)
+    status = wait_for(lambda: (c := cluster.get("chaosexperiment", "pod-kill-for-real", ns))
+                      .get("status", {}).get("verdict") in ("Passed", "Failed") and c["status"],
+                      timeout=120, what="the drill's verdict")
+    assert status["verdict"] == "Passed" and status["recoverySeconds"] >= 0
+    (killed,) = status["plannedTargets"]
+    assert killed in before
+    events = [entry["event"] for entry in status["timeline"]]
+    assert events.count("Injected") == 1 and "Recovered" in events
+    after = {p["metadata"]["name"] for p in json.loads(cluster.kubectl(
+        "get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout)["items"]}
+    assert killed not in after and len(after) == len(before)
+
+
 def test_deleting_the_lab_removes_its_children(cluster, operator, sample_lab):
     ns = sample_lab
     cluster.kubectl("delete", "lab", "pim", "-n", ns, "--timeout=60s")

@@ -30,8 +30,7 @@ def _act(body: dict, step: chaos.Step) -> None:
     grace = ((body["spec"].get("parameters") or {}).get("gracePeriodSeconds")) or 0
     if step.action == "deletePods":
         for pod in step.status["plannedTargets"]:
-            kube.resource("v1", "Pod").delete(name=pod, namespace=namespace,
-                                              body={"gracePeriodSeconds": grace})
+            kube.delete("v1", "Pod", pod, namespace, {"gracePeriodSeconds": grace})
         detail = f"deleted {', '.join(step.status['plannedTargets'])} (grace {grace}s)"
     else:
         reconcile.apply_children(KIND, step.children)

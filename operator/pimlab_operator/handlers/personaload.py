@@ -19,8 +19,7 @@ def step(body: dict) -> None:
     jobs = kube.list_objects("batch/v1", "Job", namespace, label_selector=f"{personaload.RUN_LABEL}={name}")
     current = personaload.job_name(body, image) if image and not body["spec"].get("schedule") else None
     for stale in personaload.stale_jobs(body, jobs, current):
-        kube.resource("batch/v1", "Job").delete(name=stale, namespace=namespace,
-                                                body={"propagationPolicy": "Background"})
+        kube.delete("batch/v1", "Job", stale, namespace, {"propagationPolicy": "Background"})
     if body["spec"].get("schedule"):
         job = max(jobs, key=lambda j: j["metadata"]["creationTimestamp"], default=None)
         cronjob = kube.get("batch/v1", "CronJob", name, namespace)
