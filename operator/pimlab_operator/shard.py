@@ -160,8 +160,8 @@ def _unschedulable(pod: dict) -> str | None:
     return None
 
 
-def shard_status(shard: dict, statefulset: dict | None, pods: list[dict]
-                 ) -> tuple[dict, list[Condition]]:
+def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
+                 credentials_missing: bool = False) -> tuple[dict, list[Condition]]:
     """Status fields and conditions from the StatefulSet and its pods."""
     name = shard["metadata"]["name"]
     wanted = shard["spec"].get("replicas", 3)
@@ -183,7 +183,16 @@ def shard_status(shard: dict, statefulset: dict | None, pods: list[dict]
     rolling = bool(sts_status.get("updateRevision")) and \
         sts_status.get("updateRevision") != sts_status.get("currentRevision")
 
-    if failed or stuck:
+    if credentials_missing:
+        secret = credentials_secret_name(shard)
+        degraded = Condition(
+            "Degraded", True, "CredentialsSecretMissing",
+            f"Secret {secret} is missing and SQL Server already uses its password: restore the "
+            "Secret (it is not regenerated), or delete the StatefulSet and its volumes to start "
+            "the shard over" if generates_credentials(shard) else
+            f"Secret {secret} named by spec.credentialsSecretRef does not exist: create it with "
+            "keys username and password")
+    elif failed or stuck:
         degraded = Condition("Degraded", True, "PodsFailed" if failed else "PodsUnschedulable",
                              "; ".join(([f"{p} failed" for p in failed] + stuck)[:3]))
     else:

@@ -238,6 +238,21 @@ def test_shard_children_and_a_password_that_appears_nowhere(cluster, operator, s
     assert password not in everywhere, "the generated SA password leaked"
 
 
+def test_a_deleted_generated_secret_is_reported_not_reinvented(cluster, operator, sample_lab):
+    ns = sample_lab
+    wait_for(lambda: cluster.get("statefulset", "shard-01", ns), what="shard-01's StatefulSet")
+    cluster.kubectl("delete", "secret", "shard-01-credentials", "-n", ns)
+
+    def degraded_reason():
+        shard = cluster.get("shard", "shard-01", ns)
+        return next((c["reason"] for c in shard["status"]["conditions"] if c["type"] == "Degraded"), None)
+
+    wait_for(lambda: degraded_reason() == "CredentialsSecretMissing", timeout=90,
+             what="the Shard to report its missing Secret")
+    assert cluster.get("secret", "shard-01-credentials", ns) is None, \
+        "a new password would lock everyone out of a SQL Server initialised with the old one"
+
+
 def test_slo_becomes_a_prometheus_rule_where_the_crd_exists(cluster, operator, thirdparty_crds):
     ns = operator.namespace
     slo = next(d for d in sample_docs("SLO", ns) if d["metadata"]["name"] == "encounter-booking-availability")

@@ -140,3 +140,15 @@ def test_spec_primary_is_the_target_and_shows_as_progressing():
     status, conditions = shard.shard_status(asked, {"status": {}}, pods)
     assert (status["currentPrimary"], status["targetPrimary"]) == ("shard-00-0", "shard-00-2")
     assert next(c for c in conditions if c.type == "Progressing").reason == "PrimaryChangePending"
+
+
+def test_a_lost_generated_secret_is_reported_not_reinvented():
+    body = sample("Shard", "shard-00")
+    _, conditions = shard.shard_status(body, {"status": {}}, [], credentials_missing=True)
+    degraded = next(c for c in conditions if c.type == "Degraded")
+    assert degraded.status and degraded.reason == "CredentialsSecretMissing"
+    assert "restore the Secret" in degraded.message and "shard-00-credentials" in degraded.message
+    body["spec"]["credentialsSecretRef"] = {"name": "sql-sa"}
+    _, conditions = shard.shard_status(body, None, [], credentials_missing=True)
+    degraded = next(c for c in conditions if c.type == "Degraded")
+    assert "sql-sa named by spec.credentialsSecretRef does not exist" in degraded.message

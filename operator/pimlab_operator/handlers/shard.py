@@ -7,12 +7,18 @@ from pimlab_operator import kube, reconcile, shard
 KIND = "Shard"
 
 
-def _new_password_if_needed(body: dict) -> str | None:
-    """A password only when we own the Secret and it does not exist: never regenerated."""
-    if not shard.generates_credentials(body):
-        return None
-    name, namespace = shard.credentials_secret_name(body), body["metadata"]["namespace"]
-    return None if kube.get("v1", "Secret", name, namespace) else shard.generate_password()
+def _credentials(body: dict) -> tuple[str | None, bool]:
+    """(a new password, whether the credentials Secret is missing for good).
+
+    A password is generated only once, for a Shard whose StatefulSet does not exist yet. If the
+    Secret disappears after SQL Server was initialised with it, a new password would lock the
+    operator and the services out: the Shard reports it instead of inventing one."""
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    if kube.get("v1", "Secret", shard.credentials_secret_name(body), namespace):
+        return None, False
+    first_time = shard.generates_credentials(body) and \
+        kube.get("apps/v1", "StatefulSet", name, namespace) is None
+    return (shard.generate_password(), False) if first_time else (None, True)
 
 
 def _pods(body: dict) -> list[dict]:
@@ -22,7 +28,8 @@ def _pods(body: dict) -> list[dict]:
 
 def step(body: dict) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    reconcile.apply_children(KIND, shard.desired_children(body, _new_password_if_needed(body)))
+    password, credentials_missing = _credentials(body)
+    reconcile.apply_children(KIND, shard.desired_children(body, password))
     pods = _pods(body)
     assignments = shard.role_assignments(body, pods)
     for pod, role in assignments.items():
@@ -30,7 +37,7 @@ def step(body: dict) -> None:
     if assignments:
         pods = _pods(body)
     statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
-    fields, wanted = shard.shard_status(body, statefulset, pods)
+    fields, wanted = shard.shard_status(body, statefulset, pods, credentials_missing)
     reconcile.write_status(body, fields, wanted)
 
 
