@@ -53,6 +53,8 @@ def test_every_component_reports_its_real_version(cluster):
         assert expected in out, out
     etcd = os.popen(f"{cluster.bin_dir / 'etcd'} --version").read()
     assert "etcd Version: 3.6" in etcd, etcd
+    kwok = os.popen(f"{cluster.bin_dir / 'kwok'} --version").read()
+    assert f"kwok version {controlplane_build.KWOK_VERSION}" in kwok, kwok
 
 
 def test_two_kwok_nodes_are_ready(cluster):
