@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import Header
+from fastapi import Header, Response
 
 from api_services.audit import Actor
 from api_services.auth import Principal
@@ -14,3 +14,11 @@ IdempotencyKey = Header(None, alias="Idempotency-Key", min_length=1, max_length=
 
 def actor(who: Principal) -> Actor:
     return Actor(user_id=who.user_id, persona=who.persona, request_id=current_context().request_id)
+
+
+def answer_write(response: Response, status: int, location: str, replayed: bool) -> None:
+    """Status and headers of an acknowledged write; a replay of the first answer says so."""
+    response.status_code = status
+    response.headers["Location"] = location
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"

@@ -9,7 +9,7 @@ from api_services.domain import claims as dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids, kpis
 from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import IdempotencyKey, actor
+from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
 from api_services.transactions import request_hash, run_read, run_write
@@ -37,10 +37,7 @@ def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
         status, out, replayed = run_write(
             rt.write_engine(shard), shard, "claim.submit", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
-    response.status_code = status
-    response.headers["Location"] = f"/claims/{out['tracking_id']}"
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    answer_write(response, status, f"/claims/{out['tracking_id']}", replayed)
     return out
 
 

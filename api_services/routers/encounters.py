@@ -9,7 +9,7 @@ from api_services.domain import encounters as dom
 from api_services.domain import ids, reference
 from api_services.domain import patients as pat_dom
 from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import IdempotencyKey, actor
+from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
 from api_services.transactions import request_hash, run_read, run_write
@@ -48,10 +48,7 @@ def book_encounter(body: dom.BookEncounter, request: Request, response: Response
             rt.write_engine(shard), shard, "encounter.book", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key,
             req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
-    response.status_code = status
-    response.headers["Location"] = f"/encounters/{out['tracking_id']}"
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    answer_write(response, status, f"/encounters/{out['tracking_id']}", replayed)
     return out
 
 

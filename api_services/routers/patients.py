@@ -9,7 +9,7 @@ from api_services.domain import encounters as enc_dom
 from api_services.domain import ids
 from api_services.domain import patients as dom
 from api_services.errors import ERROR_RESPONSES, Forbidden, NotFound
-from api_services.routers import IdempotencyKey, actor
+from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
 from api_services.transactions import request_hash, run_read, run_write
@@ -37,10 +37,7 @@ def register_patient(body: dom.PatientCreate, request: Request, response: Respon
             rt.write_engine(shard), shard, "patient.create",
             lambda conn: dom.create(conn, actor(who), patient_id, body), status=201, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/patients", body.model_dump()))
-    response.status_code = status
-    response.headers["Location"] = f"/patients/{out['patient_id']}"
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    answer_write(response, status, f"/patients/{out['patient_id']}", replayed)
     return out
 
 

@@ -64,6 +64,9 @@ def test_two_kwok_nodes_are_ready(cluster):
         conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
         assert conditions["Ready"] == "True", node["metadata"]["name"]
         assert node["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
+    leases = json.loads(cluster.kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json").stdout)
+    assert {n["metadata"]["name"] for n in nodes} <= {l["metadata"]["name"] for l in leases["items"]}, \
+        "without node leases the node-lifecycle controller marks every pod NotReady"
 
 
 def test_statefulset_gets_three_running_ready_pods_on_kwok_nodes(cluster, namespace):
