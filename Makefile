@@ -9,7 +9,7 @@ PIMLAB := $(VENV)/bin/pimlab
 # Prometheus and promtool for real rule evaluation.
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
 
-.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds lab lab-down test bench clean
+.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ cluster-status: venv ## which control-plane components run, nodes and namespaces
 
 crds: venv ## regenerate crds/ from the pydantic models
 	$(PIMLAB) crds
+
+golden: venv ## rewrite tests/golden/ from what the operator renders for samples/ (review the diff)
+	PIMLAB_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/operator/test_golden.py
 
 lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 	$(PIMLAB) lab up

@@ -13,16 +13,19 @@ from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
 from api_services import errors
-from api_services.config import SERVICES, Settings, load_settings
+from api_services.catalog import NAMES, WORKERS
+from api_services.config import Settings, load_settings
 from api_services.edge import EdgeMiddleware
+from api_services.routers import admin, billing, encounters, patients
 from api_services.runtime import Runtime
 from api_services.telemetry import REGISTRY, setup_tracing
 
 log = logging.getLogger("pim.app")
 API_TITLE = "PIM SRE Lab healthcare API"
 API_VERSION = "1.0.0"
-ROUTERS = {"patient": "patients", "encounter": "encounters", "billing": "billing", "admin": "admin"}
-WORKER_ROLES = {"outbox-relay", "projection-worker"}
+#: Which router each routed component serves.
+ROUTERS = {"patient": patients.router, "encounter": encounters.router, "billing": billing.router,
+           "admin": admin.router}
 
 
 class Health(BaseModel):
@@ -59,14 +62,14 @@ def _readiness(rt: Runtime, cache: dict) -> tuple[bool, dict[str, str]]:
 
 
 def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI:
-    if service not in SERVICES + ("all",):
+    if service not in NAMES + ("all",):
         raise ValueError(f"unknown service {service!r}")
     settings = settings or load_settings()
     setup_tracing(service, settings.otlp_endpoint)
     gateway_proxy = service == "gateway"
     rt = Runtime(settings, service, with_db=not gateway_proxy)
     hosted = set(ROUTERS) if service == "all" else ({service} & set(ROUTERS))
-    roles = WORKER_ROLES if service == "all" else ({service} & WORKER_ROLES)
+    roles = WORKERS if service == "all" else ({service} & WORKERS)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -119,11 +122,8 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(REGISTRY), media_type=content_type)
 
-    import importlib
-
     for name in sorted(hosted):
-        module = importlib.import_module(f"api_services.routers.{ROUTERS[name]}")
-        app.include_router(module.router)
+        app.include_router(ROUTERS[name])
     if gateway_proxy:
         gateway.install(app, rt)  # last: its catch-all route must not shadow /healthz and friends
     return app

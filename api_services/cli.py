@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from api_services.config import SERVICES
+from api_services.catalog import NAMES
 
 
 def _serve(args) -> int:
@@ -71,7 +71,7 @@ def _replay(args) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run one API service, or all of them in one process")
-    serve.add_argument("--service", required=True, choices=SERVICES + ("all",))
+    serve.add_argument("--service", required=True, choices=NAMES + ("all",))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PIM_PORT", "8080")))
     serve.add_argument("--host", default=os.environ.get("PIM_HOST", "127.0.0.1"))
     serve.set_defaults(func=_serve)

@@ -10,8 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = ("gateway", "patient", "encounter", "billing", "admin", "outbox-relay", "projection-worker")
-DOWNSTREAM = ("patient", "encounter", "billing", "admin")
+from api_services.catalog import ROUTED
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -69,7 +68,7 @@ def load_settings() -> Settings:
         worker_poll_seconds=float(_env("PIM_WORKER_POLL_SECONDS", "0.2")),
         service_urls={
             name: url.rstrip("/")
-            for name in DOWNSTREAM
+            for name in ROUTED
             if (url := _env(f"PIM_{name.upper()}_URL"))
         },
     )

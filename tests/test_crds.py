@@ -12,7 +12,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pimlab_operator import crdgen
-from pimlab_operator.api import KINDS, ChaosExperiment, Lab, PersonaLoad, SLO, Shard
+from pimlab_operator.chaos.model import ChaosExperiment
+from pimlab_operator.kinds import KINDS as KIND_TABLE
+from pimlab_operator.lab.model import Lab
+from pimlab_operator.personaload.model import PersonaLoad
+from pimlab_operator.shard.model import Shard
+from pimlab_operator.slo.model import SLO
+
+KINDS = tuple(kind.model for kind in KIND_TABLE)
 
 ROOT = Path(__file__).resolve().parent.parent
 BY_KIND = {resource.__name__: resource for resource in KINDS}
@@ -310,11 +317,11 @@ def test_cli_check_reports_stale(tmp_path):
 
 
 def test_public_model_names():
-    from pimlab_operator.api.chaos import ChaosExperimentSpec
-    from pimlab_operator.api.lab import LabSpec
-    from pimlab_operator.api.personaload import PersonaLoadSpec
-    from pimlab_operator.api.shard import ShardSpec
-    from pimlab_operator.api.slo import SLOSpec
+    from pimlab_operator.chaos.model import ChaosExperimentSpec
+    from pimlab_operator.lab.model import LabSpec
+    from pimlab_operator.personaload.model import PersonaLoadSpec
+    from pimlab_operator.shard.model import ShardSpec
+    from pimlab_operator.slo.model import SLOSpec
 
     for resource, spec in ((Lab, LabSpec), (Shard, ShardSpec), (PersonaLoad, PersonaLoadSpec),
                            (ChaosExperiment, ChaosExperimentSpec), (SLO, SLOSpec)):

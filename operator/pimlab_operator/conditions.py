@@ -24,19 +24,19 @@ class Condition:
 
 def merge(previous: list[dict] | None, wanted: list[Condition], generation: int,
           at: str | None = None) -> list[dict]:
-    """The new condition list: `wanted` in order, keeping lastTransitionTime where the status
-    did not change, and any condition types owned by someone else untouched."""
+    """Our condition list: `wanted` in order, keeping lastTransitionTime where the status did
+    not change. Conditions of other writers are not in it: server-side apply keeps them, since
+    the list is a map keyed by type."""
     at = at or now()
     by_type = {c["type"]: c for c in previous or []}
     result = []
     for condition in wanted:
         status = "True" if condition.status else "False"
-        old = by_type.pop(condition.type, None)
+        old = by_type.get(condition.type)
         transition = old["lastTransitionTime"] if old and old.get("status") == status else at
         result.append({
             "type": condition.type, "status": status, "reason": condition.reason,
             "message": condition.message, "observedGeneration": generation,
             "lastTransitionTime": transition,
         })
-    result.extend(by_type.values())
     return result

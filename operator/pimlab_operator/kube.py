@@ -3,6 +3,7 @@ status through the status subresource, and discovery of optional third-party kin
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 import threading
@@ -12,7 +13,6 @@ import kubernetes
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-GROUP, VERSION = "pim-sre.lab", "v1alpha1"
 FIELD_MANAGER = "pimlab-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 
@@ -104,12 +104,31 @@ def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
         return None
 
 
-def patch_status(kind: str, name: str, namespace: str, status: dict) -> None:
-    """Write our computed status through the status subresource. A JSON merge patch replaces
-    lists whole, so conditions are always written as one computed list, never merged."""
-    kubernetes.client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURALS[kind], name, {"status": status})
+def post_event(body: dict, type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about `body`, from the operator (what `kubectl describe` shows)."""
+    meta = body["metadata"]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    resource("v1", "Event").create(namespace=meta["namespace"], body={
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": stamp, "lastTimestamp": stamp,
+        "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+    })
 
 
-PLURALS = {"Lab": "labs", "Shard": "shards", "PersonaLoad": "personaloads",
-           "ChaosExperiment": "chaosexperiments", "SLO": "slos"}
+def apply_status(body: dict, status: dict) -> dict:
+    """Server-side apply of our status fields through the status subresource, guarded by the
+    resourceVersion `body` was read at: if anyone wrote the object since (another operator
+    replica, kopf, a restart after a kill mid-write), the apiserver answers 409 Conflict and
+    nothing is overwritten. Fields we wrote before and leave out now are removed."""
+    meta = body["metadata"]
+    res = resource(body["apiVersion"], body["kind"])
+    patch = {"apiVersion": body["apiVersion"], "kind": body["kind"], "status": status,
+             "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                          "resourceVersion": meta["resourceVersion"]}}
+    return res.subresources["status"].server_side_apply(
+        body=patch, name=meta["name"], namespace=meta["namespace"],
+        field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()

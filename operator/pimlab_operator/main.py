@@ -11,7 +11,9 @@ import prometheus_client
 
 def run(*, namespaces: list[str], host: str, metrics_port: int, health_port: int,
         log_format: str = "json", verbose: bool = False) -> None:
-    import pimlab_operator.handlers  # noqa: F401  (registers every handler)
+    from pimlab_operator import kinds
+
+    kinds.register()
 
     kopf.configure(
         verbose=verbose,

@@ -15,6 +15,8 @@ DURATION = Histogram("pimlab_operator_reconcile_duration_seconds", "Reconcile wa
                      ["kind"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 APPLIED = Counter("pimlab_operator_applied_objects_total", "Children server-side applied",
                   ["kind", "child_kind"])
+PRUNED = Counter("pimlab_operator_pruned_objects_total", "Children deleted because they left the desired set",
+                 ["kind", "child_kind"])
 
 
 @contextmanager

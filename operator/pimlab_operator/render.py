@@ -15,6 +15,7 @@ import jinja2
 import yaml
 
 from pimlab_operator.kube import MANAGED_BY
+from pimlab_operator.schema import GROUP
 
 
 def project_home() -> Path:
@@ -46,8 +47,13 @@ def render(template: str, **context) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(render_text(template, **context)) if doc]
 
 
+def owner_labels(owner: dict) -> dict[str, str]:
+    """The labels every child of `owner` carries: how the operator finds (and prunes) them."""
+    return {**MANAGED_BY, f"{GROUP}/{owner['kind'].lower()}": owner["metadata"]["name"]}
+
+
 def owned(children: list[dict], owner: dict) -> list[dict]:
-    """Stamp the owner's reference, namespace and our managed-by label on every child."""
+    """Stamp the owner's reference, namespace and labels on every child."""
     meta = owner["metadata"]
     reference = {
         "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
@@ -57,6 +63,5 @@ def owned(children: list[dict], owner: dict) -> list[dict]:
         child_meta = child.setdefault("metadata", {})
         child_meta["namespace"] = meta["namespace"]
         child_meta["ownerReferences"] = [reference]
-        child_meta.setdefault("labels", {}).update(MANAGED_BY)
-        child_meta["labels"][f"pim-sre.lab/{owner['kind'].lower()}"] = meta["name"]
+        child_meta.setdefault("labels", {}).update(owner_labels(owner))
     return children

@@ -202,7 +202,7 @@ def test_up_is_idempotent_and_keeps_the_same_cluster(cluster):
 
 def test_a_second_cluster_starts_and_down_leaves_nothing_behind(cluster, tmp_path, monkeypatch):
     """A throwaway control plane in another tree on other ports: up, use, down, gone."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "200")
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", str(int(os.environ.get("PIMLAB_PORT_OFFSET", "0")) + 200))
     other = LocalControlPlane(tmp_path)
     try:
         other.up()
@@ -229,7 +229,7 @@ def test_a_port_in_use_is_named_in_the_error(cluster, tmp_path, monkeypatch):
 
 def test_a_component_that_fails_to_start_is_named_with_its_log(cluster, tmp_path, monkeypatch):
     """etcd cannot use a data directory that is a plain file: `up` says so and where to look."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "300")
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", str(int(os.environ.get("PIMLAB_PORT_OFFSET", "0")) + 300))
     broken = LocalControlPlane(tmp_path)
     (tmp_path / ".lab/cluster").mkdir(parents=True)
     (tmp_path / ".lab/cluster/etcd").write_text("not a directory")

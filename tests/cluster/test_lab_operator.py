@@ -89,7 +89,7 @@ def test_sample_lab_becomes_ready_with_owned_children(cluster, sample_lab):
     assert status["readyServices"] == status["totalServices"] == 7
     assert status["shards"] == ["shard-00", "shard-01", "shard-02"]
     assert status["phase"] == "Ready"
-    assert status["endpoints"]["gateway"] == f"http://pim-gateway.{ns}.svc:8080"
+    assert status["endpoints"]["gateway"] == f"http://pim-gateway.{ns}.svc"
     kinds = {c["type"]: c for c in status["conditions"]}
     assert kinds["Degraded"]["status"] == "False" and kinds["Progressing"]["status"] == "False"
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab_operator import chaos, kube, lab, personaload, shard, slo
+from pimlab_operator import kube
+from pimlab_operator.chaos import desired as chaos
+from pimlab_operator.lab import desired as lab
+from pimlab_operator.personaload import desired as personaload
+from pimlab_operator.shard import desired as shard
+from pimlab_operator.slo import desired as slo
+from pimlab_operator.kinds import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,21 +31,25 @@ def samples(kind: str, namespace: str) -> list[dict]:
     return found
 
 
+def spec_of(body: dict):
+    return BY_NAME[body["kind"]].spec_model.model_validate(body["spec"])
+
+
 def children_of(kind: str, namespace: str) -> list[dict]:
     rendered = []
     if kind == "Lab":
         shard_map = lab.shard_map(samples("Shard", namespace), namespace, None)
         for body in samples(kind, namespace):
-            rendered += lab.desired_children(body, shard_map, with_service_monitor=True)
+            rendered += lab.desired_children(body, spec_of(body), shard_map, with_service_monitor=True)
     elif kind == "Shard":
         for body in samples(kind, namespace):
-            rendered += shard.desired_children(body, password=shard.generate_password())
+            rendered += shard.desired_children(body, spec_of(body), password=shard.generate_password())
     elif kind == "SLO":
         for body in samples(kind, namespace):
-            rendered += slo.desired_children(body, with_prometheus_rule=True)
+            rendered += slo.desired_children(body, spec_of(body), with_prometheus_rule=True)
     elif kind == "PersonaLoad":
         for body in samples(kind, namespace):
-            rendered += personaload.desired_children(body, "ghcr.io/pim-sre/lab:0.1.0")
+            rendered += personaload.desired_children(body, spec_of(body), "ghcr.io/pim-sre/lab:0.1.0")
     else:
         for body in samples(kind, namespace):
             for action, parameters in (("networkDelay", {"latency": "200ms", "jitter": "20ms"}),
@@ -50,7 +60,7 @@ def children_of(kind: str, namespace: str) -> list[dict]:
                 variant["spec"] = {"action": action, "target": {"selector": {"matchLabels": {"app": "x"}}},
                                    "dryRun": False, "reference": "ADR-011", "duration": "1m",
                                    **({"parameters": parameters} if parameters else {})}
-                rendered += chaos.chaos_mesh_children(variant, ["x-0"])
+                rendered += chaos.chaos_mesh_children(variant, spec_of(variant), ["x-0"])
             break
     return rendered
 

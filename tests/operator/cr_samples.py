@@ -25,3 +25,10 @@ def sample(kind: str, name: str | None = None) -> dict | list[dict]:
 
 def by(children: list[dict], kind: str, name: str) -> dict:
     return next(c for c in children if c["kind"] == kind and c["metadata"]["name"] == name)
+
+
+def spec_of(body: dict):
+    """The typed spec the operator parses once per reconcile and passes down."""
+    from pimlab_operator.kinds import BY_NAME
+
+    return BY_NAME[body["kind"]].spec_model.model_validate(body["spec"])

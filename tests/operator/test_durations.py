@@ -2,7 +2,7 @@
 
 import pytest
 
-from pimlab_operator.api.common import duration_seconds
+from pimlab_operator.schema import duration_seconds
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from pimlab_operator import conditions, lab
+from api_services.catalog import NAMES
+from pimlab_operator import conditions
+from pimlab_operator.lab import desired as lab
+from pimlab_operator.objects import selector_matches
+from cr_samples import spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,9 +60,9 @@ def test_overlapping_slots_are_reported():
 def test_children_are_owned_named_and_follow_the_service_contract():
     body = lab_body()
     shard_map = lab.shard_map(SHARDS, "lab", None)
-    children = lab.desired_children(body, shard_map, with_service_monitor=True)
+    children = lab.desired_children(body, spec_of(body), shard_map, with_service_monitor=True)
     names = {(c["kind"], c["metadata"]["name"]) for c in children}
-    for component in lab.COMPONENTS.values():
+    for component in NAMES:
         assert {("Deployment", f"pim-{component}"), ("Service", f"pim-{component}"),
                 ("PodDisruptionBudget", f"pim-{component}")} <= names
     assert ("ServiceMonitor", "pim") in names and ("ConfigMap", "pim-shard-map") in names
@@ -72,7 +76,7 @@ def test_children_are_owned_named_and_follow_the_service_contract():
     assert container["args"] == ["serve", "--service", "gateway", "--port", "8080", "--host", "0.0.0.0"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["PIM_SHARD_MAP_FILE"] == "/etc/pim/shard-map/shard-map.json"
-    assert env["PIM_ENCOUNTER_URL"] == "http://pim-encounter:8080"
+    assert env["PIM_ENCOUNTER_URL"] == "http://pim-encounter:80"
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {f"/etc/pim/shard-credentials/shard-0{i}-credentials" for i in range(3)} <= mounts
     billing = by(children, "Deployment", "pim-billing")
@@ -85,9 +89,9 @@ def test_children_are_owned_named_and_follow_the_service_contract():
 
 def test_no_service_monitor_without_its_crd_or_when_turned_off():
     shard_map = lab.shard_map(SHARDS, "lab", None)
-    assert not [c for c in lab.desired_children(lab_body(), shard_map, False) if c["kind"] == "ServiceMonitor"]
+    assert not [c for c in lab.desired_children(lab_body(), spec_of(lab_body()), shard_map, False) if c["kind"] == "ServiceMonitor"]
     off = lab_body(observability={"serviceMonitor": False})
-    assert not [c for c in lab.desired_children(off, shard_map, True) if c["kind"] == "ServiceMonitor"]
+    assert not [c for c in lab.desired_children(off, spec_of(off), shard_map, True) if c["kind"] == "ServiceMonitor"]
 
 
 def ready_deployment(replicas: int) -> dict:
@@ -97,20 +101,20 @@ def ready_deployment(replicas: int) -> dict:
 def test_status_while_rolling_out_and_when_ready():
     body = lab_body()
     shard_map = lab.shard_map(SHARDS, "lab", None)
-    status, wanted = lab.lab_status(body, shard_map, {})
+    status, wanted = lab.lab_status(body, spec_of(body), shard_map, {})
     assert status["phase"] == "Progressing" and status["readyServices"] == 0
     assert [(c.type, c.status, c.reason) for c in wanted][:2] == [
         ("Ready", False, "ServicesNotReady"), ("Progressing", True, "RollingOut")]
-    all_ready = {c: ready_deployment(2) for c in lab.COMPONENTS.values()}
-    status, wanted = lab.lab_status(body, shard_map, all_ready)
+    all_ready = {c: ready_deployment(2) for c in NAMES}
+    status, wanted = lab.lab_status(body, spec_of(body), shard_map, all_ready)
     assert status["phase"] == "Ready" and status["readyServices"] == status["totalServices"] == 7
     assert wanted[0].status and wanted[0].reason == "AllServicesReady"
 
 
 def test_uncovered_slots_keep_a_running_lab_from_ready():
     partial = lab.shard_map(SHARDS[:2], "lab", None)
-    status, wanted = lab.lab_status(lab_body(), partial,
-                                    {c: ready_deployment(2) for c in lab.COMPONENTS.values()})
+    status, wanted = lab.lab_status(lab_body(), spec_of(lab_body()), partial,
+                                    {c: ready_deployment(2) for c in NAMES})
     assert status["phase"] == "Degraded"
     assert (wanted[0].status, wanted[0].reason) == (False, "ShardSlotsUncovered")
     assert "341 of 1024 hash slots have no Shard" in wanted[0].message
@@ -126,10 +130,10 @@ def test_condition_transition_time_moves_only_when_status_changes():
 
 
 def test_selector_matching():
-    assert lab.selector_matches({"matchLabels": {"lab": "pim"}}, {"lab": "pim", "x": "y"})
-    assert not lab.selector_matches({"matchLabels": {"lab": "pim"}}, {"lab": "other"})
-    assert lab.selector_matches(None, {})
-    assert not lab.selector_matches(
+    assert selector_matches({"matchLabels": {"lab": "pim"}}, {"lab": "pim", "x": "y"})
+    assert not selector_matches({"matchLabels": {"lab": "pim"}}, {"lab": "other"})
+    assert selector_matches(None, {})
+    assert not selector_matches(
         {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}, {"tier": "b"})
-    assert lab.selector_matches(
+    assert selector_matches(
         {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, {"lab": "pim"})

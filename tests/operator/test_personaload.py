@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import json
 
-from cr_samples import by, sample
+from cr_samples import by, sample, spec_of
 
-from pimlab_operator import personaload
+from pimlab_operator.personaload import desired as personaload
 
 PEAK = sample("PersonaLoad", "peak-clinic")
 NIGHTLY = sample("PersonaLoad", "overnight-processing")
@@ -33,10 +33,10 @@ def job(*conditions: str, active: int = 0) -> dict:
 
 def test_config_map_and_job_with_hashed_name_parallelism_and_lab_image():
     image = personaload.engine_image(PEAK, LAB)
-    children = personaload.desired_children(PEAK, image)
+    children = personaload.desired_children(PEAK, spec_of(PEAK), image)
     config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
     assert config["parallelism"] == 2 and config["profile"]["peakRate"] == 800
-    name = personaload.job_name(PEAK, image)
+    name = personaload.job_name(PEAK, spec_of(PEAK), image)
     assert name.startswith("peak-clinic-") and len(name) == len("peak-clinic-") + 8
     spec = by(children, "Job", name)["spec"]
     assert spec["parallelism"] == 2 and spec["completions"] == 2 and spec["backoffLimit"] == 0
@@ -44,22 +44,23 @@ def test_config_map_and_job_with_hashed_name_parallelism_and_lab_image():
     assert container["image"] == "ghcr.io/pim-sre/lab:0.1.0"
     assert container["args"] == ["load", "run", "--config", "/etc/pim/load/config.json"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert {"name": "PIM_LOAD_TARGET_URL", "value": "http://pim-gateway.lab.svc:8080"} in container["env"]
+    assert {"name": "PIM_LOAD_TARGET_URL", "value": "http://pim-gateway.lab.svc"} in container["env"]
     assert all(c["metadata"]["ownerReferences"][0]["kind"] == "PersonaLoad" for c in children)
 
 
-def test_editing_the_spec_names_a_new_job_and_marks_the_old_one_stale():
+def test_editing_the_spec_names_a_new_job():
+    """A Job's pod template is immutable: an edit is a new run under a new name (the old Job
+    leaves the desired set and is pruned, see tests/cluster/test_pruning.py)."""
     edited = copy.deepcopy(PEAK)
     edited["spec"]["profile"]["rate"] = 300
-    old, new = personaload.job_name(PEAK, "img"), personaload.job_name(edited, "img")
+    old, new = personaload.job_name(PEAK, spec_of(PEAK), "img"), personaload.job_name(edited, spec_of(edited), "img")
     assert old != new
-    jobs = [{"metadata": {"name": old, "ownerReferences": [{"uid": PEAK["metadata"]["uid"]}]}},
-            {"metadata": {"name": "someone-elses", "ownerReferences": [{"uid": "other"}]}}]
-    assert personaload.stale_jobs(edited, jobs, new) == [old]
+    jobs = [c for c in personaload.desired_children(edited, spec_of(edited), "img") if c["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == [new]
 
 
 def test_schedule_renders_a_cronjob_and_no_job():
-    children = personaload.desired_children(NIGHTLY, "img")
+    children = personaload.desired_children(NIGHTLY, spec_of(NIGHTLY), "img")
     assert [c["kind"] for c in children] == ["ConfigMap", "CronJob"]
     cron = by(children, "CronJob", "overnight-processing")["spec"]
     assert cron["schedule"] == "0 2 * * *" and cron["concurrencyPolicy"] == "Forbid"
@@ -67,7 +68,7 @@ def test_schedule_renders_a_cronjob_and_no_job():
 
 
 def test_without_an_image_only_the_config_is_rendered_and_status_says_why():
-    assert [c["kind"] for c in personaload.desired_children(PEAK, None)] == ["ConfigMap"]
+    assert [c["kind"] for c in personaload.desired_children(PEAK, spec_of(PEAK), None)] == ["ConfigMap"]
     status, conditions = personaload.personaload_status(PEAK, None, None, None, [])
     assert status["phase"] == "Pending" and conditions[0].reason == "ImageUnknown"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from cr_samples import by, sample
+from cr_samples import by, sample, spec_of
 
-from pimlab_operator import shard
+from pimlab_operator.shard import desired as shard
 
 SHARD = sample("Shard", "shard-00")
 
@@ -22,7 +22,7 @@ def pod(name: str, role: str | None = None, ready: bool = True, phase: str = "Ru
 
 
 def test_children_are_owned_and_named_after_the_shard():
-    children = shard.desired_children(SHARD, password="Generated-Passw0rd")
+    children = shard.desired_children(SHARD, spec_of(SHARD), password="Generated-Passw0rd")
     names = [(c["kind"], c["metadata"]["name"]) for c in children]
     assert names == [("Secret", "shard-00-credentials"), ("ConfigMap", "shard-00-mssql"),
                      ("Service", "shard-00"), ("StatefulSet", "shard-00"),
@@ -37,12 +37,12 @@ def test_children_are_owned_and_named_after_the_shard():
 
 
 def test_secret_only_when_a_password_is_given_and_the_user_named_none():
-    without = shard.desired_children(SHARD, password=None)
+    without = shard.desired_children(SHARD, spec_of(SHARD), password=None)
     assert not [c for c in without if c["kind"] == "Secret"]
     user_secret = copy.deepcopy(SHARD)
     user_secret["spec"]["credentialsSecretRef"] = {"name": "my-sa"}
     assert not shard.generates_credentials(user_secret)
-    children = shard.desired_children(user_secret, password="ignored-Passw0rd")
+    children = shard.desired_children(user_secret, spec_of(user_secret), password="ignored-Passw0rd")
     assert not [c for c in children if c["kind"] == "Secret"]
     env = by(children, "StatefulSet", "shard-00")["spec"]["template"]["spec"]["containers"][0]["env"]
     sa = next(e for e in env if e["name"] == "MSSQL_SA_PASSWORD")
@@ -50,7 +50,7 @@ def test_secret_only_when_a_password_is_given_and_the_user_named_none():
 
 
 def test_generated_secret_has_username_and_password_keys():
-    secret = by(shard.desired_children(SHARD, password="Generated-Passw0rd"), "Secret", "shard-00-credentials")
+    secret = by(shard.desired_children(SHARD, spec_of(SHARD), password="Generated-Passw0rd"), "Secret", "shard-00-credentials")
     assert secret["stringData"]["username"] == "sa"
     assert secret["stringData"]["password"] == "Generated-Passw0rd"
 
@@ -65,7 +65,7 @@ def test_generated_passwords_meet_sql_server_complexity_and_differ():
 def test_statefulset_runs_sql_server_with_hadr_and_volumes_from_the_spec():
     body = copy.deepcopy(SHARD)
     body["spec"]["storage"] = {"size": "50Gi", "storageClassName": "fast"}
-    sts = by(shard.desired_children(body, None), "StatefulSet", "shard-00")
+    sts = by(shard.desired_children(body, spec_of(body), None), "StatefulSet", "shard-00")
     assert sts["spec"]["replicas"] == 3 and sts["spec"]["serviceName"] == "shard-00"
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "mcr.microsoft.com/mssql/server:2022-latest"
@@ -78,7 +78,7 @@ def test_statefulset_runs_sql_server_with_hadr_and_volumes_from_the_spec():
 
 
 def test_role_services_select_pods_by_role_label_and_shard():
-    children = shard.desired_children(SHARD, None)
+    children = shard.desired_children(SHARD, spec_of(SHARD), None)
     primary = by(children, "Service", "shard-00-primary")["spec"]["selector"]
     readonly = by(children, "Service", "shard-00-readonly")["spec"]["selector"]
     assert primary == {**shard.selector("shard-00"), "pim-sre.lab/role": "primary"}
@@ -89,7 +89,7 @@ def test_role_services_select_pods_by_role_label_and_shard():
 
 
 def test_config_enables_hadr_and_renders_an_external_availability_group():
-    config = by(shard.desired_children(SHARD, None), "ConfigMap", "shard-00-mssql")["data"]
+    config = by(shard.desired_children(SHARD, spec_of(SHARD), None), "ConfigMap", "shard-00-mssql")["data"]
     assert "hadrenabled = 1" in config["mssql.conf"]
     sql = config["ag-primary.sql"]
     assert "CREATE ENDPOINT [hadr_endpoint]" in sql and "LISTENER_PORT = 5022" in sql

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from pimlab_operator.api.common import (
+from pimlab_operator.schema import (
     AGE_COLUMN,
     MESSAGE_COLUMN,
     READY_COLUMN,

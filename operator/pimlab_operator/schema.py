@@ -14,6 +14,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from api_services.catalog import COMPONENTS
+
+#: The API group and version of every kind; children carry `pim-sre.lab/<kind>` labels and
+#: kopf keeps its state under the same prefix.
 GROUP = "pim-sre.lab"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -133,9 +137,7 @@ Journey = Literal[
     "bookEncounter", "reviewEncounter", "checkBilling", "documentEncounter", "submitClaim", "readKpis"
 ]
 #: The lab's application services (keys of `Lab.spec.services`).
-ServiceName = Literal[
-    "gateway", "patient", "encounter", "billing", "admin", "outboxRelay", "projectionWorker"
-]
+ServiceName = Literal[tuple(component.key for component in COMPONENTS)]
 
 # --------------------------------------------------------------------------------------------
 # References and selectors
@@ -318,7 +320,7 @@ class Resource(BaseModel):
 
     crd: ClassVar[CrdInfo]
 
-    api_version: Literal["pim-sre.lab/v1alpha1"] = Field(API_VERSION, description="Always `pim-sre.lab/v1alpha1`.")
+    api_version: Literal[API_VERSION] = Field(API_VERSION, description=f"Always `{API_VERSION}`.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
 
     def to_k8s(self) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pimlab_operator.api.common import duration_seconds
-from pimlab_operator.api.slo import WINDOW_PLACEHOLDER, SLOSpec
+from pimlab_operator.schema import duration_seconds
+from pimlab_operator.slo.model import WINDOW_PLACEHOLDER, SLOSpec
 from pimlab_operator.conditions import Condition
 from pimlab_operator.render import owned, render
 
@@ -25,7 +25,6 @@ BURN_ALERTS = (
     ("ticket", "3d", "6h", 1.0),
 )
 DEFAULT_FOR = {"page": "2m", "ticket": "15m"}
-PROMETHEUS_RULE = ("monitoring.coreos.com/v1", "PrometheusRule")
 DATASOURCE_UID = "prometheus"
 
 
@@ -74,9 +73,8 @@ def selector_of(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
-def recording_rules(slo: dict) -> list[dict]:
+def recording_rules(slo: dict, spec: SLOSpec) -> list[dict]:
     """One error-ratio series per window, the compliance-window ratio and the budget left."""
-    spec = SLOSpec.model_validate(slo["spec"])
     labels = identity(slo)
     sel = selector_of({"slo": labels["slo"], "slo_namespace": labels["slo_namespace"]})
     budget = number(1 - spec.objective / 100)
@@ -88,10 +86,9 @@ def recording_rules(slo: dict) -> list[dict]:
     return rules
 
 
-def burn_alerts(slo: dict) -> list[dict]:
+def burn_alerts(slo: dict, spec: SLOSpec) -> list[dict]:
     """Multi-window multi-burn-rate alerts: both windows must burn faster than `factor`, so an
     alert fires fast on a real burn and resets fast once it stops."""
-    spec = SLOSpec.model_validate(slo["spec"])
     ident = identity(slo)
     sel = selector_of({"slo": ident["slo"], "slo_namespace": ident["slo_namespace"]})
     budget = 1 - spec.objective / 100
@@ -123,12 +120,12 @@ def burn_alerts(slo: dict) -> list[dict]:
     return alerts
 
 
-def rule_groups(slo: dict) -> list[dict]:
+def rule_groups(slo: dict, spec: SLOSpec) -> list[dict]:
     """The PrometheusRule's `spec.groups`, also what `promtool check rules` reads."""
     name = slo["metadata"]["name"]
     alerts = [{k: v for k, v in a.items() if k not in ("severity", "threshold")}
-              for a in burn_alerts(slo)]
-    groups = [{"name": f"slo-{name}-recordings", "interval": "30s", "rules": recording_rules(slo)}]
+              for a in burn_alerts(slo, spec)]
+    groups = [{"name": f"slo-{name}-recordings", "interval": "30s", "rules": recording_rules(slo, spec)}]
     if alerts:
         groups.append({"name": f"slo-{name}-alerts", "rules": alerts})
     return groups
@@ -139,13 +136,12 @@ def _uid(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:24]
 
 
-def grafana_rules(slo: dict) -> list[dict]:
+def grafana_rules(slo: dict, spec: SLOSpec) -> list[dict]:
     """Grafana-managed alert rules mirroring the burn-rate alerts. They query the SLI itself
     (not our recording rules), so they work where no prometheus-operator runs."""
-    spec = SLOSpec.model_validate(slo["spec"])
     ns, name = slo["metadata"]["namespace"], slo["metadata"]["name"]
     rules = []
-    for alert in burn_alerts(slo):
+    for alert in burn_alerts(slo, spec):
         labels = alert["labels"]
         long, short, threshold = labels["long_window"], labels["short_window"], alert["threshold"]
         expr = (f"(\n{error_ratio_query(spec, long)}\n) > {threshold}\nand\n"
@@ -159,9 +155,8 @@ def grafana_rules(slo: dict) -> list[dict]:
     return rules
 
 
-def dashboard(slo: dict) -> dict:
+def dashboard(slo: dict, spec: SLOSpec) -> dict:
     """A small Grafana dashboard: budget left, burn rates per window, the SLI over time."""
-    spec = SLOSpec.model_validate(slo["spec"])
     ident = identity(slo)
     sel = selector_of({"slo": ident["slo"], "slo_namespace": ident["slo_namespace"]})
     budget = number(1 - spec.objective / 100)
@@ -192,21 +187,20 @@ def dashboard(slo: dict) -> dict:
     }
 
 
-def desired_children(slo: dict, with_prometheus_rule: bool) -> list[dict]:
+def desired_children(slo: dict, spec: SLOSpec, with_prometheus_rule: bool) -> list[dict]:
     """Every child of the SLO; a PrometheusRule only where its CRD exists."""
-    spec = SLOSpec.model_validate(slo["spec"])
     name = slo["metadata"]["name"]
     labels = {"app.kubernetes.io/name": "pim-slo", "app.kubernetes.io/instance": name,
               "app.kubernetes.io/part-of": "pim-sre-lab"}
     children = []
     if with_prometheus_rule:
-        children += render("slo/prometheusrule.yaml.j2", name=name, labels=labels, groups=rule_groups(slo))
+        children += render("slo/prometheusrule.yaml.j2", name=name, labels=labels, groups=rule_groups(slo, spec))
     folder = spec.grafana.folder
     children += render("slo/grafana-alerts.yaml.j2", name=name, labels=labels, folder=folder,
-                       rules=grafana_rules(slo), datasource_uid=DATASOURCE_UID)
+                       rules=grafana_rules(slo, spec), datasource_uid=DATASOURCE_UID)
     if spec.grafana.dashboard:
         children += render("slo/dashboard.yaml.j2", name=name, labels=labels, folder=folder,
-                           dashboard=json.dumps(dashboard(slo), indent=2, sort_keys=True))
+                           dashboard=json.dumps(dashboard(slo, spec), indent=2, sort_keys=True))
     return owned(children, slo)
 
 

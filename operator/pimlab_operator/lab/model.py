@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic.alias_generators import to_snake
 
-from pimlab_operator.api.common import (
+from api_services.catalog import COMPONENTS
+
+from pimlab_operator.schema import (
     AGE_COLUMN,
     MESSAGE_COLUMN,
     READY_COLUMN,
@@ -66,21 +69,18 @@ class ServiceSpec(ApiModel):
     autoscaling: Autoscaling | None = Field(None, description="Scale on CPU with an HPA; unset: fixed replicas.")
 
 
-def _service(description: str, replicas: int = 1) -> object:
+def _service(description: str, replicas: int) -> object:
     """A service field whose default replica count the apiserver fills in as well."""
     return Field(default_factory=lambda: ServiceSpec(replicas=replicas), description=f"{description} Default replicas {replicas}.")
 
 
-class LabServices(ApiModel):
-    """The application services; every one runs, each with its own Deployment."""
-
-    gateway: ServiceSpec = _service("API gateway: JWT auth, shard routing, request tagging.", 2)
-    patient: ServiceSpec = _service("Patient service.", 2)
-    encounter: ServiceSpec = _service("Encounter service (bookings, clinical notes).", 2)
-    billing: ServiceSpec = _service("Billing service (claims).")
-    admin: ServiceSpec = _service("Admin service (KPIs, rebuild from events).")
-    outbox_relay: ServiceSpec = _service("Outbox relay: publishes committed outbox events.")
-    projection_worker: ServiceSpec = _service("Projection worker: builds read models such as financial KPIs.")
+#: One field per component of the catalogue (api_services.catalog).
+LabServices = create_model(
+    "LabServices",
+    __base__=ApiModel,
+    __doc__="The application services; every one runs, each with its own Deployment.",
+    **{to_snake(c.key): (ServiceSpec, _service(c.summary, c.replicas)) for c in COMPONENTS},
+)
 
 
 class AuthSpec(ApiModel):

@@ -12,11 +12,11 @@ import json
 
 from pydantic import ValidationError
 
-from pimlab_operator.api.personaload import LoadSummary, PersonaLoadSpec
 from pimlab_operator.conditions import Condition
-from pimlab_operator.lab import PORT
+from pimlab_operator.objects import gateway_url
+from pimlab_operator.personaload.model import LoadSummary, PersonaLoadSpec
 from pimlab_operator.render import owned, render
-from pimlab_operator.api.common import duration_seconds
+from pimlab_operator.schema import duration_seconds
 
 RUN_LABEL = "pim-sre.lab/personaload"
 
@@ -25,7 +25,7 @@ def target_url(body: dict) -> str:
     target = body["spec"]["target"]
     if target.get("url"):
         return target["url"]
-    return f"http://{target['labRef']}-gateway.{body['metadata']['namespace']}.svc:{PORT}"
+    return gateway_url(target["labRef"], body["metadata"]["namespace"])
 
 
 def engine_image(body: dict, lab: dict | None) -> str | None:
@@ -33,24 +33,20 @@ def engine_image(body: dict, lab: dict | None) -> str | None:
     return body["spec"].get("image") or ((lab or {}).get("spec") or {}).get("image")
 
 
-def config(body: dict) -> dict:
-    """The engine's config: the spec with every default spelled out."""
-    return PersonaLoadSpec.model_validate(body["spec"]).to_k8s()
-
-
-def config_hash(body: dict, image: str | None) -> str:
-    text = json.dumps({"config": config(body), "image": image, "url": target_url(body)}, sort_keys=True)
+def config_hash(body: dict, spec: PersonaLoadSpec, image: str | None) -> str:
+    text = json.dumps({"config": spec.to_k8s(), "image": image, "url": target_url(body)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def job_name(body: dict, image: str | None) -> str:
+def job_name(body: dict, spec: PersonaLoadSpec, image: str | None) -> str:
     """`<name>-<hash>`, within the 63 characters a Job's pods can label."""
-    return f"{body['metadata']['name'][:54]}-{config_hash(body, image)}"
+    return f"{body['metadata']['name'][:54]}-{config_hash(body, spec, image)}"
 
 
-def desired_children(body: dict, image: str | None) -> list[dict]:
-    """The ConfigMap always; the Job/CronJob only once an image is known."""
-    spec = config(body)
+def desired_children(body: dict, typed: PersonaLoadSpec, image: str | None) -> list[dict]:
+    """The ConfigMap (the engine's config: the spec with every default spelled out) always;
+    the Job/CronJob only once an image is known."""
+    spec = typed.to_k8s()
     name = body["metadata"]["name"]
     labels = {"app.kubernetes.io/name": "pim-persona-engine", "app.kubernetes.io/instance": name,
               "app.kubernetes.io/part-of": "pim-sre-lab", RUN_LABEL: name}
@@ -61,17 +57,9 @@ def desired_children(body: dict, image: str | None) -> list[dict]:
         deadline = int(duration_seconds(profile["duration"]) + duration_seconds(profile.get("rampUp") or "0s")) + 600
         children += render("personaload/run.yaml.j2", name=name, labels=labels, image=image,
                            target_url=target_url(body), parallelism=spec["parallelism"],
-                           schedule=spec.get("schedule") or "", job_name=job_name(body, image),
-                           config_hash=config_hash(body, image), deadline_seconds=deadline)
+                           schedule=spec.get("schedule") or "", job_name=job_name(body, typed, image),
+                           config_hash=config_hash(body, typed, image), deadline_seconds=deadline)
     return owned(children, body)
-
-
-def stale_jobs(body: dict, jobs: list[dict], current: str | None) -> list[str]:
-    """Jobs of earlier specs (a once-run PersonaLoad keeps only its current run's Job)."""
-    if body["spec"].get("schedule"):
-        return []
-    return [j["metadata"]["name"] for j in jobs if j["metadata"]["name"] != current
-            and any(r.get("uid") == body["metadata"]["uid"] for r in j["metadata"].get("ownerReferences") or [])]
 
 
 def _max(values: list) -> float | None:

@@ -13,12 +13,11 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from pimlab_operator.api.chaos import ChaosExperimentSpec
+from pimlab_operator.chaos.model import ChaosExperimentSpec
 from pimlab_operator.conditions import Condition, now
-from pimlab_operator.lab import selector_matches
+from pimlab_operator.objects import pod_ready, selector_matches
 from pimlab_operator.render import owned, render
-from pimlab_operator.shard import pod_ready
-from pimlab_operator.api.common import duration_seconds
+from pimlab_operator.schema import duration_seconds
 
 CHAOS_MESH = {"networkDelay": "NetworkChaos", "networkLoss": "NetworkChaos",
               "networkPartition": "NetworkChaos", "cpuStress": "StressChaos"}
@@ -69,10 +68,9 @@ def candidates(body: dict, pods: list[dict], shard: dict | None) -> tuple[list[s
     return matched, len(matched)
 
 
-def plan(body: dict, pods: list[dict], shard: dict | None) -> Plan:
+def plan(body: dict, spec: ChaosExperimentSpec, pods: list[dict], shard: dict | None) -> Plan:
     """Choose targets by mode/value (seeded by the object's uid, so a re-plan picks the same
     pods) and refuse when they exceed the blast radius."""
-    spec = ChaosExperimentSpec.model_validate(body["spec"])
     pool, matched = candidates(body, pods, shard)
     if not pool:
         return Plan([], matched, ("NoTargets", "no running pod matches the target"))
@@ -96,8 +94,8 @@ def _parse(stamp: str) -> dt.datetime:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def chaos_mesh_children(body: dict, targets: list[str]) -> list[dict]:
-    spec = ChaosExperimentSpec.model_validate(body["spec"]).to_k8s()
+def chaos_mesh_children(body: dict, typed: ChaosExperimentSpec, targets: list[str]) -> list[dict]:
+    spec = typed.to_k8s()
     name = body["metadata"]["name"]
     labels = {"app.kubernetes.io/name": "pim-chaos", "app.kubernetes.io/instance": name,
               "app.kubernetes.io/part-of": "pim-sre-lab"}
@@ -114,10 +112,10 @@ def _conditions(phase: str, reason: str, message: str) -> list[Condition]:
             Condition("Degraded", phase in ("Failed", "Aborted") or reason == "RecoveryTimedOut", reason, message)]
 
 
-def start(body: dict, the_plan: Plan, chaos_mesh_installed: bool, at: str | None = None) -> Step:
+def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_installed: bool,
+          at: str | None = None) -> Step:
     """The first step of a new run (new object or new generation)."""
     at = at or now()
-    spec = ChaosExperimentSpec.model_validate(body["spec"])
     targets = the_plan.targets
     base = {"plannedTargets": targets, "startedAt": at,
             "timeline": [_event("Planned", f"{spec.action} on {', '.join(targets) or 'nothing'} "
@@ -150,7 +148,7 @@ def start(body: dict, the_plan: Plan, chaos_mesh_installed: bool, at: str | None
     if spec.action == "podKill":
         step.action = "deletePods"
     else:
-        step.action, step.children = "applyChaosMesh", chaos_mesh_children(body, targets)
+        step.action, step.children = "applyChaosMesh", chaos_mesh_children(body, spec, targets)
         step.status["generatedObjects"] = [
             {"apiVersion": c["apiVersion"], "kind": c["kind"], "name": c["metadata"]["name"],
              "namespace": c["metadata"]["namespace"]} for c in step.children]
@@ -171,11 +169,11 @@ def _injecting_time(status: dict) -> dt.datetime:
     return _parse(stamp)
 
 
-def recover(body: dict, status: dict, pods: list[dict], at: str | None = None) -> Step:
+def recover(body: dict, spec: ChaosExperimentSpec, status: dict, pods: list[dict],
+            at: str | None = None) -> Step:
     """Recovering -> Completed when the killed pods are replaced and Ready (podKill), or when
     the fault's duration is over (Chaos Mesh faults); times out after the duration."""
     at = at or now()
-    spec = ChaosExperimentSpec.model_validate(body["spec"])
     since = _injecting_time(status)
     elapsed = (_parse(at) - since).total_seconds()
     timeline = list(status.get("timeline", []))

@@ -6,45 +6,15 @@ kinds exist), calls `desired_children`, applies the result and writes `lab_statu
 
 from __future__ import annotations
 
-from pimlab_operator.api.lab import LabSpec
+from api_services.catalog import COMPONENTS, CONTAINER_PORT, ROUTED, SERVICE_PORT
 from pimlab_operator.conditions import Condition
+from pimlab_operator.lab.model import LabSpec
+from pimlab_operator.objects import gateway_url
 from pimlab_operator.render import owned, render
 
-PORT = 8080
 SLOT_COUNT = 1024
 SQL_PORT = 1433
 DATABASE = "pim"
-# spec.services key -> component name (the `pimlab serve --service` name).
-COMPONENTS = {
-    "gateway": "gateway",
-    "patient": "patient",
-    "encounter": "encounter",
-    "billing": "billing",
-    "admin": "admin",
-    "outboxRelay": "outbox-relay",
-    "projectionWorker": "projection-worker",
-}
-DOWNSTREAMS = ("patient", "encounter", "billing", "admin")
-
-
-def selector_matches(selector: dict | None, labels: dict | None) -> bool:
-    """A LabelSelector's matchLabels/matchExpressions against an object's labels."""
-    labels = labels or {}
-    selector = selector or {}
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expression in selector.get("matchExpressions") or []:
-        key, op, values = expression["key"], expression["operator"], expression.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and labels.get(key) in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
 
 
 def shard_entries(shards: list[dict], namespace: str) -> list[dict]:
@@ -89,20 +59,21 @@ def slot_coverage(entries: list[dict]) -> tuple[int, list[str]]:
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
-def desired_children(lab: dict, shard_map_body: dict, with_service_monitor: bool) -> list[dict]:
+def desired_children(lab: dict, spec: LabSpec, shard_map_body: dict, with_service_monitor: bool) -> list[dict]:
     """Every child of the Lab; a ServiceMonitor only when its CRD exists and the spec wants it."""
-    spec = LabSpec.model_validate(lab["spec"]).to_k8s()
+    spec = spec.to_k8s()
     observability = spec.get("observability") or {}
     name = lab["metadata"]["name"]
     secrets = sorted({entry["credentialsSecret"] for entry in shard_map_body["shards"]})
     children = render("lab/shard-map.yaml.j2", lab_name=name, shard_map=shard_map_body)
-    for key, component in COMPONENTS.items():
+    for component in COMPONENTS:
         children += render(
             "lab/component.yaml.j2",
-            lab_name=name, component=component,
-            service={"resources": DEFAULT_RESOURCES, **spec["services"][key]},
-            image=spec["image"], image_pull_policy=spec["imagePullPolicy"], port=PORT,
-            auth=spec.get("auth") or {}, observability=observability, downstreams=DOWNSTREAMS,
+            lab_name=name, component=component.name,
+            service={"resources": DEFAULT_RESOURCES, **spec["services"][component.key]},
+            image=spec["image"], image_pull_policy=spec["imagePullPolicy"], port=CONTAINER_PORT,
+            service_port=SERVICE_PORT, auth=spec.get("auth") or {}, observability=observability,
+            downstreams=ROUTED,
             credential_secrets=secrets, shard_map_version=shard_map_body["version"],
         )
     if with_service_monitor and observability.get("serviceMonitor", True):
@@ -120,13 +91,13 @@ def service_status(key: str, service: dict, deployment: dict | None) -> dict:
             "ready": deployment is not None and ready >= wanted}
 
 
-def lab_status(lab: dict, shard_map_body: dict, deployments: dict[str, dict | None]
+def lab_status(lab: dict, spec: LabSpec, shard_map_body: dict, deployments: dict[str, dict | None]
                ) -> tuple[dict, list[Condition]]:
     """Status fields and conditions from what the cluster reports about the children."""
-    spec = LabSpec.model_validate(lab["spec"]).to_k8s()
+    spec = spec.to_k8s()
     name, namespace = lab["metadata"]["name"], lab["metadata"]["namespace"]
-    services = [service_status(key, spec["services"][key], deployments.get(component))
-                for key, component in COMPONENTS.items()]
+    services = [service_status(c.key, spec["services"][c.key], deployments.get(c.name))
+                for c in COMPONENTS]
     not_ready = [s["name"] for s in services if not s["ready"]]
     entries = shard_map_body["shards"]
     owned_slots, overlaps = slot_coverage(entries)
@@ -155,7 +126,7 @@ def lab_status(lab: dict, shard_map_body: dict, deployments: dict[str, dict | No
     status = {
         "phase": phase,
         "phaseReason": ready.message,
-        "endpoints": {"gateway": f"http://{name}-gateway.{namespace}.svc:{PORT}"},
+        "endpoints": {"gateway": gateway_url(name, namespace)},
         "shardMapVersion": str(shard_map_body["version"]),
         "shards": [entry["name"] for entry in entries],
         "readyServices": len(services) - len(not_ready),

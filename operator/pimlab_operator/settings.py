@@ -7,15 +7,14 @@ import logging
 
 import kopf
 
-PREFIX = "pim-sre.lab"
+from pimlab_operator.schema import GROUP
 
 
-@kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_):
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+        prefix=GROUP, key="last-handled-configuration")
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30

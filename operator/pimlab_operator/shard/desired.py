@@ -12,8 +12,9 @@ import hashlib
 import secrets
 import string
 
-from pimlab_operator.api.shard import ShardSpec
+from pimlab_operator.shard.model import ShardSpec
 from pimlab_operator.conditions import Condition
+from pimlab_operator.objects import pod_ready
 from pimlab_operator.render import owned, render, render_text
 
 SQL_PORT = 1433
@@ -32,11 +33,6 @@ def selector(name: str) -> dict[str, str]:
 
 def labels(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "mssql", **selector(name), "app.kubernetes.io/part-of": "pim-sre-lab"}
-
-
-def label_selector(name: str) -> str:
-    """`selector` as the string the list API takes."""
-    return ",".join(f"{k}={v}" for k, v in selector(name).items())
 
 
 def generates_credentials(shard: dict) -> bool:
@@ -72,9 +68,8 @@ def ag_replicas(name: str, namespace: str, spec: ShardSpec) -> list[dict]:
             for i, pod in enumerate(pod_names(name, spec.replicas))]
 
 
-def ag_sql(shard: dict, role: str) -> str:
+def ag_sql(shard: dict, spec: ShardSpec, role: str) -> str:
     """The bootstrap T-SQL for the primary or a secondary (templates/shard/ag-bootstrap.sql.j2)."""
-    spec = ShardSpec.model_validate(shard["spec"])
     name, namespace = shard["metadata"]["name"], shard["metadata"]["namespace"]
     return render_text(
         "shard/ag-bootstrap.sql.j2", role=role, name=name, namespace=namespace, ag_name=name,
@@ -93,10 +88,10 @@ def _memory_limit_mb(resources: dict) -> int:
     return max(2048, int(float(limit) / 2 ** 20 * 0.8))
 
 
-def desired_children(shard: dict, password: str | None) -> list[dict]:
+def desired_children(shard: dict, typed: ShardSpec, password: str | None) -> list[dict]:
     """Every child of the Shard. The credentials Secret is included only when `password` is
     given, i.e. the operator owns it and it does not exist yet (generated once, never again)."""
-    spec = ShardSpec.model_validate(shard["spec"]).to_k8s()
+    spec = typed.to_k8s()
     name = shard["metadata"]["name"]
     resources = spec.get("resources") or DEFAULT_RESOURCES
     secret_name = credentials_secret_name(shard)
@@ -106,7 +101,8 @@ def desired_children(shard: dict, password: str | None) -> list[dict]:
                            labels=labels(name), password=password)
     config = render("shard/mssql-config.yaml.j2", name=name, labels=labels(name), sql_port=SQL_PORT,
                     memory_limit_mb=_memory_limit_mb(resources),
-                    primary_sql=ag_sql(shard, "primary"), secondary_sql=ag_sql(shard, "secondary"))
+                    primary_sql=ag_sql(shard, typed, "primary"),
+                    secondary_sql=ag_sql(shard, typed, "secondary"))
     config_hash = hashlib.sha256(repr(config[0]["data"]).encode()).hexdigest()[:16]
     role_selectors = {"primary": {**selector(name), ROLE_LABEL: "primary"},
                       "readonly": {**selector(name), ROLE_LABEL: "secondary"}}
@@ -144,13 +140,6 @@ def role_assignments(shard: dict, pods: list[dict]) -> dict[str, str]:
     primary = None if has_primary else initial_primary(shard)
     return {p["metadata"]["name"]: "primary" if p["metadata"]["name"] == primary else "secondary"
             for p in own if not (p["metadata"].get("labels") or {}).get(ROLE_LABEL)}
-
-
-def pod_ready(pod: dict) -> bool:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
 
 
 def _unschedulable(pod: dict) -> str | None:

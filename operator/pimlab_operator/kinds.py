@@ -1,0 +1,63 @@
+"""The table of kinds: each kind's model, step, resync period and the children it owns. It is
+the only place kopf triggers are registered (`register`)."""
+
+from __future__ import annotations
+
+import kopf
+
+from pimlab_operator import kube, reconcile, settings, watches
+from pimlab_operator.chaos import step as chaos
+from pimlab_operator.chaos.model import ChaosExperiment
+from pimlab_operator.lab import step as lab
+from pimlab_operator.lab.model import Lab
+from pimlab_operator.personaload import step as personaload
+from pimlab_operator.personaload.model import PersonaLoad
+from pimlab_operator.reconcile import Kind
+from pimlab_operator.schema import GROUP, VERSION
+from pimlab_operator.shard import step as shard
+from pimlab_operator.shard.model import Shard
+from pimlab_operator.slo import step as slo
+from pimlab_operator.slo.model import SLO
+
+#: In the order the CRDs are generated and documented. Resync periods: Labs, Shards and
+#: PersonaLoads follow pods and runs; a ChaosExperiment measures recovery every few seconds
+#: while it is Recovering; an SLO only waits for a CRD that may appear later.
+KINDS = (
+    Kind(Lab, lab.step, resync_seconds=20, children=lab.CHILDREN),
+    Kind(Shard, shard.step, resync_seconds=20, children=shard.CHILDREN),
+    Kind(PersonaLoad, personaload.step, resync_seconds=15, children=personaload.CHILDREN),
+    Kind(ChaosExperiment, chaos.step, resync_seconds=5, idle_seconds=2, children=chaos.CHILDREN),
+    Kind(SLO, slo.step, resync_seconds=60, children=slo.CHILDREN),
+)
+BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def _register_kind(kind: Kind) -> None:
+    """Every kind reconciles on the same triggers: creation, a spec change and the operator's
+    own restart (edges), and a resync timer (level) that repairs whatever an edge missed."""
+    prefix = kind.name.lower()
+
+    def on_change(body, reason, **_):
+        reconcile.run(kind, dict(body), str(reason))
+
+    def resync(body, **_):
+        reconcile.run(kind, dict(body), "resync")
+
+    kopf.on.resume(GROUP, VERSION, kind.plural, id=f"{prefix}-resume")(on_change)
+    kopf.on.create(GROUP, VERSION, kind.plural, id=f"{prefix}-create")(on_change)
+    kopf.on.update(GROUP, VERSION, kind.plural, id=f"{prefix}-update", field="spec")(on_change)
+    kopf.timer(GROUP, VERSION, kind.plural, id=f"{prefix}-resync",
+               interval=kind.resync_seconds, idle=kind.idle_seconds)(resync)
+
+
+def register() -> None:
+    """Hand every trigger to kopf: settings, each kind's own, its children's, Shard -> Lab."""
+    kopf.on.startup()(settings.configure)
+    for kind in KINDS:
+        _register_kind(kind)
+    child_kinds = {(c.api_version, c.kind) for kind in KINDS for c in kind.children if not c.optional}
+    for api_version, child_kind in sorted(child_kinds):
+        group, _, version = api_version.rpartition("/")
+        kopf.on.event(group, version, child_kind, labels=kube.MANAGED_BY,
+                      id=f"child-{child_kind.lower()}")(watches.child_event(BY_NAME, child_kind))
+    kopf.on.event(GROUP, VERSION, Shard.crd.plural, id="shard-to-lab")(watches.shard_to_labs(BY_NAME["Lab"]))

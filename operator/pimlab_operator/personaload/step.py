@@ -1,0 +1,35 @@
+"""PersonaLoad -> engine ConfigMap + Job (one run per spec) or CronJob (scheduled runs)."""
+
+from __future__ import annotations
+
+from pimlab_operator import kube, reconcile
+from pimlab_operator.personaload import desired
+from pimlab_operator.personaload.model import PersonaLoadSpec
+from pimlab_operator.reconcile import ChildKind
+from pimlab_operator.schema import API_VERSION
+
+#: A Job of an earlier spec leaves the desired set and is pruned with its pods.
+CHILDREN = (ChildKind("v1", "ConfigMap"), ChildKind("batch/v1", "Job"), ChildKind("batch/v1", "CronJob"))
+
+
+def _lab(body: dict) -> dict | None:
+    ref = body["spec"]["target"].get("labRef")
+    return kube.get(API_VERSION, "Lab", ref, body["metadata"]["namespace"]) if ref else None
+
+
+def step(body: dict, spec: PersonaLoadSpec) -> None:
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    image = desired.engine_image(body, _lab(body))
+    reconcile.apply_children(body, desired.desired_children(body, spec, image), prune=CHILDREN)
+    jobs = kube.list_objects("batch/v1", "Job", namespace, label_selector=f"{desired.RUN_LABEL}={name}")
+    if spec.schedule:
+        job = max(jobs, key=lambda j: j["metadata"]["creationTimestamp"], default=None)
+        cronjob = kube.get("batch/v1", "CronJob", name, namespace)
+    else:
+        current = desired.job_name(body, spec, image) if image else None
+        job = next((j for j in jobs if j["metadata"]["name"] == current), None)
+        cronjob = None
+    pods = kube.list_objects("v1", "Pod", namespace,
+                             label_selector=f"batch.kubernetes.io/job-name={job['metadata']['name']}") if job else []
+    fields, wanted = desired.personaload_status(body, image, job, cronjob, pods)
+    reconcile.write_status(body, fields, wanted)

@@ -1,0 +1,48 @@
+"""Edges that make reconciling prompt: a managed child deleted or changed, or a Shard that a
+Lab's shard map depends on. The resync timers would repair all of these anyway, only later.
+`pimlab_operator.kinds` registers these functions with kopf."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pimlab_operator import kube, reconcile
+from pimlab_operator.reconcile import Kind
+from pimlab_operator.schema import API_VERSION
+
+#: Children whose status changes are worth an owner's prompt look (readiness, run progress).
+STATUS_CHILDREN = {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+
+def child_event(kinds: dict[str, Kind], child_kind: str) -> Callable:
+    """kopf event handler for one child kind: reconcile the owner of a deleted child, or of a
+    child whose status moved."""
+    def on_event(type, body, **_):
+        if type == "DELETED" or (type == "MODIFIED" and child_kind in STATUS_CHILDREN):
+            trigger = f"child-deleted:{child_kind}" if type == "DELETED" else "child-status"
+            for ref in body.get("metadata", {}).get("ownerReferences") or []:
+                owner_kind = kinds.get(ref.get("kind"))
+                if owner_kind and ref.get("apiVersion") == API_VERSION:
+                    owner = kube.get(API_VERSION, owner_kind.name, ref["name"], body["metadata"]["namespace"])
+                    if owner:
+                        reconcile.run(owner_kind, owner, trigger)
+    return on_event
+
+
+def shard_to_labs(lab_kind: Kind) -> Callable:
+    """A Shard added, moved or removed changes the shard map of the Labs in its namespace.
+    Status-only updates (frequent) do not: those are filtered by a fingerprint."""
+    fingerprints: dict[tuple[str, str], str] = {}
+
+    def on_event(type, body, **_):
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        fingerprint = "" if type == "DELETED" else repr(
+            (body["metadata"].get("labels"), body["spec"].get("ordinal"), body["spec"].get("slots"),
+             body["spec"].get("credentialsSecretRef")))
+        previous = fingerprints.get(key)
+        fingerprints[key] = fingerprint
+        if type is None or previous == fingerprint:  # initial listing: Labs resume on their own
+            return
+        for lab in kube.list_objects(API_VERSION, lab_kind.name, key[0]):
+            reconcile.run(lab_kind, lab, "shard-changed")
+    return on_event
