@@ -1,0 +1,1 @@
+"""The Lab kind: model.py (the API), desired.py (pure), step.py (I/O)."""
