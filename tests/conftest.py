@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.controlplane import LocalControlPlane
+from pimlab.cluster.local import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
@@ -20,7 +20,7 @@ THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
 
 @dataclass
 class Cluster:
-    plane: LocalControlPlane
+    plane: LocalCluster
 
     @property
     def kubeconfig(self) -> Path:
@@ -55,7 +55,7 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
-    plane = LocalControlPlane(ROOT)
+    plane = LocalCluster(ROOT)
     started_here = not plane.healthy()
     if started_here:
         plane.up()

@@ -1,24 +1,26 @@
-"""`pimlab cluster up|down|status|build`: the local control plane from the command line."""
+"""`pimlab cluster up|down|status|build` and `pimlab lab up|down`: the local cluster and the
+lab on it, from the command line."""
 
 from __future__ import annotations
 
 import sys
 
-from pimlab import controlplane_build
-from pimlab.controlplane import ControlPlaneError, LocalControlPlane
+from pimlab.cluster import build
+from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.procs import ClusterError
 
 
 def _up(args) -> int:
-    plane = LocalControlPlane(args.root, log=sys.stdout)
+    plane = LocalCluster(args.root, log=sys.stdout)
     try:
         plane.up()
-    except (ControlPlaneError, RuntimeError) as error:
+    except (ClusterError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(plane.status())
     lay = plane.layout
     print(
-        f"\nThe control plane is up at {lay.server}.\n"
+        f"\nThe cluster is up at {lay.server} (node: {plane.node_mode()}).\n"
         f"  export KUBECONFIG={lay.kubeconfig}\n"
         f"  export PATH={lay.bin}:$PATH\n"
         "  kubectl get nodes\n"
@@ -28,19 +30,20 @@ def _up(args) -> int:
 
 
 def _down(args) -> int:
-    LocalControlPlane(args.root, log=sys.stdout).down()
-    print("control plane stopped; its state under .lab/ is removed")
+    LocalCluster(args.root, log=sys.stdout).down()
+    print("cluster stopped; its state under .lab/ and its node's traces on the machine are removed")
     return 0
 
 
 def _status(args) -> int:
-    print(LocalControlPlane(args.root).status())
+    print(LocalCluster(args.root).status())
     return 0
 
 
 def _build(args) -> int:
     try:
-        print(controlplane_build.build(log=sys.stdout))
+        print(build.build(log=sys.stdout))
+        print(build.build_addons(log=sys.stdout))
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -48,23 +51,24 @@ def _build(args) -> int:
 
 
 def add_commands(sub) -> None:
-    cluster = sub.add_parser("cluster", help="the local Kubernetes control plane (etcd, "
-                             "apiserver, controller-manager, scheduler, kwok)")
+    cluster = sub.add_parser("cluster", help="the local Kubernetes cluster (etcd, apiserver, "
+                             "controller-manager, scheduler, kwok nodes and, where containers "
+                             "can run, a real node; PIMLAB_NODE=auto|real|kwok)")
     cluster.add_argument("--root", default=".", help="working tree whose .lab/ holds the state")
     actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("up", help="build if needed, start, wait for Ready nodes").set_defaults(func=_up)
     actions.add_parser("down", help="stop every process and remove the state").set_defaults(func=_down)
     actions.add_parser("status", help="which components run").set_defaults(func=_status)
-    actions.add_parser("build", help="compile the binaries into the cache").set_defaults(func=_build)
+    actions.add_parser("build", help="compile the binaries (control plane, node, add-ons) into the cache").set_defaults(func=_build)
 
 
 def _lab_up(args) -> int:
-    from pimlab.lab import LocalLab
+    from pimlab.cluster.local_lab import LocalLab
 
     lab = LocalLab(args.root)
     try:
         lab.up(samples=not args.no_samples)
-    except (ControlPlaneError, RuntimeError) as error:
+    except (ClusterError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not args.no_samples:
@@ -80,7 +84,7 @@ def _lab_up(args) -> int:
 
 
 def _lab_down(args) -> int:
-    from pimlab.lab import LocalLab
+    from pimlab.cluster.local_lab import LocalLab
 
     LocalLab(args.root).down()
     print("operator and control plane stopped")

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import yaml
 
-from pimlab.controlplane import LocalControlPlane, _pid_alive
+from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.procs import pid_alive
 from pimlab_operator.render import project_home
 
 OPERATOR_NAMESPACE, OPERATOR_SA = "pim-system", "pimlab-operator"
 
 
-def write_operator_kubeconfig(plane: LocalControlPlane, path: Path) -> None:
+def write_operator_kubeconfig(plane: LocalCluster, path: Path) -> None:
     """A kubeconfig with the operator ServiceAccount's token, not the admin's certificate, so
     the operator is held to its own RBAC (clusters/base/operator/rbac.yaml)."""
     token = plane.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE,
@@ -34,12 +35,12 @@ def write_operator_kubeconfig(plane: LocalControlPlane, path: Path) -> None:
     path.chmod(0o600)
 
 
-def install_operator_rbac(plane: LocalControlPlane) -> None:
+def install_operator_rbac(plane: LocalCluster) -> None:
     for name in ("namespace.yaml", "rbac.yaml"):
         plane.kubectl("apply", "--server-side", "-f", str(project_home() / "clusters/base/operator" / name))
 
 
-def install_operator_manifests(plane: LocalControlPlane) -> None:
+def install_operator_manifests(plane: LocalCluster) -> None:
     """Namespace, RBAC and Deployment, exactly as Flux applies them in a user's cluster."""
     plane.kubectl("apply", "--server-side", "-k", str(project_home() / "clusters/base/operator"))
 
@@ -57,7 +58,7 @@ class OperatorProcess:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid, Path(sys.executable)) else None
+        return pid if pid_alive(pid, Path(sys.executable)) else None
 
     def start(self) -> int:
         self.stop()
@@ -89,7 +90,7 @@ class OperatorProcess:
 
 class LocalLab:
     def __init__(self, root: Path | str = ".", out=sys.stdout):
-        self.plane = LocalControlPlane(root, log=out)
+        self.plane = LocalCluster(root, log=out)
         self.out = out
         lab_dir = self.plane.layout.lab
         self.operator_log = lab_dir / "operator.log"
