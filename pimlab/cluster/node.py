@@ -37,7 +37,7 @@ from pimlab.cluster.layout import (
     REAL_NODE_LABEL, REAL_NODE_TAINT, SERVICE_CIDR, Layout,
 )
 from pimlab.cluster.pki import CertificateAuthority, KeyPair
-from pimlab.cluster.procs import Component, http_ok, port_open, write_kubeconfig
+from pimlab.cluster.procs import Component, http_ok, listening, write_kubeconfig
 
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD = Path("/usr/bin/containerd")
@@ -139,7 +139,8 @@ def busy_reason(layout: Layout) -> str | None:
             pid = None
         if pid:
             return f"the real node of {holder} runs on this machine (one real node per machine)"
-    if port_open(KUBELET_PORT, NODE_IP) or port_open(KUBELET_HEALTHZ_PORT):
+    # read from /proc, never by connecting: the node address exists only with the bridge
+    if listening(KUBELET_PORT) or listening(KUBELET_HEALTHZ_PORT):
         return f"kubelet's port {KUBELET_PORT} or {KUBELET_HEALTHZ_PORT} is in use by another program"
     return None
 
@@ -237,6 +238,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
   BinaryName = "{REQUIRED['runc'][0]}"
+  Root = "{layout.containerd_state / 'runc'}"
 
 [{cri}.cni]
   bin_dir = "{CNI_BIN_DIR}"
@@ -359,7 +361,7 @@ class NodeRunner:
             Component(
                 "kube-proxy", lay.bin / "kube-proxy",
                 [f"--config={lay.kube_proxy_config}", "--v=1"],
-                lambda: port_open(KUBE_PROXY_HEALTHZ_PORT),
+                lambda: listening(KUBE_PROXY_HEALTHZ_PORT),
                 timeout=60, env=env,
             ),
         ]

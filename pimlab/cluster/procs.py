@@ -41,6 +41,20 @@ def port_open(port: int, host: str = HOST) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def listening(port: int) -> bool:
+    """Whether any local TCP socket listens on `port` (read from /proc: no connection made)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def https_ok(url: str, ca: Path, client: KeyPair | None, expect: bytes = b"ok") -> bool:
     context = ssl.create_default_context(cafile=str(ca))
     if client is not None:

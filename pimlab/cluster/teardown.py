@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,9 @@ CHAIN_PREFIXES = ("KUBE-", "CNI-", "PIMLAB-")
 SHIM = Path("/usr/bin/containerd-shim-runc-v2")
 SHIM_SOCKETS = Path("/run/containerd/s")
 CNI_CACHE = Path("/var/lib/cni/results")
+# Directories that kubelet, libcni and the shims make outside `.lab/`; removed when empty.
+MACHINE_DIRS = (Path("/var/lib/cni/results"), Path("/var/lib/cni"), SHIM_SOCKETS,
+                Path("/run/containerd"), Path("/var/log/containers"), node.OWNER_FILE.parent)
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 MNT_DETACH = 2
 
@@ -191,7 +195,7 @@ def remove_chains() -> None:
     for (tool, table), chains in our_chains().items():
         rules = subprocess.run([tool, "-w", "-t", table, "-S"], capture_output=True, text=True).stdout
         for line in rules.splitlines():
-            words = line.split()
+            words = shlex.split(line)  # comments are quoted: "kubernetes service portals"
             if words[0] == "-A" and not words[1].startswith(CHAIN_PREFIXES) and \
                     "-j" in words and words[words.index("-j") + 1] in chains:
                 subprocess.run([tool, "-w", "-t", table, "-D", *words[1:]], capture_output=True)
@@ -202,9 +206,10 @@ def remove_chains() -> None:
 
 
 def remove_leftover_files(layout: Layout) -> None:
-    if CNI_CACHE.is_dir():
-        for entry in CNI_CACHE.glob(f"{node.CNI_NETWORK}-*"):
-            entry.unlink(missing_ok=True)
+    if CNI_CACHE.is_dir():  # libcni's results of our network and of containerd's loopback
+        for pattern in (f"{node.CNI_NETWORK}-*", "cni-loopback-*"):
+            for entry in CNI_CACHE.glob(pattern):
+                entry.unlink(missing_ok=True)
     if CONTAINER_LOG_LINKS.is_dir():
         for link in CONTAINER_LOG_LINKS.iterdir():
             if link.is_symlink() and os.readlink(link).startswith(str(layout.pod_logs)):
@@ -217,6 +222,11 @@ def remove_leftover_files(layout: Layout) -> None:
                 sock.unlink(missing_ok=True)
     if node.owner() == str(layout.root):
         node.OWNER_FILE.unlink(missing_ok=True)
+    for directory in MACHINE_DIRS:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not there, or not empty: someone else's
 
 
 # --------------------------------------------------------------------------- all of it
@@ -257,4 +267,11 @@ def leftovers(layout: Layout) -> list[str]:
         found.append(f"{tool} {table} chains: {chains}")
     if _kubepods_cgroups():
         found.append(f"cgroups: {[str(p) for p in _kubepods_cgroups()]}")
+    if CNI_CACHE.is_dir():
+        cached = [p.name for p in CNI_CACHE.iterdir()
+                  if p.name.startswith((f"{node.CNI_NETWORK}-", "cni-loopback-"))]
+        if cached:
+            found.append(f"CNI results: {cached}")
+    if SHIM_SOCKETS.is_dir() and any(SHIM_SOCKETS.iterdir()):
+        found.append(f"shim sockets: {sorted(p.name for p in SHIM_SOCKETS.iterdir())}")
     return found
