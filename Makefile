@@ -6,10 +6,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIMLAB := $(VENV)/bin/pimlab
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
-# Prometheus and promtool for real rule evaluation.
-DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
+# Prometheus and promtool for real rule evaluation; podman, mmdebstrap, gcc and containerd's
+# ctr to build the node's images without a registry and import them (`make image`).
+DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd
 
-.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds lab lab-down test bench clean
+.PHONY: help deps venv controlplane image cluster-up cluster-down cluster-status crds lab lab-down test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -32,6 +33,9 @@ venv: $(VENV)/.installed ## the Python virtual environment with the project and 
 controlplane: venv ## compile the control plane once into ~/.cache/pimlab (Go module proxy)
 	$(PIMLAB) cluster build
 
+image: deps venv ## build the node's images (pause, CoreDNS, local-path, the project's) if their inputs changed
+	$(PY) -m pimlab.cluster.images build
+
 cluster-up: deps controlplane ## start the local control plane
 	$(PIMLAB) cluster up
 
@@ -50,7 +54,7 @@ lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down
 
-test: deps controlplane ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
