@@ -67,7 +67,7 @@ def _lab_up(args) -> int:
 
     lab = LocalLab(args.root)
     try:
-        lab.up(samples=not args.no_samples)
+        lab.up(samples=not args.no_samples, local_operator=args.local_operator)
     except (ClusterError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -76,9 +76,15 @@ def _lab_up(args) -> int:
                                  f"--timeout={args.wait}s", check=False, timeout=args.wait + 10)
         print(proc.stdout + proc.stderr, end="")
     print(lab.state())
-    print(f"The lab is up. Operator log: {lab.operator_log}\n"
+    if lab.operator_runs_as_pod():
+        operator = "Operator: a pod on the real node (kubectl -n pim-system logs deployment/pimlab-operator)"
+    else:
+        operator = f"Operator log: {lab.operator_log}"
+    print(f"The lab is up (node: {lab.plane.node_mode()}). {operator}\n"
           f"  export KUBECONFIG={lab.plane.layout.kubeconfig} PATH={lab.plane.layout.bin}:$PATH\n"
           "  kubectl get pimlab -A\n"
+          "The gateway from the host:\n"
+          f"{lab.gateway_hint()}\n"
           "Stop everything with `make lab-down`.")
     return 0
 
@@ -97,6 +103,8 @@ def add_lab_commands(sub) -> None:
     actions = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = actions.add_parser("up", help="control plane, CRDs, operator, samples")
     up.add_argument("--no-samples", action="store_true", help="do not apply samples/")
-    up.add_argument("--wait", type=int, default=120, help="seconds to wait for the sample Lab")
+    up.add_argument("--wait", type=int, default=300, help="seconds to wait for the sample Lab")
+    up.add_argument("--local-operator", action="store_true",
+                    help="run the operator as a local process (development), not as a pod")
     up.set_defaults(func=_lab_up)
     actions.add_parser("down", help="stop the operator and the control plane").set_defaults(func=_lab_down)

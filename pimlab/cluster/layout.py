@@ -137,6 +137,10 @@ class Layout:
         return self.node / "containerd" / "config.toml"
 
     @property
+    def containerd_registry_config(self) -> Path:
+        return self.node / "containerd" / "hosts"
+
+    @property
     def containerd_socket(self) -> Path:
         return self.node / "containerd.sock"
 

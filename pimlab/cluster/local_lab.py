@@ -1,8 +1,14 @@
-"""`pimlab lab up|down`: the whole lab on the local control plane.
+"""`pimlab lab up|down`: the whole lab on the local cluster.
 
-Up: the control plane, the CRDs, the operator's namespace and RBAC, the operator as a local
-process (kwok only simulates pods, so the operator cannot run as a Pod here) authenticated as
-its own ServiceAccount so its RBAC is what it is held to, then the samples.
+Up: the cluster, the CRDs, then the operator and the samples.
+- With a real node (pimlab.cluster.local): the operator runs as a pod of the project's image
+  (clusters/local/operator: the base Deployment and RBAC with the local image, its namespace
+  placed on the real node), and the samples' namespace is placed on the real node too, with
+  the Lab's image mapped to the local one, so the Lab's seven services run for real and the Lab
+  is Ready only when their pods are.
+- With kwok nodes only, or `--local-operator`: the operator runs as a local process
+  authenticated as its own ServiceAccount (so its RBAC is what it is held to); kwok simulates
+  the pods.
 """
 
 from __future__ import annotations
@@ -88,6 +94,26 @@ class OperatorProcess:
         self.pid_file.unlink(missing_ok=True)
 
 
+def sample_documents(real_node: bool) -> list[dict]:
+    """samples/ as applied here. On the real node the samples' namespace is placed there and a
+    Lab's image is the one built on this machine (there is no registry to pull from)."""
+    from pimlab.cluster.images import PROJECT_IMAGE
+    from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
+
+    docs = []
+    for path in sorted((project_home() / "samples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            if real_node and doc["kind"] == "Namespace":
+                doc["metadata"].setdefault("annotations", {}).update(REAL_NODE_NAMESPACE_ANNOTATIONS)
+            if real_node and doc["kind"] == "Lab":
+                doc["spec"]["image"] = PROJECT_IMAGE
+                doc["spec"]["imagePullPolicy"] = "Never"
+            docs.append(doc)
+    return docs
+
+
 class LocalLab:
     def __init__(self, root: Path | str = ".", out=sys.stdout):
         self.plane = LocalCluster(root, log=out)
@@ -104,24 +130,61 @@ class LocalLab:
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
 
-    def up(self, samples: bool = True) -> None:
+    def up(self, samples: bool = True, local_operator: bool = False) -> None:
         home = project_home()
         self.plane.up()
         kubectl = self.plane.kubectl
+        real = self.plane.real_node
         self.say("installing the CRDs from crds/")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        self.say("installing the operator's namespace, RBAC and Deployment (clusters/base/operator);"
-                 " kwok only simulates its pod, so the operator itself runs as a local process")
-        install_operator_manifests(self.plane)
-        if self.operator.pid():
-            self.say("restarting the operator")
-        write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
-        pid = self.operator.start()
-        self.say(f"operator started (pid {pid}, log {self.operator_log})")
+        if real and not local_operator:
+            self.operator.stop()
+            self.say("installing the operator as a pod on the real node (clusters/local/operator)")
+            kubectl("apply", "--server-side", "--force-conflicts", "-k",
+                    str(home / "clusters/local/operator"))
+            proc = kubectl("rollout", "status", "deployment/pimlab-operator", "-n",
+                           OPERATOR_NAMESPACE, "--timeout=120s", check=False, timeout=130)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"the operator's pod did not become ready: {proc.stderr.strip()}; see "
+                    f"`kubectl -n {OPERATOR_NAMESPACE} logs deployment/pimlab-operator`")
+        else:
+            why = "--local-operator" if real else "kwok only simulates its pod"
+            self.say("installing the operator's namespace, RBAC and Deployment "
+                     f"(clusters/base/operator); {why}, so the operator runs as a local process")
+            install_operator_manifests(self.plane)
+            if self.operator.pid():
+                self.say("restarting the operator")
+            write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
+            pid = self.operator.start()
+            self.say(f"operator started (pid {pid}, log {self.operator_log})")
         if samples:
-            self.say("applying samples/")
-            kubectl("apply", "--server-side", "-f", str(home / "samples"))
+            where = "on the real node, Lab image mapped to the local one" if real else "on kwok nodes"
+            self.say(f"applying samples/ ({where})")
+            kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                    input=yaml.safe_dump_all(sample_documents(real)))
+
+    def operator_runs_as_pod(self) -> bool:
+        return self.plane.real_node and self.operator.pid() is None
+
+    def gateway_hint(self, namespace: str = "lab", lab: str = "pim") -> str:
+        """How to reach the sample Lab's gateway from the host."""
+        service = f"{lab}-gateway"
+        proc = self.plane.kubectl("get", "service", service, "-n", namespace, "-o", "json",
+                                  check=False)
+        if proc.returncode != 0:
+            return f"(no Service {namespace}/{service} yet)"
+        import json
+
+        spec = json.loads(proc.stdout)["spec"]
+        port = spec["ports"][0]["port"]
+        hint = (f"  kubectl -n {namespace} port-forward service/{service} 18080:{port} &\n"
+                f"  curl http://127.0.0.1:18080/healthz")
+        if self.plane.real_node:
+            hint = (f"  curl http://{spec['clusterIP']}:{port}/healthz   "
+                    "# the ClusterIP answers from the host (kube-proxy runs here)\n" + hint)
+        return hint
 
     def down(self) -> None:
         if self.operator.pid():

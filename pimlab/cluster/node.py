@@ -43,6 +43,7 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD = Path("/usr/bin/containerd")
 CTR = Path("/usr/bin/ctr")
 CNI_NETWORK = "pimlab"
+CLOSED_REGISTRY = "http://127.0.0.1:9"  # the discard port: nothing listens there
 START_ORDER = ("containerd", "kubelet", "kube-proxy")
 # Our own iptables chain (nat table): pods -> kubernetes Service -> apiserver on loopback.
 APISERVER_CHAIN = "PIMLAB-APISERVER"
@@ -240,6 +241,11 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   BinaryName = "{REQUIRED['runc'][0]}"
   Root = "{layout.containerd_state / 'runc'}"
 
+# Image pulls never leave the machine: every registry host resolves to a closed loopback port,
+# so a pod naming an image that was not imported fails at once (ErrImagePull) instead.
+[{cri}.registry]
+  config_path = "{layout.containerd_registry_config}"
+
 [{cri}.cni]
   bin_dir = "{CNI_BIN_DIR}"
   conf_dir = "{layout.cni_conf_dir}"
@@ -319,6 +325,12 @@ class NodeRunner:
                           lay.cni_conf_dir, lay.cni_ipam_dir, lay.pod_logs, lay.volumes):
             directory.mkdir(parents=True, exist_ok=True)
         lay.containerd_config.write_text(containerd_config(lay, sandbox_image))
+        default_hosts = lay.containerd_registry_config / "_default"
+        default_hosts.mkdir(parents=True, exist_ok=True)
+        (default_hosts / "hosts.toml").write_text(
+            f'# every registry: a closed port on loopback (nothing is pulled from outside)\n'
+            f'server = "{CLOSED_REGISTRY}"\n\n[host."{CLOSED_REGISTRY}"]\n'
+            '  capabilities = ["pull", "resolve"]\n')
         (lay.cni_conf_dir / "10-pimlab.conflist").write_text(json.dumps(cni_conflist(lay), indent=2))
         (lay.node / "resolv.conf").write_text(
             f"# pods resolve {CLUSTER_DOMAIN} names through the cluster DNS only\n")
