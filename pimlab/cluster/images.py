@@ -37,6 +37,7 @@ bridge, no iptables rules of its own), so it never touches the node's network.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import io
 import json
@@ -208,7 +209,7 @@ def _single_file_rootfs(binary: Path, name: str, extra_dirs: tuple[str, ...] = (
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in extra_dirs:
             info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, (0o1777 if d == "tmp" else 0o755), 0
             tar.addfile(info)
         data = binary.read_bytes()
         info = tarfile.TarInfo(name)
@@ -266,10 +267,216 @@ def _build_pause(log) -> Built:
     return _save(PAUSE_IMAGE, inputs, started, log, {"source": str(src)})
 
 
+# --------------------------------------------------------------------------- base
+
+BASE_SUITE = "bookworm"  # Debian 12: python3 is 3.11, as python:3.11-slim's
+# What the Dockerfile's FROM gives docker users and Debian's python3 lacks: venv, useradd.
+BASE_PACKAGES = ("python3", "python3-venv", "passwd")
+# Left out of the base (dpkg path-exclude): documentation, and what only weighs: moment-timezone's
+# test data (218 MB, pulled in by prometheus' web UI) and PostgreSQL's LLVM JIT (libLLVM, z3,
+# bitcode: 150 MB; without llvmjit.so PostgreSQL simply does not JIT).
+_BASE_DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
+                       "/usr/share/locale/*", "/usr/share/lintian/*",
+                       "/usr/share/javascript/moment-timezone/data/*",
+                       "/usr/lib/postgresql/*/lib/llvmjit*", "/usr/lib/postgresql/*/lib/bitcode/*",
+                       "/usr/lib/*/libLLVM-*", "/usr/lib/*/libz3.so*")
+
+
+def dockerfile_debian_packages(dockerfile: Path) -> list[str]:
+    """The default of the Dockerfile's `ARG DEBIAN_PACKAGES="..."`: the base gets them too, so
+    the Dockerfile's apt step finds nothing missing and needs no Debian mirror in the build."""
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("ARG DEBIAN_PACKAGES="):
+            return line.split("=", 1)[1].strip().strip('"').split()
+    raise RuntimeError(f"{dockerfile} has no ARG DEBIAN_PACKAGES=\"...\" line")
+
+
+def _apt_sources() -> bytes:
+    """The machine's apt sources, which mmdebstrap uses when given no mirror: part of the
+    base's inputs (their text is hashed, never copied anywhere)."""
+    parts = []
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if path.is_file():
+            parts.append(path.read_bytes())
+    return b"\n".join(parts)
+
+
+def base_recipe(dockerfile: Path) -> list[str]:
+    packages = sorted({*BASE_PACKAGES, *dockerfile_debian_packages(dockerfile)})
+    cmd = ["mmdebstrap", "--variant=apt", "--include=" + ",".join(packages),
+           "--aptopt=Acquire::Languages \"none\"",
+           "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin"]
+    cmd += [f"--dpkgopt=path-exclude={p}" for p in _BASE_DPKG_EXCLUDES]
+    cmd += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", BASE_SUITE]
+    return cmd
+
+
+def build_base(dockerfile: Path, log) -> tuple[str, bool]:
+    """The base image (mmdebstrap of Debian from the machine's apt sources), tagged with the
+    hash of its recipe; built only when podman does not have that tag. Returns (ref, rebuilt)."""
+    recipe = base_recipe(dockerfile)
+    inputs = _sha256("base/1", "\0".join(recipe), _apt_sources())
+    ref = f"{BASE_IMAGE_NAME}:{BASE_SUITE}-{inputs[:12]}"
+    if _image_id(ref):
+        return ref, False
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=images_dir()) as work:
+        rootfs = Path(work) / "rootfs.tar"
+        _run([*recipe, str(rootfs)], log)
+        args = ["import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["/bin/bash"]', str(rootfs), ref]
+        podman(args, log, capture=True)
+    seconds = round(time.monotonic() - started, 1)
+    tags = podman(["images", "--format", "{{.Repository}}:{{.Tag}}", BASE_IMAGE_NAME], log,
+                  capture=True).split()
+    for old in set(tags) - {ref}:  # an older recipe's base (kept while an image still uses it)
+        subprocess.run([*podman_cmd(), "rmi", old], capture_output=True)
+    (images_dir() / "base.json").write_text(json.dumps(
+        {"ref": ref, "inputs": inputs, "build_seconds": seconds, "recipe": recipe}, indent=2) + "\n")
+    print(f"built {ref} in {seconds} s", file=log, flush=True)
+    return ref, True
+
+
+# --------------------------------------------------------------------------- project
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        if pat.startswith("**/"):
+            if any(fnmatch.fnmatch(part, pat[3:]) for part in parts):
+                return True
+        elif fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(parts[0], pat):
+            return True
+    return False
+
+
+def _dockerignore(context: Path) -> list[str]:
+    path = context / ".dockerignore"
+    if not path.is_file():
+        return []
+    return [line.strip().rstrip("/") for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def _copy_sources(dockerfile: Path) -> list[str]:
+    """The context paths the Dockerfile's COPY/ADD lines read (multi-stage --from copies aside)."""
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() in ("COPY", "ADD"):
+            args = [w for w in words[1:] if not w.startswith("--")]
+            if any(w.startswith("--from") for w in words[1:]):
+                continue
+            sources += args[:-1]
+    return sources
+
+
+def project_inputs(context: Path, dockerfile: Path, base_ref: str) -> str:
+    """sha256 of the Dockerfile, the base and every file the Dockerfile copies (path, mode,
+    content), leaving out what .dockerignore leaves out of the build context."""
+    patterns = _dockerignore(context)
+    h = hashlib.sha256()
+    for part in ("project/1", base_ref, dockerfile.read_text()):
+        h.update(_sha256(part).encode())
+    for src in _copy_sources(dockerfile):
+        top = context / src
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for f in files:
+            rel = f.relative_to(context).as_posix()
+            if _ignored(rel, patterns):
+                continue
+            h.update(_sha256(rel, oct(f.stat().st_mode & 0o111), f.read_bytes()).encode())
+    return h.hexdigest()
+
+
+# pip settings that say how to reach an index; paths (find-links, cert) stay on the host.
+_PIP_KEYS = ("index-url", "extra-index-url", "trusted-host", "timeout", "default-timeout",
+             "retries", "proxy", "client-cert")
+
+
+def _host_pip_config() -> tuple[str, Path | None]:
+    """This machine's pip configuration (files and PIP_* variables, as `pip config list` sees
+    them) as a pip.conf for the build, and the CA bundle pip verifies TLS with, if one is set."""
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                         capture_output=True, text=True).stdout
+    settings, cert = {}, None
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        name = key.rsplit(".", 1)[-1]
+        value = value.strip().strip("'\"")
+        if name == "cert":
+            cert = Path(value)
+        elif name in _PIP_KEYS:
+            settings[name] = value
+    for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE"):
+        if cert is None and os.environ.get(var):
+            cert = Path(os.environ[var])
+    conf = "[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(settings.items()))
+    return conf, cert if cert and cert.is_file() else None
+
+
+def build_project(log=sys.stderr, context: Path = ROOT, ref: str = PROJECT_IMAGE) -> Built:
+    """The repository's Dockerfile, built by podman on the mmdebstrap base."""
+    dockerfile = context / "Dockerfile"
+    base_ref, _ = build_base(dockerfile, log)
+    inputs = project_inputs(context, dockerfile, base_ref)
+    if cached := _cached(ref, inputs):
+        return cached
+    started = time.monotonic()
+    conf, cert = _host_pip_config()
+    with tempfile.TemporaryDirectory(dir=images_dir()) as work:
+        pip_conf = Path(work) / "pip.conf"
+        pip_conf.write_text(conf)
+        args = ["build", "--network=host", "--pull=never", "--layers", *ulimit_args(),
+                f"--from={base_ref}", "--secret", f"id=pip.conf,src={pip_conf}",
+                "-f", str(dockerfile), "-t", ref]
+        if cert:
+            args += ["--secret", f"id=pip-ca.crt,src={cert}"]
+        podman([*args, str(context)], log)
+    previous = (_load_state(ref) or {}).get("image_id")
+    built = _save(ref, inputs, started, log, {"base": base_ref})
+    if previous and previous != built.image_id:  # untagged now; its layers stay as build cache
+        subprocess.run([*podman_cmd(), "rmi", previous], capture_output=True)
+    return built
+
+
+# --------------------------------------------------------------------------- add-ons
+
+# ref -> (add-on name in pimlab.cluster.build.ADDONS, path in the image, image config)
+_ADDON_IMAGES = {
+    COREDNS_IMAGE: ("coredns", "coredns", ['ENTRYPOINT ["/coredns"]', "EXPOSE 53 53/udp"]),
+    LOCAL_PATH_IMAGE: ("local-path-provisioner", "usr/bin/local-path-provisioner",
+                       ['ENTRYPOINT ["/usr/bin/local-path-provisioner"]']),
+}
+
+
+def _build_addon(ref: str, log) -> Built:
+    """A static Go binary from the module proxy (built by pimlab.cluster.build) alone in an
+    image: no shell, no libc, as upstream's images FROM scratch/distroless."""
+    from pimlab.cluster.build import addon_binary, build_addons  # the node's Go builds
+
+    name, path, changes = _ADDON_IMAGES[ref]
+    build_addons(log)
+    binary = addon_binary(name)
+    inputs = _sha256("addon/1", ref, path, "\0".join(changes), binary.read_bytes())
+    if cached := _cached(ref, inputs):
+        return cached
+    started = time.monotonic()
+    dirs = tuple(path.split("/")[:-1])
+    dirs = tuple("/".join(dirs[: i + 1]) for i in range(len(dirs))) + ("tmp", "etc")
+    _import_rootfs(_single_file_rootfs(binary, path, dirs), ref,
+                   ["ENV PATH=/usr/local/bin:/usr/bin:/bin", *changes], log)
+    return _save(ref, inputs, started, log, {"binary": str(binary)})
+
+
 # --------------------------------------------------------------------------- API
 
 _BUILDERS = {
     PAUSE_IMAGE: _build_pause,
+    PROJECT_IMAGE: build_project,
+    COREDNS_IMAGE: lambda log: _build_addon(COREDNS_IMAGE, log),
+    LOCAL_PATH_IMAGE: lambda log: _build_addon(LOCAL_PATH_IMAGE, log),
 }
 
 
@@ -315,3 +522,45 @@ def ensure(refs, containerd_address: str, log=sys.stderr, namespace: str = "k8s.
         print(f"imported {ref} in {time.monotonic() - started:.1f} s", file=log, flush=True)
         result[ref] = "imported"
     return result
+
+
+def status() -> list[dict]:
+    """What the cache holds: one record per built image (ref, inputs, archive, sizes, times)."""
+    records = []
+    for ref in ALL_IMAGES:
+        state = _load_state(ref) or {"ref": ref, "built": False}
+        records.append(state)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pimlab.cluster.images",
+                                     description="the node's images, built without a registry")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="build what changed (default: every image)")
+    p_build.add_argument("refs", nargs="*", default=list(ALL_IMAGES))
+    p_ensure = sub.add_parser("ensure", help="build, then import into a containerd what it lacks")
+    p_ensure.add_argument("--address", required=True, help="containerd's socket")
+    p_ensure.add_argument("refs", nargs="*", default=list(ALL_IMAGES))
+    sub.add_parser("status", help="the cached images, as JSON")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        for ref in args.refs:
+            started = time.monotonic()
+            built = build(ref, log=sys.stderr)
+            size = built.archive.stat().st_size / 2**20
+            print(f"{ref:52} {'built' if built.rebuilt else 'up to date':10} "
+                  f"{time.monotonic() - started:7.1f} s {size:8.1f} MiB  {built.archive}")
+    elif args.command == "ensure":
+        for ref, what in ensure(args.refs, args.address, log=sys.stderr).items():
+            print(f"{ref:52} {what}")
+    else:
+        print(json.dumps(status(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
