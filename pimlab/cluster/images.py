@@ -94,7 +94,7 @@ class Built:
 
 
 def _run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = None,
-         capture: bool = False) -> str:
+         capture: bool = False, what: str | None = None) -> str:
     print("$ " + " ".join(cmd), file=log, flush=True)
     proc = subprocess.run(
         cmd, cwd=cwd, env=env, text=True,
@@ -103,7 +103,7 @@ def _run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = Non
     )
     if proc.returncode != 0:
         detail = (proc.stderr or "")[-2000:] if capture else f"see {getattr(log, 'name', 'the log')}"
-        raise RuntimeError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed "
+        raise RuntimeError(f"{what or ' '.join(cmd[:2])} failed "
                            f"(exit {proc.returncode}): {detail}")
     return proc.stdout if capture else ""
 
@@ -128,7 +128,7 @@ def ulimit_args() -> list[str]:
 
 def podman(args: list[str], log, capture: bool = False) -> str:
     (images_dir() / "podman" / "tmp").mkdir(parents=True, exist_ok=True)
-    return _run([*podman_cmd(), *args], log, capture=capture)
+    return _run([*podman_cmd(), *args], log, capture=capture, what=f"podman {args[0]}")
 
 
 def _image_id(ref: str) -> str | None:
@@ -178,13 +178,15 @@ def _save(ref: str, inputs: str, started: float, log, extra: dict | None = None)
     archive = _archive_path(ref)
     tmp = archive.with_suffix(".tar.tmp")
     tmp.unlink(missing_ok=True)
+    saving = time.monotonic()
     podman(["save", "--format", "docker-archive", "-o", str(tmp), ref], log)
     tmp.replace(archive)
+    extra = {**(extra or {}), "save_seconds": round(time.monotonic() - saving, 1)}
     image_id = _image_id(ref) or ""
     seconds = round(time.monotonic() - started, 1)
     state = {"ref": ref, "inputs": inputs, "image_id": image_id, "archive": str(archive),
              "archive_bytes": archive.stat().st_size, "build_seconds": seconds,
-             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
+             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
     _state_path(ref).write_text(json.dumps(state, indent=2) + "\n")
     print(f"built {ref} in {seconds} s ({state['archive_bytes'] // 1024} KiB)", file=log, flush=True)
     return Built(ref, archive, inputs, image_id, True, seconds)
@@ -445,7 +447,7 @@ def build_project(log=sys.stderr, context: Path = ROOT, ref: str = PROJECT_IMAGE
 
 # ref -> (add-on name in pimlab.cluster.build.ADDONS, path in the image, image config)
 _ADDON_IMAGES = {
-    COREDNS_IMAGE: ("coredns", "coredns", ['ENTRYPOINT ["/coredns"]', "EXPOSE 53 53/udp"]),
+    COREDNS_IMAGE: ("coredns", "coredns", ['ENTRYPOINT ["/coredns"]']),
     LOCAL_PATH_IMAGE: ("local-path-provisioner", "usr/bin/local-path-provisioner",
                        ['ENTRYPOINT ["/usr/bin/local-path-provisioner"]']),
 }

@@ -4,8 +4,10 @@ state and socket under a temporary directory: never the node's containerd)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ def podman_run(ref: str, *args: str, entrypoint: str | None = None) -> subproces
 @pytest.fixture(scope="session")
 def built() -> dict[str, images.Built]:
     """Each image built once per session (a no-op when the cache is current)."""
-    return {ref: images.build(ref) for ref in (images.PAUSE_IMAGE, images.PROJECT_IMAGE)}
+    return {ref: images.build(ref) for ref in images.ALL_IMAGES}
 
 
 def test_pause_image_runs_and_stops_on_sigterm(built):
@@ -71,6 +73,20 @@ def test_project_image_holds_the_cli_python_311_postgres_and_prometheus(built):
     assert "/bin/postgres" in out and "/bin/initdb" in out
     assert "prometheus, version" in out and "promtool, version" in out
     assert "libodbc.so.2" in out  # unixODBC, which pyodbc loads
+
+
+def test_addon_images_hold_their_static_binary_alone(built):
+    coredns = podman_run(images.COREDNS_IMAGE, "-version")
+    assert coredns.returncode == 0 and f"CoreDNS-{images.COREDNS_VERSION[1:]}" in coredns.stdout, coredns
+    local_path = podman_run(images.LOCAL_PATH_IMAGE, "--help")
+    assert local_path.returncode == 0 and "Local Path Provisioner" in local_path.stdout, local_path
+    for ref in (images.COREDNS_IMAGE, images.LOCAL_PATH_IMAGE):
+        with tarfile.open(built[ref].archive) as archive:  # docker-archive: one layer, one file
+            layers = json.load(archive.extractfile("manifest.json"))[0]["Layers"]
+            assert len(layers) == 1, layers
+            with tarfile.open(fileobj=archive.extractfile(layers[0])) as layer:
+                files = [m.name for m in layer.getmembers() if m.isfile()]
+        assert len(files) == 1, files
 
 
 def test_unchanged_inputs_are_not_rebuilt(built):
