@@ -262,7 +262,8 @@ class LocalCluster:
             lines.append(self.kubectl("get", "nodes", "-o", "wide").stdout.rstrip())
             if self.real_node:
                 lines.append("")
-                lines.append(self.kubectl("get", "pods", "-n", "kube-system", "-o", "wide",
+                lines.append(self.kubectl("get", "pods", "-A", "-o", "wide",
+                                          f"--field-selector=spec.nodeName={NODE_NAME}",
                                           check=False).stdout.rstrip())
         return "\n".join(lines)
 
