@@ -55,6 +55,17 @@ def listening(port: int) -> bool:
     return False
 
 
+def spare_port_offset(start: int = 1000) -> str:
+    """A PIMLAB_PORT_OFFSET whose ports nobody listens on, for a throwaway second cluster
+    (other trees on this machine may run their own clusters at offsets of their own)."""
+    from pimlab.cluster.layout import Ports
+
+    for offset in range(start, start + 3000, 100):
+        if not any(listening(port + offset) for port in Ports().__dict__.values()):
+            return str(offset)
+    raise RuntimeError("no spare port offset for a second cluster")
+
+
 def https_ok(url: str, ca: Path, client: KeyPair | None, expect: bytes = b"ok") -> bool:
     context = ssl.create_default_context(cafile=str(ca))
     if client is not None:

@@ -16,7 +16,7 @@ import yaml
 from pimlab.cluster import build
 from pimlab.cluster.layout import KWOK_NODES
 from pimlab.cluster.local import LocalCluster
-from pimlab.cluster.procs import ClusterError, pid_alive
+from pimlab.cluster.procs import ClusterError, pid_alive, spare_port_offset
 from pimlab.waiting import wait_for
 
 
@@ -205,7 +205,7 @@ def test_up_is_idempotent_and_keeps_the_same_cluster(cluster):
 
 def test_a_second_cluster_starts_and_down_leaves_nothing_behind(cluster, tmp_path, monkeypatch):
     """A throwaway control plane in another tree on other ports: up, use, down, gone."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "200")
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", spare_port_offset())
     monkeypatch.setenv("PIMLAB_NODE", "kwok")  # one real node per machine: this tree's
     other = LocalCluster(tmp_path)
     try:
@@ -233,7 +233,7 @@ def test_a_port_in_use_is_named_in_the_error(cluster, tmp_path, monkeypatch):
 
 def test_a_component_that_fails_to_start_is_named_with_its_log(cluster, tmp_path, monkeypatch):
     """etcd cannot use a data directory that is a plain file: `up` says so and where to look."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "300")
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", spare_port_offset(2000))
     monkeypatch.setenv("PIMLAB_NODE", "kwok")
     broken = LocalCluster(tmp_path)
     (tmp_path / ".lab/cluster").mkdir(parents=True)

@@ -14,12 +14,12 @@ import pytest
 from pimlab.cluster import node
 from pimlab.cluster.layout import KWOK_NODES
 from pimlab.cluster.local import LocalCluster
-from pimlab.cluster.procs import ClusterError
+from pimlab.cluster.procs import ClusterError, spare_port_offset
 
 
 @pytest.fixture
 def second_tree(cluster, tmp_path, monkeypatch):
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", "400")
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", spare_port_offset(3000))
     out = io.StringIO()
     other = LocalCluster(tmp_path, log=out)
     other.out_text = out
