@@ -21,6 +21,7 @@ THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
 @dataclass
 class Cluster:
     plane: LocalCluster
+    started_here: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -63,7 +64,7 @@ def cluster() -> Cluster:
     if reason:
         pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
-    yield Cluster(plane)
+    yield Cluster(plane, started_here)
     if started_here and not os.environ.get("PIMLAB_KEEP_CLUSTER"):
         plane.down(quiet=True)
 
