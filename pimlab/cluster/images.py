@@ -111,7 +111,9 @@ def _run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = Non
 def podman_cmd() -> list[str]:
     """podman on the project's private storage, never the machine's default one."""
     store = images_dir() / "podman"
-    run = Path("/run/pimlab-podman") if os.access("/run", os.W_OK) else store / "run"
+    # runroot: on tmpfs, one per storage (two storages must never share one)
+    key = hashlib.sha256(str(store).encode()).hexdigest()[:8]
+    run = Path(f"/run/pimlab-podman-{key}") if os.access("/run", os.W_OK) else store / "run"
     return ["podman", "--root", str(store / "storage"), "--runroot", str(run),
             "--tmpdir", str(store / "tmp"), "--cgroup-manager", "cgroupfs",
             "--events-backend", "file"]
@@ -169,6 +171,8 @@ def _cached(ref: str, inputs: str) -> Built | None:
     state = _load_state(ref)
     archive = _archive_path(ref)
     if state and state.get("inputs") == inputs and archive.is_file():
+        if not _image_id(ref):  # the podman storage was reset: the archive still holds it
+            podman(["load", "-i", str(archive)], sys.stderr, capture=True)
         return Built(ref, archive, inputs, state.get("image_id", ""), False, 0.0)
     return None
 
@@ -436,11 +440,9 @@ def build_project(log=sys.stderr, context: Path = ROOT, ref: str = PROJECT_IMAGE
         if cert:
             args += ["--secret", f"id=pip-ca.crt,src={cert}"]
         podman([*args, str(context)], log)
-    previous = (_load_state(ref) or {}).get("image_id")
-    built = _save(ref, inputs, started, log, {"base": base_ref})
-    if previous and previous != built.image_id:  # untagged now; its layers stay as build cache
-        subprocess.run([*podman_cmd(), "rmi", previous], capture_output=True)
-    return built
+    # The previous image stays, untagged: podman 4.3's rmi would also delete the intermediate
+    # images it shares with the new one, which are the layer cache of the next build.
+    return _save(ref, inputs, started, log, {"base": base_ref})
 
 
 # --------------------------------------------------------------------------- add-ons
