@@ -29,7 +29,9 @@ SHIM_SOCKETS = Path("/run/containerd/s")
 CNI_CACHE = Path("/var/lib/cni/results")
 # Directories that kubelet, libcni and the shims make outside `.lab/`; removed when empty.
 MACHINE_DIRS = (Path("/var/lib/cni/results"), Path("/var/lib/cni"), SHIM_SOCKETS,
-                Path("/run/containerd"), Path("/var/log/containers"), node.OWNER_FILE.parent)
+                Path("/run/containerd/fifo"), Path("/run/containerd/runc/k8s.io"),
+                Path("/run/containerd/runc"), Path("/run/containerd"),
+                Path("/var/log/containers"), node.OWNER_FILE.parent)
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 MNT_DETACH = 2
 
