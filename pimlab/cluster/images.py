@@ -440,9 +440,11 @@ def build_project(log=sys.stderr, context: Path = ROOT, ref: str = PROJECT_IMAGE
         if cert:
             args += ["--secret", f"id=pip-ca.crt,src={cert}"]
         podman([*args, str(context)], log)
-    # The previous image stays, untagged: podman 4.3's rmi would also delete the intermediate
-    # images it shares with the new one, which are the layer cache of the next build.
-    return _save(ref, inputs, started, log, {"base": base_ref})
+    built = _save(ref, inputs, started, log, {"base": base_ref})
+    # Replaced images, now untagged and childless, go; the intermediate images the new build
+    # shares with them stay (they have children): the layer cache of the next build.
+    podman(["image", "prune", "-f"], log, capture=True)
+    return built
 
 
 # --------------------------------------------------------------------------- add-ons
