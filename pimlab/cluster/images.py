@@ -43,12 +43,12 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PAUSE_VERSION = "3.10.1"  # build/pause/Makefile's TAG in k8s.io/kubernetes v1.34
 COREDNS_VERSION = "v1.12.1"
 LOCAL_PATH_VERSION = "v0.0.30"
-PROJECT_VERSION = "0.1.0"  # pyproject.toml's version
+def _project_version() -> str:
+    try:
+        return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, ValueError):
+        return "0.1.0"
+
+
+PROJECT_VERSION = _project_version()  # pyproject.toml's
 
 PAUSE_IMAGE = f"localhost/pimlab/pause:{PAUSE_VERSION}"
 PROJECT_IMAGE = f"localhost/pimlab/lab:{PROJECT_VERSION}"
@@ -96,13 +103,21 @@ class Built:
 def _run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = None,
          capture: bool = False, what: str | None = None) -> str:
     print("$ " + " ".join(cmd), file=log, flush=True)
+    try:
+        log.fileno()
+        to_log = True
+    except (AttributeError, OSError, ValueError):  # e.g. io.StringIO: copy the output in
+        to_log = False
     proc = subprocess.run(
         cmd, cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE if capture else log,
+        stdout=log if to_log and not capture else subprocess.PIPE,
         stderr=subprocess.PIPE if capture else subprocess.STDOUT,
     )
+    if not capture and not to_log:
+        log.write(proc.stdout)
     if proc.returncode != 0:
-        detail = (proc.stderr or "")[-2000:] if capture else f"see {getattr(log, 'name', 'the log')}"
+        detail = ((proc.stderr if capture else proc.stdout) or "")[-2000:] if capture or not to_log \
+            else f"see {getattr(log, 'name', 'the log')}"
         raise RuntimeError(f"{what or ' '.join(cmd[:2])} failed "
                            f"(exit {proc.returncode}): {detail}")
     return proc.stdout if capture else ""
