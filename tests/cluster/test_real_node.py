@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -249,10 +250,41 @@ def test_a_readiness_probe_gates_the_service_endpoints(real, real_ns):
     wait_for(lambda: not addresses()[0], timeout=30, what="the endpoint to be withdrawn")
 
 
-def test_cluster_down_leaves_nothing_behind_and_up_brings_it_back(real, real_ns):
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, crds_installed):
+    """What `make lab` does on a real node: clusters/local/operator (the base Deployment and
+    RBAC, the local image, its namespace placed on the real node)."""
+    real.kubectl("apply", "--server-side", "--force-conflicts", "-k",
+                 str(ROOT / "clusters/local/operator"))
+    try:
+        real.kubectl("rollout", "status", "deployment/pimlab-operator", "-n", "pim-system",
+                     "--timeout=180s", timeout=200)
+        pod = ready_pods(real, "pim-system", "app.kubernetes.io/name=pimlab-operator")[0]
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert pod["spec"]["serviceAccountName"] == "pimlab-operator"
+        assert pod["spec"]["containers"][0]["image"] == IMAGE
+        # it talks to the apiserver as its ServiceAccount, through the kubernetes Service
+        logs = wait_for(lambda: (lambda out: out if "authentication has finished" in out else None)(
+            real.kubectl("logs", "-n", "pim-system", pod["metadata"]["name"]).stdout),
+            timeout=60, what="the operator to authenticate as its ServiceAccount")
+        time.sleep(5)  # its watches start: a missing permission would show as Forbidden now
+        logs = real.kubectl("logs", "-n", "pim-system", pod["metadata"]["name"]).stdout
+        assert "Forbidden" not in logs and "Unauthorized" not in logs, logs[-2000:]
+    finally:
+        # an operator watching every namespace would reconcile the other tests' objects
+        real.kubectl("delete", "deployment", "pimlab-operator", "-n", "pim-system",
+                     "--wait=true", check=False)
+
+
+def test_cluster_down_leaves_nothing_behind_and_up_brings_it_back(real):
     """Down with pods running (a veth, mounts, iptables rules in use), then nothing of the
     node may remain on the machine. Runs last in the session (tests/cluster/conftest.py); a
     cluster the session did not start is brought up again."""
+    real_ns = f"r-{os.urandom(4).hex()}"  # not the fixture: its clean-up needs the cluster
+    real.apply({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": real_ns, "annotations": REAL_NODE_NAMESPACE_ANNOTATIONS}})
     real.apply(sleeper("witness"), "-n", real_ns)
     ready_pods(real, real_ns, "app=witness")
     layout = real.plane.layout
