@@ -6,10 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIMLAB := $(VENV)/bin/pimlab
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
-# Prometheus and promtool for real rule evaluation.
-DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
+# Prometheus and promtool for real rule evaluation; podman, mmdebstrap, gcc and containerd's
+# ctr to build the node's images without a registry and import them (`make image`); the real
+# node's runtime: containerd, runc, the CNI reference plugins, iptables, conntrack, iproute2.
+DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
+	runc containernetworking-plugins iptables conntrack iproute2
 
-.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
+.PHONY: help deps venv controlplane image cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -29,16 +32,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## the Python virtual environment with the project and its test tools
 
-controlplane: venv ## compile the control plane once into ~/.cache/pimlab (Go module proxy)
+controlplane: venv ## compile the control plane, kubelet, kube-proxy and add-ons once into ~/.cache/pimlab (Go module proxy)
 	$(PIMLAB) cluster build
 
-cluster-up: deps controlplane ## start the local control plane
+image: deps venv ## build the node's images (pause, CoreDNS, local-path, the project's) if their inputs changed
+	$(PY) -m pimlab.cluster.images build
+
+cluster-up: deps controlplane ## start the local cluster (PIMLAB_NODE=auto|real|kwok: a real node, or kwok nodes only)
 	$(PIMLAB) cluster up
 
-cluster-down: venv ## stop the local control plane and remove its state
+cluster-down: venv ## stop the local cluster and remove every trace (processes, mounts, bridge, iptables chains)
 	$(PIMLAB) cluster down
 
-cluster-status: venv ## which control-plane components run, nodes and namespaces
+cluster-status: venv ## which components run, the node mode, nodes and add-on pods
 	$(PIMLAB) cluster status
 
 crds: venv ## regenerate crds/ from the pydantic models
@@ -53,7 +59,7 @@ lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down
 
-test: deps controlplane ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline

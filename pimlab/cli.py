@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pimlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from api_services import cli as services_cli
-    from pimlab import cluster_cli
+    from pimlab.cluster import cli as cluster_cli
     from pimlab_operator import cli as operator_cli
 
     cluster_cli.add_commands(sub)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.controlplane import LocalControlPlane
+from pimlab.cluster.local import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
@@ -20,7 +20,8 @@ THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
 
 @dataclass
 class Cluster:
-    plane: LocalControlPlane
+    plane: LocalCluster
+    started_here: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -55,7 +56,7 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
-    plane = LocalControlPlane(ROOT)
+    plane = LocalCluster(ROOT)
     started_here = not plane.healthy()
     if started_here:
         plane.up()
@@ -63,7 +64,7 @@ def cluster() -> Cluster:
     if reason:
         pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
-    yield Cluster(plane)
+    yield Cluster(plane, started_here)
     if started_here and not os.environ.get("PIMLAB_KEEP_CLUSTER"):
         plane.down(quiet=True)
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab import controlplane_build
-from pimlab.controlplane import ControlPlaneError, LocalControlPlane, _pid_alive
+from pimlab.cluster import build
+from pimlab.cluster.layout import KWOK_NODES
+from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.procs import ClusterError, pid_alive, spare_port_offset
 from pimlab.waiting import wait_for
 
 
@@ -45,7 +47,7 @@ def statefulset(name: str, replicas: int) -> dict:
 
 def test_every_component_reports_its_real_version(cluster):
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
-    expected = controlplane_build.KUBERNETES_VERSION
+    expected = build.KUBERNETES_VERSION
     assert version["serverVersion"]["gitVersion"] == expected
     assert version["clientVersion"]["gitVersion"] == expected
     for binary in ("kube-controller-manager", "kube-scheduler"):
@@ -54,12 +56,13 @@ def test_every_component_reports_its_real_version(cluster):
     etcd = os.popen(f"{cluster.bin_dir / 'etcd'} --version").read()
     assert "etcd Version: 3.6" in etcd, etcd
     kwok = os.popen(f"{cluster.bin_dir / 'kwok'} --version").read()
-    assert f"kwok version {controlplane_build.KWOK_VERSION}" in kwok, kwok
+    assert f"kwok version {build.KWOK_VERSION}" in kwok, kwok
 
 
 def test_two_kwok_nodes_are_ready(cluster):
-    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    assert len(nodes) >= 2
+    nodes = [n for n in json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+             if n["metadata"]["name"] in KWOK_NODES]
+    assert len(nodes) == 2
     for node in nodes:
         conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
         assert conditions["Ready"] == "True", node["metadata"]["name"]
@@ -195,15 +198,16 @@ def _listening_ports() -> dict[int, set[str]]:
 def test_up_is_idempotent_and_keeps_the_same_cluster(cluster):
     before = cluster.plane.layout.cluster_id_file.read_text()
     pids = cluster.plane.running()
-    LocalControlPlane(cluster.plane.layout.root).up()
+    LocalCluster(cluster.plane.layout.root).up()
     assert cluster.plane.layout.cluster_id_file.read_text() == before
     assert cluster.plane.running() == pids
 
 
 def test_a_second_cluster_starts_and_down_leaves_nothing_behind(cluster, tmp_path, monkeypatch):
     """A throwaway control plane in another tree on other ports: up, use, down, gone."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", str(int(os.environ.get("PIMLAB_PORT_OFFSET", "0")) + 200))
-    other = LocalControlPlane(tmp_path)
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", spare_port_offset())
+    monkeypatch.setenv("PIMLAB_NODE", "kwok")  # one real node per machine: this tree's
+    other = LocalCluster(tmp_path)
     try:
         other.up()
         assert other.healthy()
@@ -214,27 +218,28 @@ def test_a_second_cluster_starts_and_down_leaves_nothing_behind(cluster, tmp_pat
         other.down(quiet=True)
     assert not other.running()
     for name, pid in pids.items():
-        assert not _pid_alive(pid, other.layout.bin / name) and not _pid_alive(
+        assert not pid_alive(pid, other.layout.bin / name) and not pid_alive(
             pid, cluster.bin_dir / name), f"{name} still runs"
     assert sorted(p.name for p in (tmp_path / ".lab").iterdir()) == []
 
 
 def test_a_port_in_use_is_named_in_the_error(cluster, tmp_path, monkeypatch):
     """With the ports of the running cluster taken, a second `up` says which and how to move."""
-    blocked = LocalControlPlane(tmp_path)
-    with pytest.raises(ControlPlaneError, match=r"port 127\.0\.0\.1:\d+ is already in use.*PIMLAB_PORT_OFFSET"):
+    blocked = LocalCluster(tmp_path)
+    with pytest.raises(ClusterError, match=r"port 127\.0\.0\.1:\d+ is already in use.*PIMLAB_PORT_OFFSET"):
         blocked.up()
     blocked.down(quiet=True)
 
 
 def test_a_component_that_fails_to_start_is_named_with_its_log(cluster, tmp_path, monkeypatch):
     """etcd cannot use a data directory that is a plain file: `up` says so and where to look."""
-    monkeypatch.setenv("PIMLAB_PORT_OFFSET", str(int(os.environ.get("PIMLAB_PORT_OFFSET", "0")) + 300))
-    broken = LocalControlPlane(tmp_path)
+    monkeypatch.setenv("PIMLAB_PORT_OFFSET", spare_port_offset(2000))
+    monkeypatch.setenv("PIMLAB_NODE", "kwok")
+    broken = LocalCluster(tmp_path)
     (tmp_path / ".lab/cluster").mkdir(parents=True)
     (tmp_path / ".lab/cluster/etcd").write_text("not a directory")
     try:
-        with pytest.raises(ControlPlaneError) as failed:
+        with pytest.raises(ClusterError) as failed:
             broken.up()
         message = str(failed.value)
         assert message.startswith("etcd ")
@@ -245,7 +250,7 @@ def test_a_component_that_fails_to_start_is_named_with_its_log(cluster, tmp_path
 
 
 def test_a_cluster_that_is_not_this_trees_own_is_refused(cluster, tmp_path):
-    other = LocalControlPlane(tmp_path)
+    other = LocalCluster(tmp_path)
     other.layout.lab.mkdir()
     other.layout.bin.symlink_to(cluster.bin_dir)
     # same server, but not the id this tree recorded when it started the cluster

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,18 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from operator_process import operator_process
 from pimlab.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("gateway", "patient", "encounter", "billing", "admin", "outbox-relay",
               "projection-worker")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample_docs(kind: str, namespace: str) -> list[dict]:
@@ -41,21 +34,8 @@ def sample_docs(kind: str, namespace: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def operator(cluster, crds_installed, tmp_path_factory):
-    """The operator, as its own ServiceAccount, watching only the namespaces it is given."""
-    install_operator_rbac(cluster.plane)
-    workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = workdir / "kubeconfig"
-    write_operator_kubeconfig(cluster.plane, kubeconfig)
-    namespace = f"lab-e2e-{int(time.time()) % 100000}"
-    cluster.kubectl("create", "namespace", namespace)
-    process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(),
-                              namespaces=(namespace,))
-    process.start()
-    process.namespace = namespace
-    yield process
-    process.stop()
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with operator_process(cluster, tmp_path_factory, "lab-e2e") as process:
+        yield process
 
 
 def lab_condition(cluster, namespace: str, name: str, ctype: str = "Ready") -> dict | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -14,17 +13,11 @@ import pytest
 import yaml
 from kubernetes.dynamic.exceptions import ConflictError
 
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from operator_process import operator_process
 from pimlab.waiting import wait_for
 from pimlab_operator import conditions, kube, reconcile
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample(kind: str, name: str, namespace: str) -> dict:
@@ -38,21 +31,9 @@ def sample(kind: str, name: str, namespace: str) -> dict:
 
 @pytest.fixture(scope="module")
 def operator(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
-    """The operator as its own ServiceAccount, watching one namespace of its own; the
-    prometheus-operator CRDs are installed, so ServiceMonitors and PrometheusRules are made."""
-    install_operator_rbac(cluster.plane)
-    workdir = tmp_path_factory.mktemp("operator-core")
-    kubeconfig = workdir / "kubeconfig"
-    write_operator_kubeconfig(cluster.plane, kubeconfig)
-    namespace = f"core-{int(time.time()) % 100000}"
-    cluster.kubectl("create", "namespace", namespace)
-    process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
-    process.start()
-    process.namespace = namespace
-    yield process
-    process.stop()
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    """With the prometheus-operator CRDs installed, so ServiceMonitors and PrometheusRules are made."""
+    with operator_process(cluster, tmp_path_factory, "core") as process:
+        yield process
 
 
 def condition(obj: dict | None, ctype: str = "Ready") -> dict:

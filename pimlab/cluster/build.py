@@ -1,9 +1,12 @@
-"""Build the local Kubernetes control plane from the Go module proxy.
+"""Build the local Kubernetes cluster's binaries from the Go module proxy.
 
 kind needs a Docker engine; our machines have none. So the tests and the quick start run a real
-control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok)
-compiled once with the machine's Go and cached outside the repository, in a directory named
-after the versions so an upgrade never mixes binaries.
+control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok) and
+a real node (kubelet, kube-proxy) compiled once with the machine's Go and cached outside the
+repository, in a directory named after the versions so an upgrade never mixes binaries. kubelet
+and kube-proxy come from the same wrapper module as the control plane: once that is built they
+are an incremental build of seconds. The cluster add-ons (CoreDNS, local-path-provisioner) are
+`go install`ed at fixed versions into their own versioned directory.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ KWOK_VERSION = "v0.7.0"
 GO_DIRECTIVE = "1.24.0"
 GODEBUG_DEFAULT = "go1.24"
 
-KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+                 "kubelet", "kube-proxy")
 BINARIES = (*KUBE_COMMANDS, "etcd", "kwok")
 
 
@@ -142,6 +146,50 @@ def _build_missing(target: Path, log) -> None:
         if proc.returncode != 0:
             raise RuntimeError(f"go install kwok failed (exit {proc.returncode}); see {log.name}")
         shutil.move(str(env_bin / "kwok"), target / "kwok")
+
+
+# Add-ons, as kind has them: cluster DNS and a dynamic provisioner for a default StorageClass.
+ADDONS = {
+    "coredns": ("github.com/coredns/coredns", "v1.12.1"),
+    # v0.0.31 is not served by the module proxy
+    "local-path-provisioner": ("github.com/rancher/local-path-provisioner", "v0.0.30"),
+}
+
+
+def addons_dir() -> Path:
+    versions = "-".join(f"{name}-{version}" for name, (_, version) in ADDONS.items())
+    return cache_root() / f"addons-{versions}" / "bin"
+
+
+def addon_binary(name: str) -> Path:
+    return addons_dir() / name
+
+
+def build_addons(log=sys.stderr) -> Path:
+    """`go install` every add-on that is missing into addons_dir(); return addons_dir()."""
+    if shutil.which("go") is None:
+        raise RuntimeError("Go is not installed: the add-ons are built with the machine's Go")
+    target = addons_dir()
+    if all(addon_binary(name).is_file() for name in ADDONS):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, (module, version) in ADDONS.items():
+            if addon_binary(name).is_file():
+                continue
+            gobin = target.parent / "gobin"
+            gobin.mkdir(exist_ok=True)
+            env = dict(os.environ, GOBIN=str(gobin), CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
+            print(f"$ go install {module}@{version}", file=log, flush=True)
+            proc = subprocess.run(
+                ["go", "install", "-trimpath", "-ldflags=-s -w", f"{module}@{version}"],
+                cwd=target.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"go install {module}@{version} failed (exit {proc.returncode})"
+                                   f"; see {getattr(log, 'name', 'the build log')}")
+            shutil.move(str(gobin / module.rsplit("/", 1)[1]), addon_binary(name))
+    return target
 
 
 if __name__ == "__main__":

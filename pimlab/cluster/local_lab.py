@@ -1,0 +1,199 @@
+"""`pimlab lab up|down`: the whole lab on the local cluster.
+
+Up: the cluster, the CRDs, then the operator and the samples.
+- With a real node (pimlab.cluster.local): the operator runs as a pod of the project's image
+  (clusters/local/operator: the base Deployment and RBAC with the local image, its namespace
+  placed on the real node), and the samples' namespace is placed on the real node too, with
+  the Lab's image mapped to the local one, so the Lab's seven services run for real and the Lab
+  is Ready only when their pods are.
+- With kwok nodes only, or `--local-operator`: the operator runs as a local process
+  authenticated as its own ServiceAccount (so its RBAC is what it is held to); kwok simulates
+  the pods.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.procs import pid_alive
+from pimlab_operator.render import project_home
+
+OPERATOR_NAMESPACE, OPERATOR_SA = "pim-system", "pimlab-operator"
+
+
+def write_operator_kubeconfig(plane: LocalCluster, path: Path) -> None:
+    """A kubeconfig with the operator ServiceAccount's token, not the admin's certificate, so
+    the operator is held to its own RBAC (clusters/base/operator/rbac.yaml)."""
+    token = plane.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE,
+                          "--duration=24h").stdout.strip()
+    config = yaml.safe_load(plane.layout.kubeconfig.read_text())
+    config["users"] = [{"name": OPERATOR_SA, "user": {"token": token}}]
+    config["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": OPERATOR_SA}}]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+def install_operator_rbac(plane: LocalCluster) -> None:
+    for name in ("namespace.yaml", "rbac.yaml"):
+        plane.kubectl("apply", "--server-side", "-f", str(project_home() / "clusters/base/operator" / name))
+
+
+def install_operator_manifests(plane: LocalCluster) -> None:
+    """Namespace, RBAC and Deployment, exactly as Flux applies them in a user's cluster."""
+    plane.kubectl("apply", "--server-side", "-k", str(project_home() / "clusters/base/operator"))
+
+
+class OperatorProcess:
+    """`pimlab operator run` as a background process with a pid file and a log file."""
+
+    def __init__(self, kubeconfig: Path, log: Path, pid_file: Path, *, metrics_port: int,
+                 health_port: int, namespaces: tuple[str, ...] = ()):
+        self.kubeconfig, self.log, self.pid_file = kubeconfig, log, pid_file
+        self.metrics_port, self.health_port, self.namespaces = metrics_port, health_port, namespaces
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid, Path(sys.executable)) else None
+
+    def start(self) -> int:
+        self.stop()
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(project_home()))
+        args = [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
+                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        for namespace in self.namespaces:
+            args += ["--namespace", namespace]
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 15) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.pid():
+            time.sleep(0.1)
+        if self.pid():
+            os.killpg(pid, signal.SIGKILL)
+            while self.pid():
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def sample_documents(real_node: bool) -> list[dict]:
+    """samples/ as applied here. On the real node the samples' namespace is placed there and a
+    Lab's image is the one built on this machine (there is no registry to pull from)."""
+    from pimlab.cluster.images import PROJECT_IMAGE
+    from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
+
+    docs = []
+    for path in sorted((project_home() / "samples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            if real_node and doc["kind"] == "Namespace":
+                doc["metadata"].setdefault("annotations", {}).update(REAL_NODE_NAMESPACE_ANNOTATIONS)
+            if real_node and doc["kind"] == "Lab":
+                doc["spec"]["image"] = PROJECT_IMAGE
+                doc["spec"]["imagePullPolicy"] = "Never"
+            docs.append(doc)
+    return docs
+
+
+class LocalLab:
+    def __init__(self, root: Path | str = ".", out=sys.stdout):
+        self.plane = LocalCluster(root, log=out)
+        self.out = out
+        lab_dir = self.plane.layout.lab
+        self.operator_log = lab_dir / "operator.log"
+        self.operator_kubeconfig = lab_dir / "operator.kubeconfig"
+        self.operator = OperatorProcess(
+            self.operator_kubeconfig, self.operator_log, lab_dir / "operator.pid",
+            metrics_port=int(os.environ.get("PIMLAB_OPERATOR_METRICS_PORT", "19095")),
+            health_port=int(os.environ.get("PIMLAB_OPERATOR_HEALTH_PORT", "18081")),
+        )
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def up(self, samples: bool = True, local_operator: bool = False) -> None:
+        home = project_home()
+        self.plane.up()
+        kubectl = self.plane.kubectl
+        real = self.plane.real_node
+        self.say("installing the CRDs from crds/")
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        if real and not local_operator:
+            self.operator.stop()
+            self.say("installing the operator as a pod on the real node (clusters/local/operator)")
+            kubectl("apply", "--server-side", "--force-conflicts", "-k",
+                    str(home / "clusters/local/operator"))
+            proc = kubectl("rollout", "status", "deployment/pimlab-operator", "-n",
+                           OPERATOR_NAMESPACE, "--timeout=120s", check=False, timeout=130)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"the operator's pod did not become ready: {proc.stderr.strip()}; see "
+                    f"`kubectl -n {OPERATOR_NAMESPACE} logs deployment/pimlab-operator`")
+        else:
+            why = "--local-operator" if real else "kwok only simulates its pod"
+            self.say("installing the operator's namespace, RBAC and Deployment "
+                     f"(clusters/base/operator); {why}, so the operator runs as a local process")
+            install_operator_manifests(self.plane)
+            if self.operator.pid():
+                self.say("restarting the operator")
+            write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
+            pid = self.operator.start()
+            self.say(f"operator started (pid {pid}, log {self.operator_log})")
+        if samples:
+            where = "on the real node, Lab image mapped to the local one" if real else "on kwok nodes"
+            self.say(f"applying samples/ ({where})")
+            kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                    input=yaml.safe_dump_all(sample_documents(real)))
+
+    def operator_runs_as_pod(self) -> bool:
+        return self.plane.real_node and self.operator.pid() is None
+
+    def gateway_hint(self, namespace: str = "lab", lab: str = "pim") -> str:
+        """How to reach the sample Lab's gateway from the host."""
+        service = f"{lab}-gateway"
+        proc = self.plane.kubectl("get", "service", service, "-n", namespace, "-o", "json",
+                                  check=False)
+        if proc.returncode != 0:
+            return f"(no Service {namespace}/{service} yet)"
+        import json
+
+        spec = json.loads(proc.stdout)["spec"]
+        port = spec["ports"][0]["port"]
+        hint = (f"  kubectl -n {namespace} port-forward service/{service} 18080:{port} &\n"
+                f"  curl http://127.0.0.1:18080/healthz")
+        if self.plane.real_node:
+            hint = (f"  curl http://{spec['clusterIP']}:{port}/healthz   "
+                    "# the ClusterIP answers from the host (kube-proxy runs here)\n" + hint)
+        return hint
+
+    def down(self) -> None:
+        if self.operator.pid():
+            self.say("stopping the operator")
+        self.operator.stop()
+        self.operator_kubeconfig.unlink(missing_ok=True)
+        self.plane.down()
+
+    def state(self) -> str:
+        proc = self.plane.kubectl("get", "pimlab,deployments,statefulsets,jobs,cronjobs",
+                                  "-A", check=False)
+        return proc.stdout + proc.stderr
