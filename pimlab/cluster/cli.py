@@ -103,7 +103,7 @@ def add_lab_commands(sub) -> None:
     actions = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = actions.add_parser("up", help="control plane, CRDs, operator, samples")
     up.add_argument("--no-samples", action="store_true", help="do not apply samples/")
-    up.add_argument("--wait", type=int, default=300, help="seconds to wait for the sample Lab")
+    up.add_argument("--wait", type=int, default=180, help="seconds to wait for the sample Lab")
     up.add_argument("--local-operator", action="store_true",
                     help="run the operator as a local process (development), not as a pod")
     up.set_defaults(func=_lab_up)

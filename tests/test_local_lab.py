@@ -1,0 +1,44 @@
+"""How `make lab` places the samples and the operator on the real node (no cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pimlab.cluster.images import PROJECT_IMAGE
+from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
+from pimlab.cluster.local_lab import sample_documents
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_on_the_real_node_the_lab_runs_the_local_image_in_a_placed_namespace():
+    docs = sample_documents(real_node=True)
+    (namespace,) = by_kind(docs, "Namespace")
+    assert namespace["metadata"]["annotations"] == REAL_NODE_NAMESPACE_ANNOTATIONS
+    (lab,) = by_kind(docs, "Lab")
+    assert lab["spec"]["image"] == PROJECT_IMAGE and lab["spec"]["imagePullPolicy"] == "Never"
+    unchanged = sample_documents(real_node=False)
+    assert by_kind(docs, "Shard") == by_kind(unchanged, "Shard")
+    assert len(docs) == len(unchanged)
+
+
+def test_with_kwok_only_the_samples_are_applied_as_written():
+    written = [d for p in sorted((ROOT / "samples").glob("*.yaml"))
+               for d in yaml.safe_load_all(p.read_text()) if d]
+    assert sample_documents(real_node=False) == written
+
+
+def test_the_local_operator_overlay_places_pim_system_like_the_layout_says():
+    overlay = yaml.safe_load((ROOT / "clusters/local/operator/kustomization.yaml").read_text())
+    (patch,) = overlay["patches"]
+    (op,) = yaml.safe_load(patch["patch"])
+    assert patch["target"] == {"kind": "Namespace", "name": "pim-system"}
+    assert op["value"] == REAL_NODE_NAMESPACE_ANNOTATIONS
+    (image,) = overlay["images"]
+    assert f"{image['newName']}:{image['newTag']}" == PROJECT_IMAGE
