@@ -79,6 +79,11 @@ class Runtime:
         current_context().shard = shard
         return shard, slot
 
+    def idempotency_home(self, user_id: str, key_digest: str) -> str:
+        """The shard that records a caller's Idempotency-Key, whatever shard its write lands on."""
+        smap = self.shard_map
+        return smap.shard_for_slot(slot_of(f"{user_id}\x00{key_digest}", smap.slot_count)).name
+
     def reference_shard(self) -> str:
         shard = self.shard_map.shards[0].name
         current_context().shard = shard

@@ -12,7 +12,8 @@ from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
 from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["billing"], responses=ERROR_RESPONSES)
 
@@ -34,8 +35,8 @@ def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
         return dom.submit(conn, actor(who), claim_id, encounter["patient_id"], body)
 
     with tracer().start_as_current_span("claim.submit"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "claim.submit", write, status=202, user_id=who.user_id,
+        status, out, replayed = transactions.write(
+            rt, shard, "claim.submit", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
     answer_write(response, status, f"/claims/{out['tracking_id']}", replayed)
     return out

@@ -12,7 +12,8 @@ from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
 from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["encounter"], responses=ERROR_RESPONSES)
 EncounterId = Path(pattern=ids.ENCOUNTER_ID)
@@ -44,8 +45,8 @@ def book_encounter(body: dom.BookEncounter, request: Request, response: Response
         return dom.book(conn, actor(who), encounter_id, body)
 
     with tracer().start_as_current_span("encounter.book"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "encounter.book", write, status=202, user_id=who.user_id,
+        status, out, replayed = transactions.write(
+            rt, shard, "encounter.book", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key,
             req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
     answer_write(response, status, f"/encounters/{out['tracking_id']}", replayed)
@@ -71,16 +72,22 @@ def get_encounter(request: Request, encounter_id: str = EncounterId, who: Princi
 
 
 @router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter)
-def document_encounter(body: dom.EncounterNotes, request: Request, encounter_id: str = EncounterId,
-                       who: Principal = Depends(principal)):
+def document_encounter(body: dom.EncounterNotes, request: Request, response: Response,
+                       encounter_id: str = EncounterId, who: Principal = Depends(principal),
+                       idempotency_key: str | None = IdempotencyKey):
     """Clinicians document; notes are redacted and the change gets a history row and an audit event."""
     require(who, "clinician")
     rt = runtime(request)
     shard, _ = rt.route_id(encounter_id, "encounter")
     with tracer().start_as_current_span("encounter.document"):
-        _status, out, _ = run_write(rt.write_engine(shard), shard, "encounter.document",
-                                    lambda conn: dom.document(conn, actor(who), _load(conn, encounter_id), body),
-                                    status=200, user_id=who.user_id)
+        _status, out, replayed = transactions.write(
+            rt, shard, "encounter.document",
+            lambda conn: dom.document(conn, actor(who), _load(conn, encounter_id), body), status=200,
+            user_id=who.user_id, idempotency_key=idempotency_key,
+            req_hash=request_hash("PATCH", f"/encounters/{encounter_id}/notes", body.model_dump())
+            if idempotency_key else "")
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return out
 
 

@@ -12,7 +12,8 @@ from api_services.errors import ERROR_RESPONSES, Forbidden, NotFound
 from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["patient"], responses=ERROR_RESPONSES)
 PatientId = Path(pattern=ids.PATIENT_ID)
@@ -33,8 +34,8 @@ def register_patient(body: dom.PatientCreate, request: Request, response: Respon
     patient_id = ids.new_patient_id(who.user_id, idempotency_key)
     shard, _slot = rt.route_patient(patient_id)
     with tracer().start_as_current_span("patient.register"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "patient.create",
+        status, out, replayed = transactions.write(
+            rt, shard, "patient.create",
             lambda conn: dom.create(conn, actor(who), patient_id, body), status=201, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/patients", body.model_dump()))
     answer_write(response, status, f"/patients/{out['patient_id']}", replayed)
