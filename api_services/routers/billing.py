@@ -8,7 +8,7 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import claims as dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids, kpis
-from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
+from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound, Unavailable
 from api_services.routers import IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
@@ -61,9 +61,15 @@ def financial_kpis(request: Request, who: Principal = Depends(principal)):
     require(who, "admin", "sre")
     rt = runtime(request)
     current_context().shard = "all"
-    shards = []
+    shards, unavailable = [], []
     for name in rt.shard_names():
-        values = run_read(rt.engines.reporting(name), name, kpis.read)
+        try:  # an unavailable shard is named, not fatal to the report of the others
+            values = run_read(rt.engines.reporting(name), name, kpis.read)
+        except Unavailable:
+            unavailable.append(name)
+            continue
         shards.append(kpis.ShardKpis(shard=name, **values))
+    if not shards and unavailable:
+        raise Unavailable("no shard is available", "shard_unavailable", headers={"Retry-After": "1"})
     total = kpis.ShardKpis(shard="all", **{k: sum(getattr(s, k) for s in shards) for k in kpis.KPI_NAMES})
-    return kpis.FinancialKpis(total=total, shards=shards)
+    return kpis.FinancialKpis(total=total, shards=shards, unavailable_shards=unavailable)
