@@ -115,6 +115,10 @@ audit_events = sa.Table(
     sa.Column("after", sa.Text, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # added later (nullable, so older files are migrated in place); part of the hash when set
+    sa.Column("correlation_id", sa.String(64), nullable=True),  # the client's X-Request-Id
+    sa.Column("history_id", sa.Integer, nullable=True),  # the history row this event binds
+    sa.Column("history_hash", sa.String(64), nullable=True),  # sha256 of that row
 )
 audit_head = sa.Table(
     "audit_head", metadata,

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException
 
+from api_services.redaction import redact
 from api_services.telemetry import RequestContext, bind_context, observe_request, reset_context, trace_ids, tracer
 
 log = logging.getLogger("pim.access")
@@ -35,7 +36,10 @@ class EdgeMiddleware:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         supplied = headers.get("x-request-id", "")
-        ctx = RequestContext(request_id=supplied if _RID.match(supplied) else uuid.uuid4().hex)
+        # The request id is always the server's own (unique per request, so per audit row); a
+        # client's X-Request-Id is kept apart as the correlation id, redacted like any free text.
+        ctx = RequestContext(request_id=uuid.uuid4().hex,
+                             correlation_id=redact(supplied)[:64] if _RID.match(supplied) else None)
         token = bind_context(ctx)
         method = scope["method"]
         state = {"status": 500, "started": False}
@@ -44,6 +48,8 @@ class EdgeMiddleware:
                                             record_exception=False, set_status_on_exception=False) as span:
             trace_id, span_id = trace_ids()
             extra_headers = [(b"x-request-id", ctx.request_id.encode()), (b"x-trace-id", trace_id.encode())]
+            if ctx.correlation_id:
+                extra_headers.append((b"x-correlation-id", ctx.correlation_id.encode()))
 
             async def send_wrapper(message):
                 if message["type"] == "http.response.start":

@@ -102,11 +102,24 @@ def _field_errors(exc: RequestValidationError) -> list[dict]:
     return out
 
 
+async def _audit_refusal(req: Request, exc: ApiError) -> None:
+    auditor = getattr(getattr(req.app.state, "runtime", None), "refusals", None)
+    if auditor is None:
+        return
+    from starlette.concurrency import run_in_threadpool
+
+    route = getattr(req.scope.get("route"), "path", None) or "unmatched"
+    client = req.client.host if req.client else "unknown"
+    await run_in_threadpool(auditor.record, exc.status, exc.code, exc.message, req.method, route, client)
+
+
 def install(app: FastAPI) -> None:
     """Map every error to its status and body, in this one place."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_req: Request, exc: ApiError):
+    async def _api_error(req: Request, exc: ApiError):
+        if exc.status in (401, 403):
+            await _audit_refusal(req, exc)
         return error_response(exc.status, exc.code, exc.message, exc.headers, exc.errors)
 
     @app.exception_handler(RequestValidationError)

@@ -83,6 +83,9 @@ class Runtime:
             if service in ("gateway", "all") else None
         self.workers: list = []
         self.worker_health = WorkerHealth()
+        from api_services.refusals import RefusalAuditor
+
+        self.refusals = RefusalAuditor(self)
 
     def _map_changed(self, shard_map) -> None:
         if self.engines is not None:

@@ -13,7 +13,9 @@ IdempotencyKey = Header(None, alias="Idempotency-Key", min_length=1, max_length=
 
 
 def actor(who: Principal) -> Actor:
-    return Actor(user_id=who.user_id, persona=who.persona, request_id=current_context().request_id)
+    ctx = current_context()
+    return Actor(user_id=who.user_id, persona=who.persona, request_id=ctx.request_id,
+                 correlation_id=ctx.correlation_id)
 
 
 def answer_write(response: Response, status: int, location: str, replayed: bool) -> None:
