@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import claims
 from api_services.domain import ids
+from api_services.redaction import FreeText
 
 
 class SubmitClaim(BaseModel):
@@ -17,7 +18,7 @@ class SubmitClaim(BaseModel):
 
     encounter_id: Annotated[str, Field(pattern=ids.ENCOUNTER_ID)]
     amount_cents: Annotated[int, Field(ge=1, le=100_000_000)]
-    payer: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")]
+    payer: FreeText(80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")
 
 
 class Claim(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import diagnoses, encounters, medications, procedures
 from api_services.domain import ids
-from api_services.redaction import redact
+from api_services.redaction import FreeText
 
 
 class BookEncounter(BaseModel):
@@ -21,34 +21,34 @@ class BookEncounter(BaseModel):
     provider_id: Annotated[str, Field(pattern=ids.PROVIDER_ID)]
     facility_id: Annotated[str, Field(pattern=ids.FACILITY_ID)]
     scheduled_for: AwareDatetime
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: FreeText(200)
 
 
 class Diagnosis(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-Z]{1,4})?$", description="ICD-10-CM")]
-    description: Annotated[str, Field(min_length=1, max_length=200)]
+    description: FreeText(200)
 
 
 class Procedure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Annotated[str, Field(pattern=r"^[0-9]{5}$", description="CPT")]
-    description: Annotated[str, Field(min_length=1, max_length=200)]
+    description: FreeText(200)
 
 
 class Medication(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 -]*$")]
-    dose: Annotated[str, Field(min_length=1, max_length=40)]
+    name: FreeText(80, pattern=r"^[A-Za-z][A-Za-z0-9 -]*$")
+    dose: FreeText(40)
 
 
 class EncounterNotes(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    notes: Annotated[str, Field(min_length=1, max_length=4000)]
+    notes: FreeText(4000)
     diagnoses: Annotated[list[Diagnosis], Field(max_length=20)] = []
     procedures: Annotated[list[Procedure], Field(max_length=20)] = []
     medications: Annotated[list[Medication], Field(max_length=20)] = []
@@ -101,7 +101,7 @@ def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
     row = {"encounter_id": encounter_id, "patient_id": data.patient_id, "provider_id": data.provider_id,
            "facility_id": data.facility_id,
            "scheduled_for": data.scheduled_for.astimezone(timezone.utc).isoformat(),
-           "reason": redact(data.reason), "status": "booked", "notes": None, "version": 1,
+           "reason": data.reason, "status": "booked", "notes": None, "version": 1,
            "created_at": ts, "updated_at": ts}
     conn.execute(encounters.insert().values(**row))
     after = {**row, "diagnoses": [], "procedures": [], "medications": []}
@@ -114,7 +114,7 @@ def document(conn, actor: Actor, before: dict, data: EncounterNotes) -> dict:
     """Replace the encounter's notes and coded entries; notes are redacted before storage."""
     encounter_id = before["encounter_id"]
     version = before["version"] + 1
-    updated = {"notes": redact(data.notes), "status": "documented", "version": version, "updated_at": now_iso()}
+    updated = {"notes": data.notes, "status": "documented", "version": version, "updated_at": now_iso()}
     result = conn.execute(encounters.update().where(encounters.c.encounter_id == encounter_id,
                                                     encounters.c.version == before["version"]).values(**updated))
     if result.rowcount != 1:

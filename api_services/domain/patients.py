@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import patients
+from api_services.redaction import FreeText
 
 Sex = Literal["F", "M", "X"]
 
@@ -16,7 +17,7 @@ Sex = Literal["F", "M", "X"]
 class PatientCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pseudonym: Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")]
+    pseudonym: FreeText(120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")
     birth_year: Annotated[int, Field(ge=1900, le=2030)]
     sex: Sex
 
