@@ -21,6 +21,7 @@ from api_services.telemetry import RequestContext, bind_context, observe_request
 log = logging.getLogger("pim.access")
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _QUIET = {"/healthz", "/readyz", "/metrics"}
+_WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 class EdgeMiddleware:
@@ -70,9 +71,15 @@ class EdgeMiddleware:
 
             try:
                 declared = headers.get("content-length")
+                media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                has_body = (declared not in (None, "", "0")) or "transfer-encoding" in headers
                 if declared and declared.isdigit() and int(declared) > self.max_body:
                     await self._error(send_wrapper, 413, "payload_too_large",
                                       f"body larger than {self.max_body} bytes", ctx.request_id)
+                elif method in _WITH_BODY and has_body and not (media == "application/json" or media.endswith("+json")):
+                    await self._error(send_wrapper, 415, "unsupported_media_type",
+                                      f"request body must be application/json, not {media[:60] or 'untyped'}",
+                                      ctx.request_id)
                 else:
                     await self.app(scope, receive_wrapper, send_wrapper)
             except Exception as exc:  # last resort: never leak a trace, always answer JSON

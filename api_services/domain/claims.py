@@ -17,7 +17,8 @@ class SubmitClaim(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     encounter_id: Annotated[str, Field(pattern=ids.ENCOUNTER_ID)]
-    amount_cents: Annotated[int, Field(ge=1, le=100_000_000)]
+    amount_cents: Annotated[int, Field(strict=True, ge=1, le=100_000_000,
+                                       description="Cents; at most the configured ceiling (`PIM_CLAIM_MAX_CENTS`)")]
     payer: FreeText(80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")
 
 
@@ -35,6 +36,16 @@ class Claim(BaseModel):
 def snapshot(conn, claim_id: str) -> dict | None:
     row = conn.execute(sa.select(claims).where(claims.c.claim_id == claim_id)).mappings().first()
     return dict(row) if row else None
+
+
+OPEN_STATUSES = ("submitted",)
+
+
+def open_claim_for(conn, encounter_id: str) -> str | None:
+    """The encounter's open claim, if any (locked on SQL Server until commit, so two cannot race)."""
+    return conn.execute(sa.select(claims.c.claim_id).where(claims.c.encounter_id == encounter_id,
+                                                          claims.c.status.in_(OPEN_STATUSES))
+                        .with_hint(claims, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql")).scalar()
 
 
 def submit(conn, actor: Actor, claim_id: str, patient_id: str, data: SubmitClaim) -> dict:

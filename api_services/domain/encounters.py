@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import diagnoses, encounters, medications, procedures
@@ -20,8 +20,21 @@ class BookEncounter(BaseModel):
     patient_id: Annotated[str, Field(pattern=ids.PATIENT_ID)]
     provider_id: Annotated[str, Field(pattern=ids.PROVIDER_ID)]
     facility_id: Annotated[str, Field(pattern=ids.FACILITY_ID)]
-    scheduled_for: AwareDatetime
+    scheduled_for: Annotated[AwareDatetime, Field(description="With a timezone; from 10 years ago to 2 years ahead")]
     reason: FreeText(200)
+
+    @field_validator("scheduled_for")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        now = datetime.now(timezone.utc)
+        earliest, latest = now - timedelta(days=3653), now + timedelta(days=731)
+        try:
+            utc = value.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not earliest <= utc <= latest:
+            raise ValueError(f"scheduled_for must be between {earliest:%Y-%m-%d} and {latest:%Y-%m-%d}")
+        return utc
 
 
 class Diagnosis(BaseModel):

@@ -100,6 +100,7 @@ def test_claim_is_accepted_and_projected_into_kpis(server, patients):
     pid = patients[3]
     with server.client("clinician", "prv-0003") as doc:
         enc_id = doc.post("/encounters", json=booking(pid)).json()["tracking_id"]
+        assert doc.patch(f"/encounters/{enc_id}/notes", json={"notes": "seen"}).status_code == 200
     with server.client("admin", "admin-1") as admin:
         before = admin.get("/kpis/financial").json()["total"]
         resp = admin.post("/claims", json={"encounter_id": enc_id, "amount_cents": 12345, "payer": "Lab Mutual"})
