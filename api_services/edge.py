@@ -43,6 +43,9 @@ class EdgeMiddleware:
                              correlation_id=redact(supplied)[:64] if _RID.match(supplied) else None)
         token = bind_context(ctx)
         method = scope["method"]
+        head = method == "HEAD"
+        if head:  # HEAD wherever GET: route it as GET, send the headers and no body
+            scope = {**scope, "method": "GET"}
         state = {"status": 500, "started": False}
         parent = propagate.extract(headers)
         with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER,
@@ -56,6 +59,8 @@ class EdgeMiddleware:
                 if message["type"] == "http.response.start":
                     state["status"], state["started"] = message["status"], True
                     message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
+                elif head and message["type"] == "http.response.body":
+                    message = {**message, "body": b""}
                 await send(message)
 
             seen = 0

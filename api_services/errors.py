@@ -78,7 +78,14 @@ class ApiError(Exception):
 
 
 class Unauthorized(ApiError):
+    """401 with an RFC 6750 challenge: `WWW-Authenticate: Bearer realm=..., error=..., error_description=...`."""
+
     status, code = 401, "invalid_token"
+
+    def __init__(self, message: str, code: str | None = None, challenge: str = "invalid_token"):
+        description = message.replace("\\", "").replace('"', "'")
+        super().__init__(message, code, headers={
+            "WWW-Authenticate": f'Bearer realm="pim-api", error="{challenge}", error_description="{description}"'})
 
 
 class Forbidden(ApiError):
