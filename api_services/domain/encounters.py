@@ -15,7 +15,10 @@ from api_services.redaction import FreeText
 
 
 class BookEncounter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the example books for the first patient `pimlab seed` makes, so a stateful client can go on
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "patient_id": ids.new_patient_id("seed", "42:patient:0"), "provider_id": "prv-0001",
+        "facility_id": "fac-001", "scheduled_for": "2026-06-01T09:30:00Z", "reason": "follow-up visit"}]})
 
     patient_id: Annotated[str, Field(pattern=ids.PATIENT_ID)]
     provider_id: Annotated[str, Field(pattern=ids.PROVIDER_ID)]
@@ -59,7 +62,10 @@ class Medication(BaseModel):
 
 
 class EncounterNotes(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "notes": "Seen for a follow-up; plan discussed.", "diagnoses": [{"code": "J06.9", "description": "Acute URI"}],
+        "procedures": [{"code": "99213", "description": "Office visit"}],
+        "medications": [{"name": "Ibuprofen", "dose": "400 mg"}]}]})
 
     notes: FreeText(4000)
     diagnoses: Annotated[list[Diagnosis], Field(max_length=20)] = []

@@ -16,7 +16,8 @@ Sex = Literal["F", "M", "X"]
 
 
 class PatientCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"pseudonym": "Example Person", "birth_year": 1980, "sex": "F"}]})
 
     pseudonym: FreeText(120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")
     birth_year: Annotated[int, Field(strict=True, ge=1900, le=2100, description="Not in the future")]

@@ -9,7 +9,7 @@ from api_services.domain import encounters as dom
 from api_services.domain import ids, reference
 from api_services.domain import patients as pat_dom
 from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import IdempotencyKey, actor, answer_write
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
 from api_services import transactions
@@ -24,7 +24,7 @@ def _unknown(field: str, what: str) -> Invalid:
                    errors=[{"field": f"body.{field}", "code": "unknown_reference", "message": f"no such {what}"}])
 
 
-@router.post("/encounters", status_code=202, response_model=dom.Accepted, responses=WRITE_RESPONSES)
+@router.post("/encounters", status_code=202, response_model=dom.Accepted, responses={**WRITE_RESPONSES, 202: LINKS["encounter_booked"]})
 def book_encounter(body: dom.BookEncounter, request: Request, response: Response,
                    who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Patients book for themselves, clinicians for anyone; answered 202 with a tracking id."""
@@ -71,7 +71,7 @@ def get_encounter(request: Request, encounter_id: str = EncounterId, who: Princi
     return row
 
 
-@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter, responses=WRITE_RESPONSES)
+@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter, responses={**WRITE_RESPONSES, 200: LINKS["encounter_documented"]})
 def document_encounter(body: dom.EncounterNotes, request: Request, response: Response,
                        encounter_id: str = EncounterId, who: Principal = Depends(principal),
                        idempotency_key: str | None = IdempotencyKey):

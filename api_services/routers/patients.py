@@ -9,7 +9,7 @@ from api_services.domain import encounters as enc_dom
 from api_services.domain import ids
 from api_services.domain import patients as dom
 from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, NotFound
-from api_services.routers import IdempotencyKey, actor, answer_write
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
 from api_services import transactions
@@ -25,7 +25,7 @@ def _may_read(who: Principal, patient_id: str, personas: tuple[str, ...]) -> Non
         raise Forbidden("patients may only read their own records", "not_own_record")
 
 
-@router.post("/patients", status_code=201, response_model=dom.PatientCreated, responses=WRITE_RESPONSES)
+@router.post("/patients", status_code=201, response_model=dom.PatientCreated, responses={**WRITE_RESPONSES, 201: LINKS["patient_created"]})
 def register_patient(body: dom.PatientCreate, request: Request, response: Response,
                      who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Admins register patients; the id decides the shard for the patient's whole life."""
