@@ -107,8 +107,13 @@ def _verify_history(conn: Connection) -> list[dict]:
         sa.select(audit_events.c.seq, audit_events.c.history_id, audit_events.c.history_hash)
         .where(audit_events.c.history_id.is_not(None)))}
     seen = set()
+    # Rows written before events bound history (older files) are legacy: only rows after the
+    # first bound one must be bound. A file with no bound row at all is wholly legacy.
+    floor = min(bound) if bound else None
     for row in conn.execute(sa.select(history).order_by(history.c.id)).mappings():
         seen.add(row["id"])
+        if row["id"] not in bound and (floor is None or row["id"] < floor):
+            continue
         if row["id"] not in bound:
             problems.append({"history_id": row["id"], "problem": "history_unbound",
                              "detail": "no audit event binds this history row"})

@@ -72,7 +72,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
             "trace_id": trace_id, "span_id": span_id,
-            "request_id": ctx.request_id, "correlation_id": ctx.correlation_id, "user_id": ctx.user_id, "persona": ctx.persona, "shard": ctx.shard,
+            "request_id": ctx.request_id, "correlation_id": ctx.correlation_id, "user_id": ctx.user_id,
+            "persona": ctx.persona, "shard": ctx.shard,
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and key not in out and key != "color_message":

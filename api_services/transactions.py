@@ -32,7 +32,8 @@ DEFAULT_TTL_SECONDS = 86_400
 
 
 def request_hash(method: str, path: str, body: dict) -> str:
-    return hashlib.sha256(f"{method} {path} ".encode() + json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    text = f"{method} {path} ".encode() + json.dumps(body, sort_keys=True, default=str).encode()
+    return hashlib.sha256(text).hexdigest()
 
 
 def key_digest(key: str) -> str:

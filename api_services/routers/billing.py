@@ -8,7 +8,8 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import claims as dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids, kpis
-from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Conflict, Forbidden, Invalid, NotFound, Unavailable
+from api_services.errors import (ERROR_RESPONSES, WRITE_RESPONSES, Conflict, Forbidden, Invalid, NotFound,
+                                 Unavailable)
 from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
@@ -18,7 +19,8 @@ from api_services.transactions import request_hash, run_read
 router = APIRouter(tags=["billing"], responses=ERROR_RESPONSES)
 
 
-@router.post("/claims", status_code=202, response_model=enc_dom.Accepted, responses={**WRITE_RESPONSES, 202: LINKS["claim_submitted"]})
+@router.post("/claims", status_code=202, response_model=enc_dom.Accepted,
+             responses={**WRITE_RESPONSES, 202: LINKS["claim_submitted"]})
 def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
                  who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Admins submit claims; the claim lives on its encounter's (hence its patient's) shard."""

@@ -24,7 +24,8 @@ def _unknown(field: str, what: str) -> Invalid:
                    errors=[{"field": f"body.{field}", "code": "unknown_reference", "message": f"no such {what}"}])
 
 
-@router.post("/encounters", status_code=202, response_model=dom.Accepted, responses={**WRITE_RESPONSES, 202: LINKS["encounter_booked"]})
+@router.post("/encounters", status_code=202, response_model=dom.Accepted,
+             responses={**WRITE_RESPONSES, 202: LINKS["encounter_booked"]})
 def book_encounter(body: dom.BookEncounter, request: Request, response: Response,
                    who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Patients book for themselves, clinicians for anyone; answered 202 with a tracking id."""
@@ -71,7 +72,8 @@ def get_encounter(request: Request, encounter_id: str = EncounterId, who: Princi
     return row
 
 
-@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter, responses={**WRITE_RESPONSES, 200: LINKS["encounter_documented"]})
+@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter,
+             responses={**WRITE_RESPONSES, 200: LINKS["encounter_documented"]})
 def document_encounter(body: dom.EncounterNotes, request: Request, response: Response,
                        encounter_id: str = EncounterId, who: Principal = Depends(principal),
                        idempotency_key: str | None = IdempotencyKey):

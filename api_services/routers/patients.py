@@ -25,7 +25,8 @@ def _may_read(who: Principal, patient_id: str, personas: tuple[str, ...]) -> Non
         raise Forbidden("patients may only read their own records", "not_own_record")
 
 
-@router.post("/patients", status_code=201, response_model=dom.PatientCreated, responses={**WRITE_RESPONSES, 201: LINKS["patient_created"]})
+@router.post("/patients", status_code=201, response_model=dom.PatientCreated,
+             responses={**WRITE_RESPONSES, 201: LINKS["patient_created"]})
 def register_patient(body: dom.PatientCreate, request: Request, response: Response,
                      who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Admins register patients; the id decides the shard for the patient's whole life."""

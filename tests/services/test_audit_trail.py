@@ -165,3 +165,27 @@ def test_seed_rows_are_attributed_to_a_system_actor_with_a_request_id_per_run(se
     run_cli(seeded, "seed", "--patients", "14")
     second = set(_rows(seeded / ".lab/data", "select user_id, persona, request_id from audit_events")) - first
     assert len(second) == 1 and next(iter(second))[2] != request_id
+
+
+def test_history_written_before_binding_existed_still_verifies(tmp_path):
+    """A shard from before history binding: its old rows are legacy, new rows are bound."""
+    from api_services.audit import Actor, append_audit, record_write, verify_chain
+    from api_services.db import history, metadata
+
+    engine = sqlite_engine(str(tmp_path / "legacy.db"))
+    metadata.create_all(engine)
+    actor = Actor(user_id="u-1", persona="clinician", request_id="r-1")
+    with engine.begin() as conn:  # the old way: history row, and an event that does not bind it
+        conn.execute(history.insert().values(entity="encounter", entity_id="enc-old", version=1, before=None,
+                                             after="{}", valid_from="2025-01-01", request_id="r-0", user_id="u-0"))
+        append_audit(conn, actor, "encounter.book", "encounter", "enc-old", None, {})
+    with engine.begin() as conn:
+        record_write(conn, actor, action="encounter.book", entity="encounter", entity_id="enc-new", version=1,
+                     before=None, after={"i": 1}, event_type="encounter.booked")
+    with engine.connect() as conn:
+        assert verify_chain(conn)["ok"]
+    with engine.begin() as conn:  # a row slipped in after binding began is still caught
+        conn.execute(history.insert().values(entity="encounter", entity_id="enc-x", version=9, before=None,
+                                             after="{}", valid_from="2025-01-01", request_id="r", user_id="u"))
+    with engine.connect() as conn:
+        assert "history_unbound" in {p["problem"] for p in verify_chain(conn)["problems"]}
