@@ -148,3 +148,43 @@ def test_an_unopenable_shard_leaves_the_others_serving_until_the_map_is_correcte
             assert _metric(doc.get("/metrics").text, "pim_shard_up", shard="shard-01") == 1
     finally:
         srv.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # it dies on purpose
+def test_a_worker_thread_that_dies_is_restarted_by_its_supervisor():
+    """Supervision in-process: a step that kills its thread (not an Exception) is restarted, counted."""
+    import threading
+
+    from api_services.runtime import WorkerHealth
+    from api_services.telemetry import REGISTRY
+    from api_services.workers import WorkerPool
+
+    calls = {"n": 0}
+    done = threading.Event()
+
+    def step(_engine, _shard):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SystemExit("the thread dies")  # not caught by the step's retry: only supervision helps
+        done.set()
+        return 0
+
+    class FakeEngines:
+        def write(self, _shard):
+            return None
+
+    class FakeRuntime:
+        engines, worker_health = FakeEngines(), WorkerHealth()
+
+        def shard_names(self):
+            return ["shard-x"]
+
+    before = REGISTRY.get_sample_value("pim_worker_restarts_total", {"worker": "test-pool"}) or 0
+    pool = WorkerPool("test-pool", FakeRuntime(), step, interval=0.05, every=0.05)
+    pool.start()
+    try:
+        assert done.wait(5), "the dead worker was not restarted"
+    finally:
+        pool.stop()
+        pool.join(2)
+    assert REGISTRY.get_sample_value("pim_worker_restarts_total", {"worker": "test-pool"}) == before + 1
