@@ -18,7 +18,8 @@ from api_services.config import Settings, load_settings
 from api_services.edge import EdgeMiddleware
 from api_services.routers import admin, billing, encounters, patients
 from api_services.runtime import Runtime
-from api_services.telemetry import REGISTRY, setup_tracing
+from api_services.telemetry import PIPELINE, REGISTRY, setup_tracing
+from api_services.workers import describe_failure
 
 log = logging.getLogger("pim.app")
 API_TITLE = "PIM SRE Lab healthcare API"
@@ -40,25 +41,71 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-def _readiness(rt: Runtime, cache: dict) -> tuple[bool, dict[str, str]]:
-    """Every shard answers `SELECT 1` and every worker loop is alive; cached for a second."""
+def _readiness(rt: Runtime, cache: dict) -> tuple[str, dict[str, str]]:
+    """Per shard: its store answers `SELECT 1`; per worker role and shard: its last step succeeded.
+
+    `ready` when all hold; `degraded` (still 200: one bad shard must not take the pod, hence every
+    healthy shard, out of service) when at least one shard is healthy; `not_ready` (503) when no
+    shard is, or a worker supervisor is dead. Cached for a second."""
     now = time.monotonic()
     if now - cache.get("at", 0) < 1.0:
-        return cache["ok"], cache["checks"]
+        return cache["status"], cache["checks"]
     checks: dict[str, str] = {}
+    healthy_shards = 0
+    names = rt.shard_names()
     if rt.engines is not None:
-        for name in rt.shard_names():
+        for name in names:
             try:
                 with rt.engines.read(name).connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
                 checks[name] = "ok"
-            except Exception as exc:  # reported, not raised: readiness is a report
-                checks[name] = f"error: {type(exc).__name__}"
+                healthy_shards += 1
+            except errors.ApiError as exc:  # reported, not raised: readiness is a report
+                checks[name] = f"unavailable: {exc.message}"
+            except Exception as exc:
+                checks[name] = f"unavailable: {describe_failure(exc)}"
+    states = rt.worker_health.snapshot()
+    supervisors_alive = True
     for loop in rt.workers:
-        checks[loop.name] = "ok" if loop.is_alive() else "stopped"
-    ok = all(v == "ok" for v in checks.values())
-    cache.update(at=now, ok=ok, checks=checks)
-    return ok, checks
+        alive = loop.is_alive()
+        supervisors_alive &= alive
+        failing = []
+        for shard in names:
+            state = states.get((loop.name, shard))
+            if state is None:
+                checks[f"{loop.name}:{shard}"] = "starting"
+            elif state[0]:
+                checks[f"{loop.name}:{shard}"] = "ok"
+            else:
+                since = time.strftime("%H:%M:%SZ", time.gmtime(state[2]))
+                checks[f"{loop.name}:{shard}"] = f"failing since {since}: {state[1]}"
+                failing.append(shard)
+        checks[loop.name] = "stopped" if not alive else ("ok" if not failing else "failing on " + ", ".join(failing))
+    if rt.engines is not None and healthy_shards == 0 or not supervisors_alive:
+        status = "not_ready"
+    elif all(v in ("ok", "starting") for v in checks.values()):
+        status = "ready"
+    else:
+        status = "degraded"
+    cache.update(at=now, status=status, checks=checks)
+    return status, checks
+
+
+def _pipeline_source(rt: Runtime):
+    """What the scrape-time pipeline gauges read: every shard's counts, straight from its store."""
+    from api_services.workers import pipeline_counts, reason_kind
+
+    def source():
+        for name in rt.shard_names():
+            try:
+                pending, lag = pipeline_counts(rt.engines.reporting(name))
+                yield name, pending, lag, True, ""
+            except errors.ApiError as exc:
+                yield name, None, None, False, reason_kind(exc.message)
+            except Exception as exc:
+                yield name, None, None, False, reason_kind(describe_failure(exc))
+
+    return source
 
 
 def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI:
@@ -76,6 +123,8 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
         from api_services.workers import start_workers
 
         rt.workers = start_workers(rt, roles)
+        if rt.engines is not None and (roles or service == "all"):
+            PIPELINE.source = _pipeline_source(rt)
         log.info("service started", extra={"service": service, "shard_map_version": rt.shard_map.version,
                                            "shards": rt.shard_names()})
         try:
@@ -111,11 +160,11 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["health"])
     def readyz():
-        """Readiness: shard databases reachable, worker loops alive."""
-        ok, checks = _readiness(rt, ready_cache)
-        body = {"status": "ready" if ok else "not_ready", "service": service,
-                "shard_map_version": rt.shard_map.version, "checks": checks}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        """Readiness: `ready`, `degraded` (some shard or worker unhealthy: named, with the cause) or
+        `not_ready` (503: no shard usable). One bad shard keeps the others in service."""
+        status, checks = _readiness(rt, ready_cache)
+        body = {"status": status, "service": service, "shard_map_version": rt.shard_map.version, "checks": checks}
+        return JSONResponse(body, status_code=503 if status == "not_ready" else 200)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request):

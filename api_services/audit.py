@@ -25,7 +25,16 @@ GENESIS = "0" * 64
 class Actor:
     user_id: str
     persona: str
-    request_id: str
+    request_id: str  # the server's own id of the request (or of the seed run)
+    correlation_id: str | None = None  # the client's X-Request-Id, when it sent one
+
+
+#: The outbox event each audited write action emits (what `replay` checks the stream against).
+EVENT_OF_ACTION = {"patient.create": "patient.registered", "encounter.book": "encounter.booked",
+                   "encounter.document": "encounter.documented", "claim.submit": "claim.submitted",
+                   "facility.create": "facility.registered", "provider.create": "provider.registered"}
+_OPTIONAL = ("correlation_id", "history_id", "history_hash")
+_HISTORY_FIELDS = ("id", "entity", "entity_id", "version", "before", "after", "valid_from", "request_id", "user_id")
 
 
 def now_iso() -> str:
@@ -39,7 +48,13 @@ def canonical(value) -> str | None:
 def _digest(prev_hash: str, row: dict) -> str:
     fields = {k: row[k] for k in ("seq", "event_id", "ts", "user_id", "request_id", "persona", "action",
                                   "entity", "entity_id", "before", "after")}
+    fields.update({k: row[k] for k in _OPTIONAL if row.get(k) is not None})  # chains older than them still verify
     return hashlib.sha256((prev_hash + canonical(fields)).encode()).hexdigest()
+
+
+def history_digest(row) -> str:
+    """What binds a history row into its audit event's hash: every column of the row."""
+    return hashlib.sha256(canonical({k: row[k] for k in _HISTORY_FIELDS}).encode()).hexdigest()
 
 
 def chain_head_for_update():
@@ -50,12 +65,15 @@ def chain_head_for_update():
 
 
 def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entity_id: str,
-                 before: dict | None, after: dict | None) -> dict:
+                 before: dict | None, after: dict | None, history_row: dict | None = None) -> dict:
     head = conn.execute(chain_head_for_update()).first()
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     row = {"seq": seq + 1, "event_id": str(uuid.uuid4()), "ts": now_iso(), "user_id": actor.user_id,
            "request_id": actor.request_id, "persona": actor.persona, "action": action, "entity": entity,
-           "entity_id": entity_id, "before": canonical(before), "after": canonical(after), "prev_hash": prev}
+           "entity_id": entity_id, "before": canonical(before), "after": canonical(after), "prev_hash": prev,
+           "correlation_id": actor.correlation_id,
+           "history_id": history_row["id"] if history_row else None,
+           "history_hash": history_digest(history_row) if history_row else None}
     row["hash"] = _digest(prev, row)
     conn.execute(audit_events.insert().values(**row))
     if head:
@@ -69,10 +87,10 @@ def record_write(conn: Connection, actor: Actor, *, action: str, entity: str, en
                  before: dict | None, after: dict, event_type: str) -> str:
     """History + audit + outbox for a row the caller has just written in `conn`'s transaction."""
     ts = now_iso()
-    conn.execute(history.insert().values(entity=entity, entity_id=entity_id, version=version,
-                                         before=canonical(before), after=canonical(after), valid_from=ts,
-                                         request_id=actor.request_id, user_id=actor.user_id))
-    audit = append_audit(conn, actor, action, entity, entity_id, before, after)
+    hist = {"entity": entity, "entity_id": entity_id, "version": version, "before": canonical(before),
+            "after": canonical(after), "valid_from": ts, "request_id": actor.request_id, "user_id": actor.user_id}
+    hist["id"] = conn.execute(history.insert().values(**hist)).inserted_primary_key[0]
+    audit = append_audit(conn, actor, action, entity, entity_id, before, after, history_row=hist)
     event_id = str(uuid.uuid4())
     payload = {"event_id": event_id, "type": event_type, "entity": entity, "entity_id": entity_id,
                "version": version, "audit_seq": audit["seq"], "request_id": actor.request_id,
@@ -80,6 +98,31 @@ def record_write(conn: Connection, actor: Actor, *, action: str, entity: str, en
     conn.execute(outbox.insert().values(event_id=event_id, event_type=event_type, entity_id=entity_id,
                                         payload=canonical(payload), created_at=ts))
     return event_id
+
+
+def _verify_history(conn: Connection) -> list[dict]:
+    """Every history row is bound by exactly one chained audit event, and hashes as bound."""
+    problems: list[dict] = []
+    bound = {r.history_id: (r.seq, r.history_hash) for r in conn.execute(
+        sa.select(audit_events.c.seq, audit_events.c.history_id, audit_events.c.history_hash)
+        .where(audit_events.c.history_id.is_not(None)))}
+    seen = set()
+    # Rows written before events bound history (older files) are legacy: only rows after the
+    # first bound one must be bound. A file with no bound row at all is wholly legacy.
+    floor = min(bound) if bound else None
+    for row in conn.execute(sa.select(history).order_by(history.c.id)).mappings():
+        seen.add(row["id"])
+        if row["id"] not in bound and (floor is None or row["id"] < floor):
+            continue
+        if row["id"] not in bound:
+            problems.append({"history_id": row["id"], "problem": "history_unbound",
+                             "detail": "no audit event binds this history row"})
+        elif history_digest(row) != bound[row["id"]][1]:
+            problems.append({"seq": bound[row["id"]][0], "history_id": row["id"], "problem": "history_altered"})
+    for history_id, (seq, _) in sorted(bound.items()):
+        if history_id not in seen:
+            problems.append({"seq": seq, "history_id": history_id, "problem": "history_missing"})
+    return problems
 
 
 def verify_chain(conn: Connection) -> dict:
@@ -95,6 +138,7 @@ def verify_chain(conn: Connection) -> dict:
         if _digest(row["prev_hash"], dict(row)) != row["hash"]:
             problems.append({"seq": row["seq"], "problem": "altered"})
         prev_hash, expected_seq = row["hash"], row["seq"] + 1
+    problems += _verify_history(conn)
     head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1)).first()
     last_seq = expected_seq - 1
     if head is None and count:

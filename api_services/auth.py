@@ -54,11 +54,40 @@ def load_or_create_dev_key(path: Path) -> ec.EllipticCurvePrivateKey:
 def issue_dev_token(settings: Settings, persona: str, user_id: str, ttl_seconds: int = 3600) -> str:
     if persona not in PERSONAS:
         raise ValueError(f"persona must be one of {', '.join(PERSONAS)}")
+    if not 0 < ttl_seconds <= settings.token_max_lifetime_seconds:
+        raise ValueError(f"ttl must be 1..{settings.token_max_lifetime_seconds} s, the maximum token lifetime "
+                         "(PIM_TOKEN_MAX_LIFETIME_SECONDS)")
     key = load_or_create_dev_key(settings.dev_issuer_key_file)
     now = int(time.time())
     claims = {"iss": settings.dev_issuer, "aud": settings.oidc_audience, "sub": user_id,
               settings.persona_claim: persona, "iat": now, "exp": now + ttl_seconds}
     return jwt.encode(claims, key, algorithm="ES256", headers={"kid": DEV_KID})
+
+
+LEEWAY_SECONDS = 60
+
+
+def _jwt_problem(exc: jwt.PyJWTError, audience: str) -> str:
+    """What is wrong with a token, in words (never the library's exception class)."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token has expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token is not valid yet"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return f"token audience is not {audience}"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "token issuer is not the accepted issuer"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks the required {exc.claim} claim"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "token signature does not verify"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "token algorithm is not accepted"
+    if isinstance(exc, jwt.PyJWKClientError):
+        return "token signing key is unknown to the issuer's key set"
+    if isinstance(exc, jwt.DecodeError):
+        return "token is not a well-formed JWT"
+    return "token is invalid"
 
 
 class Authenticator:
@@ -98,12 +127,22 @@ class Authenticator:
             else:
                 key, issuer, algorithms = self._dev_public, self.settings.dev_issuer, ["ES256"]
             claims = jwt.decode(token, key, algorithms=algorithms, audience=self.settings.oidc_audience,
-                                issuer=issuer, options={"require": ["exp", "sub", "iss", "aud"]})
+                                issuer=issuer, leeway=LEEWAY_SECONDS,
+                                options={"require": ["exp", "sub", "iss", "aud"]})
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {type(exc).__name__}", "invalid_token") from None
+            raise Unauthorized(_jwt_problem(exc, self.settings.oidc_audience), "invalid_token") from None
+        now = time.time()
+        issued = claims.get("iat")
+        if issued is not None and (not isinstance(issued, (int, float)) or issued > now + LEEWAY_SECONDS):
+            raise Unauthorized("token was issued in the future", "invalid_token")
+        lifetime = float(claims["exp"]) - float(issued if issued is not None else now)
+        if lifetime > self.settings.token_max_lifetime_seconds + LEEWAY_SECONDS:
+            raise Unauthorized(f"token lifetime exceeds the maximum of {self.settings.token_max_lifetime_seconds} s",
+                               "invalid_token")
         persona = claims.get(self.settings.persona_claim)
         if persona not in PERSONAS:
-            raise Unauthorized("token carries no known persona", "invalid_token")
+            raise Unauthorized(f"token carries no known persona (claim {self.settings.persona_claim!r})",
+                               "invalid_token")
         sub = str(claims["sub"])
         if not sub or len(sub) > 64:
             raise Unauthorized("token subject is invalid", "invalid_token")
@@ -111,10 +150,10 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
-            raise Unauthorized("missing bearer token", "missing_token")
+            raise Unauthorized("missing bearer token", "missing_token", challenge="invalid_request")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("authorization must be a bearer token", "invalid_token")
+            raise Unauthorized("authorization must be a bearer token", "invalid_token", challenge="invalid_request")
         principal = self.verify(token.strip())
         ctx = current_context()
         ctx.user_id, ctx.persona = principal.user_id, principal.persona

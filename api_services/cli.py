@@ -47,7 +47,11 @@ def _token(args) -> int:
     from api_services.auth import issue_dev_token
     from api_services.config import load_settings
 
-    print(issue_dev_token(load_settings(), args.persona, args.user, args.ttl))
+    try:
+        print(issue_dev_token(load_settings(), args.persona, args.user, args.ttl))
+    except ValueError as exc:
+        print(f"pimlab token: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

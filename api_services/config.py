@@ -37,6 +37,10 @@ class Settings:
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
     worker_poll_seconds: float = 0.2
+    idempotency_ttl_seconds: float = 86_400.0
+    shard_acquire_seconds: float = 2.0
+    token_max_lifetime_seconds: int = 3600
+    claim_max_cents: int = 5_000_000
     service_urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -66,6 +70,10 @@ def load_settings() -> Settings:
         otlp_endpoint=_env("PIM_OTLP_ENDPOINT", _env("OTEL_EXPORTER_OTLP_ENDPOINT")),
         log_level=_env("PIM_LOG_LEVEL", "INFO").upper(),
         worker_poll_seconds=float(_env("PIM_WORKER_POLL_SECONDS", "0.2")),
+        idempotency_ttl_seconds=float(_env("PIM_IDEMPOTENCY_TTL_SECONDS", "86400")),
+        shard_acquire_seconds=float(_env("PIM_SHARD_ACQUIRE_SECONDS", "2")),
+        token_max_lifetime_seconds=int(_env("PIM_TOKEN_MAX_LIFETIME_SECONDS", "3600")),
+        claim_max_cents=int(_env("PIM_CLAIM_MAX_CENTS", "5000000")),
         service_urls={
             name: url.rstrip("/")
             for name in ROUTED

@@ -7,12 +7,14 @@ shard so a patient's requests never need a second shard.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from api_services.errors import Unavailable
 from api_services.sharding import Shard, ShardMap
 
 MSSQL_DRIVER = "ODBC Driver 18 for SQL Server"
@@ -113,6 +115,10 @@ audit_events = sa.Table(
     sa.Column("after", sa.Text, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # added later (nullable, so older files are migrated in place); part of the hash when set
+    sa.Column("correlation_id", sa.String(64), nullable=True),  # the client's X-Request-Id
+    sa.Column("history_id", sa.Integer, nullable=True),  # the history row this event binds
+    sa.Column("history_hash", sa.String(64), nullable=True),  # sha256 of that row
 )
 audit_head = sa.Table(
     "audit_head", metadata,
@@ -187,15 +193,15 @@ def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> U
     )
 
 
-def sqlite_engine(path: str, synchronous: str = "FULL") -> Engine:
+def sqlite_engine(path: str, synchronous: str = "FULL", acquire_seconds: float = 30.0) -> Engine:
     """A SQLite engine whose transactions take the write lock up front (BEGIN IMMEDIATE).
 
     Taking the lock at BEGIN serialises writers per shard, which the audit hash chain needs,
     and avoids the lock-upgrade deadlock of deferred transactions. WAL keeps readers unblocked.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
-                              pool_size=8, max_overflow=16)
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": acquire_seconds, "check_same_thread": False},
+                              pool_size=8, max_overflow=16, pool_timeout=acquire_seconds)
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -213,10 +219,10 @@ def sqlite_engine(path: str, synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def sqlite_read_engine(path: str) -> Engine:
+def sqlite_read_engine(path: str, acquire_seconds: float = 30.0) -> Engine:
     """A reader on the same file: deferred transactions, so reads never wait for writers."""
-    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False},
-                              pool_size=8, max_overflow=16)
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": acquire_seconds, "check_same_thread": False},
+                              pool_size=8, max_overflow=16, pool_timeout=acquire_seconds)
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -239,29 +245,58 @@ class SerializedWrites:
     at the file lock, with the busy timeout as before. Everything else is the engine's.
     """
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, name: str = "", acquire_seconds: float = 30.0):
         self.engine = engine
+        self.name = name
+        self.acquire_seconds = acquire_seconds
         self.lock = threading.Lock()
 
     @contextmanager
     def begin(self):
-        with self.lock:
+        """Bounded: a writer that cannot get the shard within `acquire_seconds` gets 503, not a hang."""
+        if not self.lock.acquire(timeout=self.acquire_seconds):
+            raise Unavailable(f"shard {self.name} is busy (its write lock was not acquired within "
+                              f"{self.acquire_seconds:g} s); retry later", "shard_unavailable",
+                              headers={"Retry-After": "1"})
+        try:
             with self.engine.begin() as conn:
                 yield conn
+        finally:
+            self.lock.release()
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
 
-class Engines:
-    """Engines per shard, rebuilt for a shard only when its entry in the map changes."""
+def _why(exc: BaseException) -> str:
+    """The problem in words (never an exception class name): what an SRE reads in /readyz."""
+    if isinstance(exc, OSError):
+        return f"cannot open the store ({exc.strerror or 'I/O error'})"
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).splitlines()[0] if str(orig if orig is not None else exc) else ""
+    if "unable to open" in text:
+        return f"cannot open the store ({text})"
+    return text[:200] or "unknown error"
 
-    def __init__(self, credentials_root: Path, synchronous: str = "FULL", create_schema: bool = True):
+
+class Engines:
+    """Engines per shard, rebuilt for a shard only when its entry in the map changes.
+
+    A shard whose engines cannot be built (store cannot be opened, server unreachable) is kept as
+    a failure with its reason: its requests get 503 `shard_unavailable`, the other shards serve on,
+    and the build is retried at most every `RETRY_SECONDS` (or at once when the map changes)."""
+
+    RETRY_SECONDS = 2.0
+
+    def __init__(self, credentials_root: Path, synchronous: str = "FULL", create_schema: bool = True,
+                 acquire_seconds: float = 30.0):
         self.credentials_root = credentials_root
         self.synchronous = synchronous
         self.create_schema = create_schema
+        self.acquire_seconds = acquire_seconds
         self._lock = threading.Lock()
         self._by_shard: dict[str, tuple[Shard, Engine, Engine, Engine]] = {}
+        self._failed: dict[str, tuple[Shard, str, float]] = {}
 
     def sync(self, shard_map: ShardMap) -> None:
         with self._lock:
@@ -269,38 +304,89 @@ class Engines:
                 known = self._by_shard.get(shard.name)
                 if known and known[0] == shard:
                     continue
-                self._by_shard[shard.name] = (shard, *self._build(shard))
-                if known:
-                    for engine in known[1:]:
-                        engine.dispose()
+                failed = self._failed.get(shard.name)
+                if failed and failed[0] == shard and time.monotonic() - failed[2] < self.RETRY_SECONDS:
+                    continue
+                self._install(shard, known)
+
+    def _install(self, shard: Shard, known) -> None:
+        try:
+            built = self._build(shard)
+        except Exception as exc:  # reported per shard, never fatal to the process
+            self._failed[shard.name] = (shard, _why(exc), time.monotonic())
+            if known:
+                self._by_shard.pop(shard.name, None)
+                for engine in known[1:]:
+                    engine.dispose()
+            return
+        self._failed.pop(shard.name, None)
+        self._by_shard[shard.name] = (shard, *built)
+        if known:
+            for engine in known[1:]:
+                engine.dispose()
 
     def _build(self, shard: Shard) -> tuple[Engine, Engine, Engine]:
         if shard.sqlite_path:
-            write = sqlite_engine(shard.sqlite_path, self.synchronous)
-            if self.create_schema:
-                metadata.create_all(write)
-            read = sqlite_read_engine(shard.sqlite_path)
-            return SerializedWrites(write), read, read
-        write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True)
+            write = sqlite_engine(shard.sqlite_path, self.synchronous, self.acquire_seconds)
+            try:
+                if self.create_schema:
+                    metadata.create_all(write)
+                    migrate(write)
+                else:
+                    with write.connect() as conn:
+                        conn.exec_driver_sql("SELECT 1")
+            except Exception:
+                write.dispose()
+                raise
+            read = sqlite_read_engine(shard.sqlite_path, self.acquire_seconds)
+            return SerializedWrites(write, shard.name, self.acquire_seconds), read, read
+        write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True,
+                                 pool_timeout=self.acquire_seconds)
         if self.create_schema:
             metadata.create_all(write)
+            migrate(write)
         primary_read = write
-        reporting = sa.create_engine(mssql_url(shard, self.credentials_root, readonly=True), pool_pre_ping=True)
+        reporting = sa.create_engine(mssql_url(shard, self.credentials_root, readonly=True), pool_pre_ping=True,
+                                     pool_timeout=self.acquire_seconds)
         return write, primary_read, reporting
 
+    def _get(self, shard: str, index: int):
+        entry = self._by_shard.get(shard)
+        if entry is not None:
+            return entry[index]
+        failed = self._failed.get(shard)
+        if failed is not None and time.monotonic() - failed[2] >= self.RETRY_SECONDS:
+            with self._lock:
+                failed = self._failed.get(shard)
+                if failed is not None and time.monotonic() - failed[2] >= self.RETRY_SECONDS:
+                    self._install(failed[0], None)
+            entry = self._by_shard.get(shard)
+            if entry is not None:
+                return entry[index]
+            failed = self._failed.get(shard)
+        if failed is not None:
+            raise Unavailable(f"shard {shard} is unavailable: {failed[1]}; retry later", "shard_unavailable",
+                              headers={"Retry-After": str(int(self.RETRY_SECONDS))})
+        raise Unavailable(f"shard {shard} is not configured", "shard_unavailable", headers={"Retry-After": "1"})
+
     def write(self, shard: str) -> Engine:
-        return self._by_shard[shard][1]
+        return self._get(shard, 1)
 
     def read(self, shard: str) -> Engine:
         """Patient-facing reads: always the primary, so a client reads its own writes."""
-        return self._by_shard[shard][2]
+        return self._get(shard, 2)
 
     def reporting(self, shard: str) -> Engine:
         """KPI and admin reads: the read-only Service (AG readable secondary) in the cluster."""
-        return self._by_shard[shard][3]
+        return self._get(shard, 3)
+
+    def failure(self, shard: str) -> str | None:
+        """Why a shard's engines could not be built, or None when they are."""
+        failed = self._failed.get(shard)
+        return failed[1] if failed is not None and shard not in self._by_shard else None
 
     def names(self) -> list[str]:
-        return sorted(self._by_shard)
+        return sorted(set(self._by_shard) | set(self._failed))
 
     def dispose(self) -> None:
         with self._lock:
@@ -308,3 +394,16 @@ class Engines:
                 for engine in engines:
                     engine.dispose()
             self._by_shard.clear()
+            self._failed.clear()
+
+
+def migrate(engine) -> None:
+    """Add the nullable columns newer code knows to tables an older version created."""
+    with engine.begin() as conn:
+        inspector = sa.inspect(conn)
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD {column.name} {kind}")

@@ -15,11 +15,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException
 
+from api_services.redaction import redact
 from api_services.telemetry import RequestContext, bind_context, observe_request, reset_context, trace_ids, tracer
 
 log = logging.getLogger("pim.access")
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _QUIET = {"/healthz", "/readyz", "/metrics"}
+_WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 class EdgeMiddleware:
@@ -35,20 +37,30 @@ class EdgeMiddleware:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         supplied = headers.get("x-request-id", "")
-        ctx = RequestContext(request_id=supplied if _RID.match(supplied) else uuid.uuid4().hex)
+        # The request id is always the server's own (unique per request, so per audit row); a
+        # client's X-Request-Id is kept apart as the correlation id, redacted like any free text.
+        ctx = RequestContext(request_id=uuid.uuid4().hex,
+                             correlation_id=redact(supplied)[:64] if _RID.match(supplied) else None)
         token = bind_context(ctx)
         method = scope["method"]
+        head = method == "HEAD"
+        if head:  # HEAD wherever GET: route it as GET, send the headers and no body
+            scope = {**scope, "method": "GET"}
         state = {"status": 500, "started": False}
         parent = propagate.extract(headers)
         with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER,
                                             record_exception=False, set_status_on_exception=False) as span:
             trace_id, span_id = trace_ids()
             extra_headers = [(b"x-request-id", ctx.request_id.encode()), (b"x-trace-id", trace_id.encode())]
+            if ctx.correlation_id:
+                extra_headers.append((b"x-correlation-id", ctx.correlation_id.encode()))
 
             async def send_wrapper(message):
                 if message["type"] == "http.response.start":
                     state["status"], state["started"] = message["status"], True
                     message = {**message, "headers": list(message.get("headers", [])) + extra_headers}
+                elif head and message["type"] == "http.response.body":
+                    message = {**message, "body": b""}
                 await send(message)
 
             seen = 0
@@ -64,9 +76,15 @@ class EdgeMiddleware:
 
             try:
                 declared = headers.get("content-length")
+                media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                has_body = (declared not in (None, "", "0")) or "transfer-encoding" in headers
                 if declared and declared.isdigit() and int(declared) > self.max_body:
                     await self._error(send_wrapper, 413, "payload_too_large",
                                       f"body larger than {self.max_body} bytes", ctx.request_id)
+                elif method in _WITH_BODY and has_body and not (media == "application/json" or media.endswith("+json")):
+                    await self._error(send_wrapper, 415, "unsupported_media_type",
+                                      f"request body must be application/json, not {media[:60] or 'untyped'}",
+                                      ctx.request_id)
                 else:
                     await self.app(scope, receive_wrapper, send_wrapper)
             except Exception as exc:  # last resort: never leak a trace, always answer JSON

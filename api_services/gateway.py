@@ -80,7 +80,8 @@ def install(app: FastAPI, rt) -> None:
         body = await request.body()
         _tag_shard(rt, full, body)
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED}
-        headers["x-request-id"] = current_context().request_id
+        ctx = current_context()  # the service makes its own request id; the correlation id carries over
+        headers["x-request-id"] = ctx.correlation_id or ctx.request_id
         with tracer().start_as_current_span(f"gateway.forward {service}", attributes={"pim.service": service}):
             inject_trace_headers(headers)
             try:

@@ -7,6 +7,7 @@ Seeding goes through the same domain functions as the API, so seed rows are audi
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import datetime, timedelta, timezone
 
 from api_services.audit import Actor, record_write
@@ -25,7 +26,14 @@ CPT = [("99213", "Office visit, established patient"), ("90471", "Immunization a
 MEDS = [("Amoxicillin", "500 mg"), ("Ibuprofen", "400 mg"), ("Hydrocortisone cream", "1 percent")]
 PAYERS = ["Synthetic Health Plan", "Lab Mutual", "Demo Care"]
 BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
-SEEDER = Actor(user_id="seed", persona="system", request_id="seed")
+#: The named system actor seed rows are attributed to (each run gets its own request id).
+SEED_ACTOR = "system:seed"
+
+
+def seed_actor(seed_value: int) -> Actor:
+    """The seed run's actor: a real, unique request id per run; the seed value as correlation id."""
+    return Actor(user_id=SEED_ACTOR, persona="system", request_id=uuid.uuid4().hex,
+                 correlation_id=f"pimlab-seed-{seed_value}")
 
 
 def _name(rng: random.Random) -> str:
@@ -40,6 +48,7 @@ def seeded_patient_id(seed_value: int, index: int) -> str:
 
 def seed(engines: Engines, shard_map: ShardMap, seed_value: int = 42, n_patients: int = 200) -> dict:
     rng = random.Random(seed_value)
+    SEEDER = seed_actor(seed_value)  # noqa: N806 - one actor for the whole run
     facs = [{"facility_id": f"fac-{i:03d}", "name": f"{CITIES[i % len(CITIES)]} Clinic {i}",
              "city": CITIES[i % len(CITIES)]} for i in range(1, 6)]
     provs = [{"provider_id": f"prv-{i:04d}", "display_name": f"Dr. {_name(rng)}",

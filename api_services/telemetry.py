@@ -25,6 +25,7 @@ from api_services.redaction import redact
 @dataclass
 class RequestContext:
     request_id: str = "-"
+    correlation_id: str | None = None
     user_id: str = "-"
     persona: str = "-"
     shard: str = "none"
@@ -71,7 +72,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
             "trace_id": trace_id, "span_id": span_id,
-            "request_id": ctx.request_id, "user_id": ctx.user_id, "persona": ctx.persona, "shard": ctx.shard,
+            "request_id": ctx.request_id, "correlation_id": ctx.correlation_id, "user_id": ctx.user_id,
+            "persona": ctx.persona, "shard": ctx.shard,
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and key not in out and key != "color_message":
@@ -108,11 +110,55 @@ DB_TX_DURATION = Histogram("pim_db_transaction_duration_seconds", "Duration of o
 SHARD_MAP_VERSION = Gauge("pim_shard_map_version", "Version of the shard map in use.", registry=REGISTRY)
 OUTBOX_PUBLISHED = Counter("pim_outbox_published_events", "Outbox events relayed to the event stream.",
                            ("shard",), registry=REGISTRY)
-OUTBOX_PENDING = Gauge("pim_outbox_pending_events", "Outbox events not yet relayed.", ("shard",), registry=REGISTRY)
 PROJECTED = Counter("pim_projection_applied_events", "Events applied to read models.", ("shard", "event_type"),
                     registry=REGISTRY)
-PROJECTION_LAG = Gauge("pim_projection_lag_events", "Published events not yet projected.", ("shard",),
-                       registry=REGISTRY)
+WORKER_UP = Gauge("pim_worker_up", "1 when the worker's last step on the shard succeeded, 0 while it fails.",
+                  ("worker", "shard"), registry=REGISTRY)
+WORKER_FAILURES = Counter("pim_worker_failures", "Failed worker steps, by shard and kind of cause.",
+                          ("worker", "shard", "reason"), registry=REGISTRY)
+WORKER_RESTARTS = Counter("pim_worker_restarts", "Worker threads restarted by their supervisor.", ("worker",),
+                          registry=REGISTRY)
+REFUSED_AUDIT_SUPPRESSED = Counter("pim_refused_audit_suppressed",
+                                   "Refused attempts (401/403) not audited because the audit rate limit was hit.",
+                                   registry=REGISTRY)
+
+
+class PipelineCollector:
+    """Pipeline gauges computed at scrape time from the shards themselves, so they stay true when
+    a worker is stuck: `pim_outbox_pending_events`, `pim_projection_lag_events`, `pim_shard_up`.
+    `source()` yields (shard, pending|None, lag|None, up, reason)."""
+
+    def __init__(self):
+        self.source = None
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        pending = GaugeMetricFamily("pim_outbox_pending_events", "Outbox events not yet relayed (counted at scrape).",
+                                    labels=["shard"])
+        lag = GaugeMetricFamily("pim_projection_lag_events", "Published events not yet projected (counted at scrape).",
+                                labels=["shard"])
+        up = GaugeMetricFamily("pim_shard_up", "1 when the shard's store answers, 0 otherwise.", labels=["shard"])
+        down = GaugeMetricFamily("pim_shard_unhealthy", "1 for an unhealthy shard, labelled with the kind of cause.",
+                                 labels=["shard", "reason"])
+        source = self.source
+        if source is not None:
+            for shard, n_pending, n_lag, is_up, reason in source():
+                if n_pending is not None:
+                    pending.add_metric([shard], n_pending)
+                if n_lag is not None:
+                    lag.add_metric([shard], n_lag)
+                up.add_metric([shard], 1 if is_up else 0)
+                if not is_up:
+                    down.add_metric([shard, reason], 1)
+        return [pending, lag, up, down]
+
+
+PIPELINE = PipelineCollector()
+REGISTRY.register(PIPELINE)
 RATE_LIMITED = Counter("pim_rate_limited_requests", "Requests refused by the rate limiter.", ("persona",),
                        registry=REGISTRY)
 

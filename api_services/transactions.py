@@ -1,14 +1,21 @@
 """One write = one transaction on one shard, with idempotency and a repository span.
 
-Idempotency records live in the same shard and the same transaction as the write they
-remember, so a retried POST either sees the whole first write or none of it.
+Idempotency is global per caller: an `Idempotency-Key` has one *home* shard, chosen by hashing
+(caller, key) over the shard map, which records which request the key was first used for.
+When the write lands on the home shard the record is written in the write's own transaction;
+otherwise the home shard reserves the key first (one short transaction), the write runs on its
+own shard (which also remembers the key, in the write's transaction, so a retry after a crash
+at any point never writes twice) and the home record is completed with the answer. Keys are
+stored as SHA-256 digests, never in clear, and expire after `PIM_IDEMPOTENCY_TTL_SECONDS`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import sqlalchemy as sa
@@ -16,37 +23,80 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api_services.audit import now_iso
 from api_services.db import idempotency_keys
-from api_services.errors import Conflict, Unavailable
+from api_services.errors import ApiError, Conflict, Unavailable
 from api_services.telemetry import DB_TX_DURATION, tracer
+
+log = logging.getLogger("pim.transactions")
+PENDING = 0  # status_code of a home record whose write has not answered yet
+DEFAULT_TTL_SECONDS = 86_400
 
 
 def request_hash(method: str, path: str, body: dict) -> str:
-    return hashlib.sha256(f"{method} {path} ".encode() + json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    text = f"{method} {path} ".encode() + json.dumps(body, sort_keys=True, default=str).encode()
+    return hashlib.sha256(text).hexdigest()
 
 
-def _stored(conn, user_id: str, key: str):
-    return conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
-                                                          idempotency_keys.c.key == key)).first()
+def key_digest(key: str) -> str:
+    """What is stored for an Idempotency-Key: its SHA-256 (a key may carry anything a client typed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _cutoff(ttl_seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=ttl_seconds)).isoformat(timespec="microseconds")
+
+
+def _stored(conn, user_id: str, key: str, ttl_seconds: float = DEFAULT_TTL_SECONDS):
+    """The live record of (caller, key); an expired one is deleted and reads as absent."""
+    row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
+                                                         idempotency_keys.c.key == key)).first()
+    if row is not None and row.created_at < _cutoff(ttl_seconds):
+        conn.execute(idempotency_keys.delete().where(idempotency_keys.c.user_id == user_id,
+                                                     idempotency_keys.c.key == key))
+        return None
+    return row
+
+
+def _reused() -> Conflict:
+    return Conflict("Idempotency-Key was already used for a different request", "idempotency_key_reused")
 
 
 def _replay(row, req_hash: str) -> tuple[int, dict, bool]:
     if row.request_hash != req_hash:
-        raise Conflict("Idempotency-Key was already used for a different request", "idempotency_key_reused")
+        raise _reused()
     return row.status_code, json.loads(row.response), True
 
 
+def _unavailable(shard: str, exc: OperationalError) -> Unavailable:
+    text = str(getattr(exc, "orig", exc)).lower()
+    if "locked" in text or "busy" in text or "timeout" in text:
+        why = "is busy (its write lock was not acquired in time)"
+    elif "unable to open" in text or "no such table" in text or "readonly" in text:
+        why = "cannot be opened"
+    else:
+        why = "is unavailable"
+    return Unavailable(f"shard {shard} {why}; retry later", "shard_unavailable", headers={"Retry-After": "1"})
+
+
 def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
-              idempotency_key: str | None = None, req_hash: str = "") -> tuple[int, dict, bool]:
-    """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed)."""
+              idempotency_key: str | None = None, req_hash: str = "",
+              ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
+    """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed).
+
+    `idempotency_key` is the key's digest: the record is kept in this transaction."""
     started = time.perf_counter()
     with tracer().start_as_current_span("repository.transaction", attributes={
             "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action}):
         try:
             with engine.begin() as conn:
                 if idempotency_key:
-                    row = _stored(conn, user_id, idempotency_key)
-                    if row is not None:
+                    row = _stored(conn, user_id, idempotency_key, ttl_seconds)
+                    if row is not None and row.status_code != PENDING:
                         return _replay(row, req_hash)
+                    if row is not None:  # our own pending reservation (home == this shard)
+                        if row.request_hash != req_hash:
+                            raise _reused()
+                        conn.execute(idempotency_keys.delete().where(idempotency_keys.c.user_id == user_id,
+                                                                     idempotency_keys.c.key == idempotency_key))
                 body = fn(conn)
                 if idempotency_key:
                     conn.execute(idempotency_keys.insert().values(
@@ -56,15 +106,81 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
             if not idempotency_key:
                 raise
             with engine.connect() as conn:  # a concurrent twin committed first: answer as it did
-                row = _stored(conn, user_id, idempotency_key)
-            if row is None:
+                row = _stored(conn, user_id, idempotency_key, ttl_seconds)
+            if row is None or row.status_code == PENDING:
                 raise
             return _replay(row, req_hash)
         except OperationalError as exc:
-            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc
+            raise _unavailable(shard, exc) from exc
         finally:
             DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
     return status, body, False
+
+
+def _reserve(engine, shard: str, user_id: str, key: str, req_hash: str, ttl: float) -> tuple[int, dict, bool] | None:
+    """On the key's home shard: the first answer (replay), 409, or None once the key is reserved."""
+    try:
+        with engine.begin() as conn:
+            row = _stored(conn, user_id, key, ttl)
+            if row is not None:
+                if row.request_hash != req_hash:
+                    raise _reused()
+                return None if row.status_code == PENDING else _replay(row, req_hash)
+            conn.execute(idempotency_keys.insert().values(user_id=user_id, key=key, request_hash=req_hash,
+                                                          status_code=PENDING, response="", created_at=now_iso()))
+    except IntegrityError:  # a concurrent twin reserved it first: decide against its record
+        return _reserve(engine, shard, user_id, key, req_hash, ttl)
+    except OperationalError as exc:
+        raise _unavailable(shard, exc) from exc
+    return None
+
+
+def _settle(engine, user_id: str, key: str, req_hash: str, answer: tuple[int, dict] | None) -> None:
+    """Complete the home record with the answer, or release it when the write was refused."""
+    where = (idempotency_keys.c.user_id == user_id, idempotency_keys.c.key == key,
+             idempotency_keys.c.request_hash == req_hash, idempotency_keys.c.status_code == PENDING)
+    try:
+        with engine.begin() as conn:
+            if answer is None:
+                conn.execute(idempotency_keys.delete().where(*where))
+            else:
+                conn.execute(idempotency_keys.update().where(*where).values(
+                    status_code=answer[0], response=json.dumps(answer[1], default=str)))
+    except Exception as exc:  # the write's own shard remembers the key: a retry still answers right
+        log.warning("idempotency home record not settled", extra={"error_type": type(exc).__name__})
+
+
+def write(rt, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
+          idempotency_key: str | None = None, req_hash: str = "") -> tuple[int, dict, bool]:
+    """A write on `shard`, with the caller's Idempotency-Key honoured across every shard."""
+    ttl = rt.settings.idempotency_ttl_seconds
+    if not idempotency_key:
+        return run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id, ttl_seconds=ttl)
+    key = key_digest(idempotency_key)
+    home = rt.idempotency_home(user_id, key)
+    if home == shard:
+        return run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id,
+                         idempotency_key=key, req_hash=req_hash, ttl_seconds=ttl)
+    home_engine = rt.write_engine(home)
+    first = _reserve(home_engine, home, user_id, key, req_hash, ttl)
+    if first is not None:
+        return first
+    try:
+        out = run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id,
+                        idempotency_key=key, req_hash=req_hash, ttl_seconds=ttl)
+    except ApiError as exc:
+        if exc.status < 500:  # refused: the key is not consumed (as on a single shard)
+            _settle(home_engine, user_id, key, req_hash, None)
+        raise
+    _settle(home_engine, user_id, key, req_hash, (out[0], out[1]))
+    return out
+
+
+def purge_expired_keys(engine, ttl_seconds: float) -> int:
+    """Delete idempotency records past their lifetime (the relay does this once a minute)."""
+    with engine.begin() as conn:
+        return conn.execute(idempotency_keys.delete().where(idempotency_keys.c.created_at < _cutoff(ttl_seconds))
+                            ).rowcount or 0
 
 
 def run_read(engine, shard: str, fn: Callable):
@@ -74,4 +190,4 @@ def run_read(engine, shard: str, fn: Callable):
             with engine.connect() as conn:
                 return fn(conn)
         except OperationalError as exc:
-            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc
+            raise _unavailable(shard, exc) from exc

@@ -1,5 +1,10 @@
 """Outbox relay and projection worker: poll loops that are safe to run in many processes.
 
+Each worker role runs one thread per shard under a supervisor, so a stalled or broken shard
+delays only its own events. A failing step is retried with exponential backoff, reported
+(`/readyz`, `pim_worker_up`, `pim_worker_failures_total`) with the shard and the cause, and the
+thread carries on by itself once the cause is gone; a thread that dies is restarted.
+
 Relay: claim a batch of unpublished outbox rows (a lease, so a crashed relay's claim expires),
 append them to the shard's event stream (idempotent by event_id), mark them published.
 Projection: apply each stream event to the KPIs and record its id in `processed_events` in the
@@ -16,12 +21,11 @@ import threading
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from api_services.audit import now_iso
 from api_services.db import event_stream, outbox, processed_events
 from api_services.domain import kpis
-from api_services.telemetry import OUTBOX_PENDING, OUTBOX_PUBLISHED, PROJECTED, PROJECTION_LAG, tracer
+from api_services.telemetry import OUTBOX_PUBLISHED, PROJECTED, WORKER_FAILURES, WORKER_RESTARTS, tracer
 
 log = logging.getLogger("pim.workers")
 CONSUMER = "financial-kpis"
@@ -50,7 +54,6 @@ def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
                 sa.select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(batch)
                 .with_hint(outbox, "WITH (UPDLOCK, READPAST, ROWLOCK)", dialect_name="mssql")).mappings().all()
             if not rows:
-                OUTBOX_PENDING.labels(shard).set(0)
                 return 0
             span.set_attribute("pim.batch", len(rows))
             known = set(conn.execute(sa.select(event_stream.c.event_id)
@@ -63,10 +66,7 @@ def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
             conn.execute(outbox.update().where(outbox.c.id.in_([r["id"] for r in rows]),
                                                outbox.c.published_at.is_(None))
                          .values(published_at=ts, claimed_by=me, claimed_at=time.time()))
-            remaining = 0 if len(rows) < batch else conn.execute(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))).scalar_one()
     OUTBOX_PUBLISHED.labels(shard).inc(len(rows))
-    OUTBOX_PENDING.labels(shard).set(remaining)
     return len(rows)
 
 
@@ -80,7 +80,6 @@ def project_once(engine, shard: str, batch: int = BATCH) -> int:
                             .where(event_stream.c.position > checkpoint - REORDER_WINDOW, ~sa.exists(done))
                             .order_by(event_stream.c.position).limit(batch)).mappings().all()
         if not rows:
-            PROJECTION_LAG.labels(shard).set(0)
             return 0
         with tracer().start_as_current_span("projection.apply", attributes={"pim.shard": shard,
                                                                             "pim.batch": len(rows)}):
@@ -90,50 +89,157 @@ def project_once(engine, shard: str, batch: int = BATCH) -> int:
                                                               position=row["position"], processed_at=ts))
                 kpis.apply(conn, kpis.deltas(row["event_type"], json.loads(row["payload"])))
                 PROJECTED.labels(shard, row["event_type"]).inc()
-        last = conn.execute(sa.select(sa.func.max(event_stream.c.position))).scalar() or 0
-    PROJECTION_LAG.labels(shard).set(max(0, last - rows[-1]["position"]))
     return len(rows)
 
 
-class PollLoop(threading.Thread):
-    """Runs `step(engine, shard)` over every shard until stopped; errors are logged, not fatal."""
+def pipeline_counts(engine) -> tuple[int, int | None]:
+    """(outbox rows not yet relayed, stream events not yet projected or None when unreadable),
+    read from the shard; the pending count never depends on the stream being readable."""
+    with engine.connect() as conn:
+        pending = conn.execute(sa.select(sa.func.count()).select_from(outbox)
+                               .where(outbox.c.published_at.is_(None))).scalar_one()
+    try:
+        with engine.connect() as conn:
+            published = conn.execute(sa.select(sa.func.count()).select_from(event_stream)).scalar_one()
+            projected = conn.execute(sa.select(sa.func.count()).select_from(processed_events)
+                                     .where(processed_events.c.consumer == CONSUMER)).scalar_one()
+    except Exception:  # e.g. the stream table is gone: the workers report why
+        return int(pending), None
+    return int(pending), max(0, int(published) - int(projected))
 
-    def __init__(self, name: str, runtime, step, interval: float, batch: int = BATCH):
-        super().__init__(name=name, daemon=True)
-        self.runtime, self.step, self.interval, self.batch = runtime, step, interval, batch
+
+def reason_kind(text: str) -> str:
+    """A bounded label for a failure's cause (the full text is in /readyz and the logs)."""
+    low = text.lower()
+    for needle, kind in (("cannot open", "cannot_open"), ("unable to open", "cannot_open"), ("locked", "locked"),
+                         ("busy", "locked"), ("no such table", "schema"), ("no such column", "schema"),
+                         ("not configured", "not_configured"), ("timeout", "timeout")):
+        if needle in low:
+            return kind
+    return "error"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The cause in words for /readyz: the store's own message, never an exception class name."""
+    message = getattr(exc, "message", None)  # ApiError (e.g. shard unavailable)
+    if message:
+        return str(message)[:200]
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return (text[0] if text else "unknown error")[:200]
+
+
+class ShardWorker(threading.Thread):
+    """One role on one shard: `step(engine, shard)` in a loop, with backoff while it fails."""
+
+    BACKOFF_MAX = 5.0
+
+    def __init__(self, role: str, shard: str, runtime, step, interval: float, batch: int = BATCH):
+        super().__init__(name=f"{role}:{shard}", daemon=True)
+        self.role, self.shard, self.runtime, self.step = role, shard, runtime, step
+        self.interval, self.batch = interval, batch
         self.stop_event = threading.Event()
-        self.last_success = 0.0
 
     def run(self) -> None:
+        health = self.runtime.worker_health
+        backoff = self.interval
         while not self.stop_event.is_set():
-            busy = False
-            for shard in self.runtime.shard_names():
-                try:
-                    # Only a full batch means a backlog worth looping for at once; otherwise wait the
-                    # interval so events accumulate into fewer, larger transactions (each one is an
-                    # fsync under the shard's write lock, in the way of request writes).
-                    busy |= self.step(self.runtime.engines.write(shard), shard) >= self.batch
-                    self.last_success = time.monotonic()
-                except (IntegrityError, OperationalError) as exc:
-                    log.warning("worker step retried", extra={"worker": self.name, "shard_name": shard,
-                                                              "error_type": type(exc).__name__})
-                except Exception:
-                    log.exception("worker step failed", extra={"worker": self.name, "shard_name": shard})
-            if not busy:
-                self.stop_event.wait(self.interval)
+            try:
+                # Only a full batch means a backlog worth looping for at once; otherwise wait the
+                # interval so events accumulate into fewer, larger transactions (each one is an
+                # fsync under the shard's write lock, in the way of request writes).
+                busy = self.step(self.runtime.engines.write(self.shard), self.shard) >= self.batch
+                health.ok(self.role, self.shard)
+                backoff = self.interval
+                if not busy:
+                    self.stop_event.wait(self.interval)
+            except Exception as exc:  # reported and retried: a worker never dies of a shard's fault
+                reason = describe_failure(exc)
+                health.failed(self.role, self.shard, reason)
+                WORKER_FAILURES.labels(self.role, self.shard, reason_kind(reason)).inc()
+                log.warning("worker step failed; retrying with backoff",
+                            extra={"worker": self.role, "shard_name": self.shard, "reason": reason,
+                                   "retry_in_s": round(backoff, 2)})
+                self.stop_event.wait(backoff)
+                backoff = min(self.BACKOFF_MAX, backoff * 2)
 
     def stop(self) -> None:
         self.stop_event.set()
 
 
-def start_workers(runtime, roles: set[str]) -> list[PollLoop]:
+class WorkerPool(threading.Thread):
+    """The supervisor of one role: a ShardWorker per shard in the current map, restarted if it
+    dies, added and removed as the map changes. `is_alive()` is the role's liveness."""
+
+    def __init__(self, name: str, runtime, step, interval: float, batch: int = BATCH, every: float = 0.5):
+        super().__init__(name=name, daemon=True)
+        self.runtime, self.step, self.interval, self.batch, self.every = runtime, step, interval, batch, every
+        self.stop_event = threading.Event()
+        self.workers: dict[str, ShardWorker] = {}
+
+    def _reconcile(self) -> None:
+        wanted = set(self.runtime.shard_names())
+        for shard in sorted(wanted):
+            current = self.workers.get(shard)
+            if current is not None and current.is_alive():
+                continue
+            if current is not None:
+                WORKER_RESTARTS.labels(self.name).inc()
+                log.error("worker thread died; restarting", extra={"worker": self.name, "shard_name": shard})
+            worker = ShardWorker(self.name, shard, self.runtime, self.step, self.interval, self.batch)
+            self.workers[shard] = worker
+            worker.start()
+        for shard in sorted(set(self.workers) - wanted):
+            self.workers.pop(shard).stop()
+            self.runtime.worker_health.forget(self.name, shard)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self._reconcile()
+            except Exception:  # a bad moment (e.g. map reload) must not end supervision
+                log.exception("worker supervision step failed", extra={"worker": self.name})
+            self.stop_event.wait(self.every)
+        for worker in self.workers.values():
+            worker.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        for worker in list(self.workers.values()):
+            worker.join(timeout)
+
+
+PURGE_EVERY_SECONDS = 60.0
+
+
+def _relay_step(me: str, ttl_seconds: float):
+    """The relay's step: publish a batch, and purge expired idempotency keys once a minute."""
+    last_purge: dict[str, float] = {}
+
+    def step(engine, shard: str) -> int:
+        moved = relay_once(engine, shard, me)
+        now = time.monotonic()
+        if now - last_purge.get(shard, 0.0) >= PURGE_EVERY_SECONDS:
+            from api_services.transactions import purge_expired_keys
+
+            purge_expired_keys(engine, ttl_seconds)
+            last_purge[shard] = now
+        return moved
+
+    return step
+
+
+def start_workers(runtime, roles: set[str]) -> list[WorkerPool]:
     loops = []
     if "outbox-relay" in roles:
-        me = worker_id("relay")
-        loops.append(PollLoop("outbox-relay", runtime, lambda e, s: relay_once(e, s, me),
-                              runtime.settings.worker_poll_seconds))
+        loops.append(WorkerPool("outbox-relay", runtime,
+                                _relay_step(worker_id("relay"), runtime.settings.idempotency_ttl_seconds),
+                                runtime.settings.worker_poll_seconds))
     if "projection-worker" in roles:
-        loops.append(PollLoop("projection-worker", runtime, project_once, runtime.settings.worker_poll_seconds))
+        loops.append(WorkerPool("projection-worker", runtime, project_once, runtime.settings.worker_poll_seconds))
     for loop in loops:
         loop.start()
     return loops

@@ -10,14 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import claims
 from api_services.domain import ids
+from api_services.redaction import FreeText
 
 
 class SubmitClaim(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     encounter_id: Annotated[str, Field(pattern=ids.ENCOUNTER_ID)]
-    amount_cents: Annotated[int, Field(ge=1, le=100_000_000)]
-    payer: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")]
+    amount_cents: Annotated[int, Field(strict=True, ge=1, le=100_000_000,
+                                       description="Cents; at most the configured ceiling (`PIM_CLAIM_MAX_CENTS`)")]
+    payer: FreeText(80, pattern=r"^[A-Za-z][A-Za-z0-9 &.-]*$")
 
 
 class Claim(BaseModel):
@@ -34,6 +36,16 @@ class Claim(BaseModel):
 def snapshot(conn, claim_id: str) -> dict | None:
     row = conn.execute(sa.select(claims).where(claims.c.claim_id == claim_id)).mappings().first()
     return dict(row) if row else None
+
+
+OPEN_STATUSES = ("submitted",)
+
+
+def open_claim_for(conn, encounter_id: str) -> str | None:
+    """The encounter's open claim, if any (locked on SQL Server until commit, so two cannot race)."""
+    return conn.execute(sa.select(claims.c.claim_id).where(claims.c.encounter_id == encounter_id,
+                                                          claims.c.status.in_(OPEN_STATUSES))
+                        .with_hint(claims, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql")).scalar()
 
 
 def submit(conn, actor: Actor, claim_id: str, patient_id: str, data: SubmitClaim) -> dict:

@@ -2,53 +2,72 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import diagnoses, encounters, medications, procedures
 from api_services.domain import ids
-from api_services.redaction import redact
+from api_services.redaction import FreeText
 
 
 class BookEncounter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the example books for the first patient `pimlab seed` makes, so a stateful client can go on
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "patient_id": ids.new_patient_id("seed", "42:patient:0"), "provider_id": "prv-0001",
+        "facility_id": "fac-001", "scheduled_for": "2026-06-01T09:30:00Z", "reason": "follow-up visit"}]})
 
     patient_id: Annotated[str, Field(pattern=ids.PATIENT_ID)]
     provider_id: Annotated[str, Field(pattern=ids.PROVIDER_ID)]
     facility_id: Annotated[str, Field(pattern=ids.FACILITY_ID)]
-    scheduled_for: AwareDatetime
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    scheduled_for: Annotated[AwareDatetime, Field(description="With a timezone; from 10 years ago to 2 years ahead")]
+    reason: FreeText(200)
+
+    @field_validator("scheduled_for")
+    @classmethod
+    def _plausible(cls, value: datetime) -> datetime:
+        now = datetime.now(timezone.utc)
+        earliest, latest = now - timedelta(days=3653), now + timedelta(days=731)
+        try:
+            utc = value.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not earliest <= utc <= latest:
+            raise ValueError(f"scheduled_for must be between {earliest:%Y-%m-%d} and {latest:%Y-%m-%d}")
+        return utc
 
 
 class Diagnosis(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-Z]{1,4})?$", description="ICD-10-CM")]
-    description: Annotated[str, Field(min_length=1, max_length=200)]
+    description: FreeText(200)
 
 
 class Procedure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Annotated[str, Field(pattern=r"^[0-9]{5}$", description="CPT")]
-    description: Annotated[str, Field(min_length=1, max_length=200)]
+    description: FreeText(200)
 
 
 class Medication(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9 -]*$")]
-    dose: Annotated[str, Field(min_length=1, max_length=40)]
+    name: FreeText(80, pattern=r"^[A-Za-z][A-Za-z0-9 -]*$")
+    dose: FreeText(40)
 
 
 class EncounterNotes(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "notes": "Seen for a follow-up; plan discussed.", "diagnoses": [{"code": "J06.9", "description": "Acute URI"}],
+        "procedures": [{"code": "99213", "description": "Office visit"}],
+        "medications": [{"name": "Ibuprofen", "dose": "400 mg"}]}]})
 
-    notes: Annotated[str, Field(min_length=1, max_length=4000)]
+    notes: FreeText(4000)
     diagnoses: Annotated[list[Diagnosis], Field(max_length=20)] = []
     procedures: Annotated[list[Procedure], Field(max_length=20)] = []
     medications: Annotated[list[Medication], Field(max_length=20)] = []
@@ -101,7 +120,7 @@ def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
     row = {"encounter_id": encounter_id, "patient_id": data.patient_id, "provider_id": data.provider_id,
            "facility_id": data.facility_id,
            "scheduled_for": data.scheduled_for.astimezone(timezone.utc).isoformat(),
-           "reason": redact(data.reason), "status": "booked", "notes": None, "version": 1,
+           "reason": data.reason, "status": "booked", "notes": None, "version": 1,
            "created_at": ts, "updated_at": ts}
     conn.execute(encounters.insert().values(**row))
     after = {**row, "diagnoses": [], "procedures": [], "medications": []}
@@ -114,7 +133,7 @@ def document(conn, actor: Actor, before: dict, data: EncounterNotes) -> dict:
     """Replace the encounter's notes and coded entries; notes are redacted before storage."""
     encounter_id = before["encounter_id"]
     version = before["version"] + 1
-    updated = {"notes": redact(data.notes), "status": "documented", "version": version, "updated_at": now_iso()}
+    updated = {"notes": data.notes, "status": "documented", "version": version, "updated_at": now_iso()}
     result = conn.execute(encounters.update().where(encounters.c.encounter_id == encounter_id,
                                                     encounters.c.version == before["version"]).values(**updated))
     if result.rowcount != 1:

@@ -21,6 +21,7 @@ class ShardKpis(BaseModel):
 class FinancialKpis(BaseModel):
     total: ShardKpis
     shards: list[ShardKpis]
+    unavailable_shards: list[str] = []
 
 
 def deltas(event_type: str, payload: dict) -> dict[str, int]:

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import patients
+from api_services.redaction import FreeText
 
 Sex = Literal["F", "M", "X"]
 
 
 class PatientCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"pseudonym": "Example Person", "birth_year": 1980, "sex": "F"}]})
 
-    pseudonym: Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")]
-    birth_year: Annotated[int, Field(ge=1900, le=2030)]
+    pseudonym: FreeText(120, pattern=r"^[A-Za-z][A-Za-z .'-]*$")
+    birth_year: Annotated[int, Field(strict=True, ge=1900, le=2100, description="Not in the future")]
     sex: Sex
+
+    @field_validator("birth_year")
+    @classmethod
+    def _not_in_the_future(cls, value: int) -> int:
+        this_year = datetime.now(timezone.utc).year
+        if value > this_year:
+            raise ValueError(f"birth_year must be between 1900 and {this_year}")
+        return value
 
 
 class Patient(BaseModel):

@@ -13,7 +13,9 @@ IdempotencyKey = Header(None, alias="Idempotency-Key", min_length=1, max_length=
 
 
 def actor(who: Principal) -> Actor:
-    return Actor(user_id=who.user_id, persona=who.persona, request_id=current_context().request_id)
+    ctx = current_context()
+    return Actor(user_id=who.user_id, persona=who.persona, request_id=ctx.request_id,
+                 correlation_id=ctx.correlation_id)
 
 
 def answer_write(response: Response, status: int, location: str, replayed: bool) -> None:
@@ -22,3 +24,40 @@ def answer_write(response: Response, status: int, location: str, replayed: bool)
     response.headers["Location"] = location
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+
+
+def _link(operation: str, description: str, parameters: dict | None = None, body: dict | None = None) -> dict:
+    out = {"operationId": operation, "description": description}
+    if parameters:
+        out["parameters"] = parameters
+    if body:
+        out["requestBody"] = body
+    return out
+
+
+#: OpenAPI links, so a stateful client (schemathesis) can create, then read, document and claim.
+LINKS = {
+    "patient_created": {"links": {
+        "GetPatient": _link("get_patient_patients__patient_id__get", "read the new patient",
+                            {"patient_id": "$response.body#/patient_id"}),
+        "ListPatientEncounters": _link("list_patient_encounters_patients__patient_id__encounters_get",
+                                       "the new patient's encounters", {"patient_id": "$response.body#/patient_id"}),
+    }},
+    "encounter_booked": {"links": {
+        "GetEncounter": _link("get_encounter_encounters__encounter_id__get", "read the booked encounter",
+                              {"encounter_id": "$response.body#/tracking_id"}),
+        "DocumentEncounter": _link("document_encounter_encounters__encounter_id__notes_patch",
+                                   "document the booked encounter", {"encounter_id": "$response.body#/tracking_id"}),
+    }},
+    "encounter_documented": {"links": {
+        "GetDocumentedEncounter": _link("get_encounter_encounters__encounter_id__get", "read it back",
+                                        {"encounter_id": "$response.body#/encounter_id"}),
+        "ClaimEncounter": _link("submit_claim_claims_post", "claim the documented encounter",
+                                body={"encounter_id": "$response.body#/encounter_id", "amount_cents": 12500,
+                                      "payer": "Lab Mutual"}),
+    }},
+    "claim_submitted": {"links": {
+        "GetClaim": _link("get_claim_claims__claim_id__get", "read the submitted claim",
+                          {"claim_id": "$response.body#/tracking_id"}),
+    }},
+}

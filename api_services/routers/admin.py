@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from api_services import integrity
 from api_services.auth import Principal, principal, require
 from api_services.db import event_stream, outbox, processed_events
-from api_services.errors import ERROR_RESPONSES
+from api_services.errors import ERROR_RESPONSES, Unavailable
 from api_services.runtime import runtime
 from api_services.telemetry import current_context
 from api_services.transactions import run_read
@@ -23,9 +23,10 @@ class ShardState(BaseModel):
     slot_start: int
     slot_end: int
     backend: str
-    outbox_pending: int
-    events_published: int
-    events_projected: int
+    status: str = "ok"
+    outbox_pending: int | None = None
+    events_published: int | None = None
+    events_projected: int | None = None
 
 
 class ShardsView(BaseModel):
@@ -54,10 +55,14 @@ def shards(request: Request, who: Principal = Depends(principal)):
     smap = rt.shard_map
     out = []
     for s in smap.shards:
-        pending, published, projected = run_read(rt.engines.reporting(s.name), s.name, _pipeline)
-        out.append(ShardState(name=s.name, ordinal=s.ordinal, slot_start=s.slots.start, slot_end=s.slots.end,
-                              backend="sqlite" if s.sqlite_path else "mssql", outbox_pending=pending,
-                              events_published=published, events_projected=projected))
+        state = ShardState(name=s.name, ordinal=s.ordinal, slot_start=s.slots.start, slot_end=s.slots.end,
+                           backend="sqlite" if s.sqlite_path else "mssql")
+        try:  # one unavailable shard is reported as such, the others still are
+            state.outbox_pending, state.events_published, state.events_projected = run_read(
+                rt.engines.reporting(s.name), s.name, _pipeline)
+        except Unavailable as exc:
+            state.status = f"unavailable: {exc.message}"
+        out.append(state)
     return ShardsView(version=smap.version, slot_count=smap.slot_count, shards=out)
 
 

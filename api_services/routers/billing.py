@@ -8,16 +8,19 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import claims as dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids, kpis
-from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import IdempotencyKey, actor, answer_write
+from api_services.errors import (ERROR_RESPONSES, WRITE_RESPONSES, Conflict, Forbidden, Invalid, NotFound,
+                                 Unavailable)
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["billing"], responses=ERROR_RESPONSES)
 
 
-@router.post("/claims", status_code=202, response_model=enc_dom.Accepted)
+@router.post("/claims", status_code=202, response_model=enc_dom.Accepted,
+             responses={**WRITE_RESPONSES, 202: LINKS["claim_submitted"]})
 def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
                  who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Admins submit claims; the claim lives on its encounter's (hence its patient's) shard."""
@@ -26,16 +29,28 @@ def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
     shard, slot = rt.route_id(body.encounter_id, "encounter")
     claim_id = ids.slotted_id("clm", slot)
 
+    ceiling = rt.settings.claim_max_cents
+    if body.amount_cents > ceiling:
+        raise Invalid(f"amount_cents {body.amount_cents} is above the ceiling of {ceiling}", "amount_above_ceiling",
+                      errors=[{"field": "body.amount_cents", "code": "amount_above_ceiling",
+                               "message": f"at most {ceiling} cents"}])
+
     def write(conn):
         encounter = enc_dom.snapshot(conn, body.encounter_id)
         if encounter is None:
             raise Invalid("unknown encounter", "unknown_reference", errors=[
                 {"field": "body.encounter_id", "code": "unknown_reference", "message": "no such encounter"}])
+        if encounter["status"] != "documented":
+            raise Conflict(f"encounter {body.encounter_id} is not documented yet; document it before claiming",
+                           "encounter_not_documented")
+        already = dom.open_claim_for(conn, body.encounter_id)
+        if already is not None:
+            raise Conflict(f"encounter {body.encounter_id} already has open claim {already}", "claim_already_open")
         return dom.submit(conn, actor(who), claim_id, encounter["patient_id"], body)
 
     with tracer().start_as_current_span("claim.submit"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "claim.submit", write, status=202, user_id=who.user_id,
+        status, out, replayed = transactions.write(
+            rt, shard, "claim.submit", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
     answer_write(response, status, f"/claims/{out['tracking_id']}", replayed)
     return out
@@ -60,9 +75,15 @@ def financial_kpis(request: Request, who: Principal = Depends(principal)):
     require(who, "admin", "sre")
     rt = runtime(request)
     current_context().shard = "all"
-    shards = []
+    shards, unavailable = [], []
     for name in rt.shard_names():
-        values = run_read(rt.engines.reporting(name), name, kpis.read)
+        try:  # an unavailable shard is named, not fatal to the report of the others
+            values = run_read(rt.engines.reporting(name), name, kpis.read)
+        except Unavailable:
+            unavailable.append(name)
+            continue
         shards.append(kpis.ShardKpis(shard=name, **values))
+    if not shards and unavailable:
+        raise Unavailable("no shard is available", "shard_unavailable", headers={"Retry-After": "1"})
     total = kpis.ShardKpis(shard="all", **{k: sum(getattr(s, k) for s in shards) for k in kpis.KPI_NAMES})
-    return kpis.FinancialKpis(total=total, shards=shards)
+    return kpis.FinancialKpis(total=total, shards=shards, unavailable_shards=unavailable)

@@ -8,11 +8,12 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import encounters as dom
 from api_services.domain import ids, reference
 from api_services.domain import patients as pat_dom
-from api_services.errors import ERROR_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import IdempotencyKey, actor, answer_write
+from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, Invalid, NotFound
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["encounter"], responses=ERROR_RESPONSES)
 EncounterId = Path(pattern=ids.ENCOUNTER_ID)
@@ -23,7 +24,8 @@ def _unknown(field: str, what: str) -> Invalid:
                    errors=[{"field": f"body.{field}", "code": "unknown_reference", "message": f"no such {what}"}])
 
 
-@router.post("/encounters", status_code=202, response_model=dom.Accepted)
+@router.post("/encounters", status_code=202, response_model=dom.Accepted,
+             responses={**WRITE_RESPONSES, 202: LINKS["encounter_booked"]})
 def book_encounter(body: dom.BookEncounter, request: Request, response: Response,
                    who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Patients book for themselves, clinicians for anyone; answered 202 with a tracking id."""
@@ -44,8 +46,8 @@ def book_encounter(body: dom.BookEncounter, request: Request, response: Response
         return dom.book(conn, actor(who), encounter_id, body)
 
     with tracer().start_as_current_span("encounter.book"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "encounter.book", write, status=202, user_id=who.user_id,
+        status, out, replayed = transactions.write(
+            rt, shard, "encounter.book", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key,
             req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
     answer_write(response, status, f"/encounters/{out['tracking_id']}", replayed)
@@ -70,17 +72,24 @@ def get_encounter(request: Request, encounter_id: str = EncounterId, who: Princi
     return row
 
 
-@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter)
-def document_encounter(body: dom.EncounterNotes, request: Request, encounter_id: str = EncounterId,
-                       who: Principal = Depends(principal)):
+@router.patch("/encounters/{encounter_id}/notes", response_model=dom.Encounter,
+             responses={**WRITE_RESPONSES, 200: LINKS["encounter_documented"]})
+def document_encounter(body: dom.EncounterNotes, request: Request, response: Response,
+                       encounter_id: str = EncounterId, who: Principal = Depends(principal),
+                       idempotency_key: str | None = IdempotencyKey):
     """Clinicians document; notes are redacted and the change gets a history row and an audit event."""
     require(who, "clinician")
     rt = runtime(request)
     shard, _ = rt.route_id(encounter_id, "encounter")
     with tracer().start_as_current_span("encounter.document"):
-        _status, out, _ = run_write(rt.write_engine(shard), shard, "encounter.document",
-                                    lambda conn: dom.document(conn, actor(who), _load(conn, encounter_id), body),
-                                    status=200, user_id=who.user_id)
+        _status, out, replayed = transactions.write(
+            rt, shard, "encounter.document",
+            lambda conn: dom.document(conn, actor(who), _load(conn, encounter_id), body), status=200,
+            user_id=who.user_id, idempotency_key=idempotency_key,
+            req_hash=request_hash("PATCH", f"/encounters/{encounter_id}/notes", body.model_dump())
+            if idempotency_key else "")
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return out
 
 

@@ -8,11 +8,12 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids
 from api_services.domain import patients as dom
-from api_services.errors import ERROR_RESPONSES, Forbidden, NotFound
-from api_services.routers import IdempotencyKey, actor, answer_write
+from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, NotFound
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
-from api_services.transactions import request_hash, run_read, run_write
+from api_services import transactions
+from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["patient"], responses=ERROR_RESPONSES)
 PatientId = Path(pattern=ids.PATIENT_ID)
@@ -24,7 +25,8 @@ def _may_read(who: Principal, patient_id: str, personas: tuple[str, ...]) -> Non
         raise Forbidden("patients may only read their own records", "not_own_record")
 
 
-@router.post("/patients", status_code=201, response_model=dom.PatientCreated)
+@router.post("/patients", status_code=201, response_model=dom.PatientCreated,
+             responses={**WRITE_RESPONSES, 201: LINKS["patient_created"]})
 def register_patient(body: dom.PatientCreate, request: Request, response: Response,
                      who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Admins register patients; the id decides the shard for the patient's whole life."""
@@ -33,8 +35,8 @@ def register_patient(body: dom.PatientCreate, request: Request, response: Respon
     patient_id = ids.new_patient_id(who.user_id, idempotency_key)
     shard, _slot = rt.route_patient(patient_id)
     with tracer().start_as_current_span("patient.register"):
-        status, out, replayed = run_write(
-            rt.write_engine(shard), shard, "patient.create",
+        status, out, replayed = transactions.write(
+            rt, shard, "patient.create",
             lambda conn: dom.create(conn, actor(who), patient_id, body), status=201, user_id=who.user_id,
             idempotency_key=idempotency_key, req_hash=request_hash("POST", "/patients", body.model_dump()))
     answer_write(response, status, f"/patients/{out['patient_id']}", replayed)

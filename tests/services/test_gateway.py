@@ -33,11 +33,12 @@ def test_gateway_forwards_to_separate_services_and_rate_limits(tmp_path):
             assert 429 in statuses
             limited = c.get("/providers")
             assert limited.json()["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
-        gw_line = next(l for l in gateway.log_lines() if l.get("request_id") == "gw-1")
+        gw_line = next(l for l in gateway.log_lines() if l.get("correlation_id") == "gw-1")
         deadline = time.monotonic() + 5
-        while not [l for l in encounter.log_lines() if l.get("request_id") == "gw-1"] and time.monotonic() < deadline:
+        while not [l for l in encounter.log_lines() if l.get("correlation_id") == "gw-1"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        svc_line = next(l for l in encounter.log_lines() if l.get("request_id") == "gw-1")
+        svc_line = next(l for l in encounter.log_lines() if l.get("correlation_id") == "gw-1")
+        assert svc_line["request_id"] != gw_line["request_id"]  # each server makes its own
         assert gw_line["trace_id"] == svc_line["trace_id"] != ""
         assert gw_line["shard"] == svc_line["shard"] != "none"
         assert gateway.client().get("/openapi.json").json()["info"]["title"].startswith("PIM")

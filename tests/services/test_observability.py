@@ -16,12 +16,13 @@ def test_log_line_trace_id_and_metric_exemplar_agree(server):
         metrics = sre.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
     deadline = time.monotonic() + 5
     while True:
-        lines = [l for l in server.log_lines() if l.get("request_id") == "trace-follow-1"]
+        lines = [l for l in server.log_lines() if l.get("correlation_id") == "trace-follow-1"]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert len(lines) == 1
     line = lines[0]
+    assert line["request_id"] == resp.headers["x-request-id"] != "trace-follow-1"
     assert line["trace_id"] == trace_id and re.fullmatch(r"[0-9a-f]{32}", trace_id)
     assert re.fullmatch(r"[0-9a-f]{16}", line["span_id"])
     assert (line["user_id"], line["persona"], line["shard"], line["route"]) == ("sre-trace", "sre", "all", "/admin/shards")

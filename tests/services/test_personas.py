@@ -33,9 +33,12 @@ def fixtures(server, patients):
     pid = patients[4]
     with server.client("clinician", "prv-0001") as doc:
         enc = doc.post("/encounters", json=booking(pid)).json()["tracking_id"]
+        to_claim = doc.post("/encounters", json=booking(pid)).json()["tracking_id"]  # claimed by the matrix
+        for e in (enc, to_claim):  # claims need a documented encounter
+            assert doc.patch(f"/encounters/{e}/notes", json={"notes": "seen"}).status_code == 200
     with server.client("admin", "admin-1") as admin:
         claim = admin.post("/claims", json={"encounter_id": enc, "amount_cents": 500, "payer": "Demo Care"}).json()["tracking_id"]
-    return {"pid": pid, "enc": enc, "claim": claim}
+    return {"pid": pid, "enc": enc, "claim": claim, "to_claim": to_claim}
 
 
 def call(client, name: str, f: dict):
@@ -47,7 +50,8 @@ def call(client, name: str, f: dict):
         "book_encounter": lambda: client.post("/encounters", json=booking(pid)),
         "get_encounter": lambda: client.get(f"/encounters/{enc}"),
         "document": lambda: client.patch(f"/encounters/{enc}/notes", json={"notes": "matrix note"}),
-        "submit_claim": lambda: client.post("/claims", json={"encounter_id": enc, "amount_cents": 100, "payer": "Demo Care"}),
+        "submit_claim": lambda: client.post("/claims", json={"encounter_id": f["to_claim"], "amount_cents": 100,
+                                                             "payer": "Demo Care"}),
         "get_claim": lambda: client.get(f"/claims/{claim}"),
         "kpis": lambda: client.get("/kpis/financial"),
         "providers": lambda: client.get("/providers"),

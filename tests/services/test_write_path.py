@@ -27,9 +27,10 @@ def test_booking_is_one_audited_transaction_on_the_patients_shard(server, patien
     assert int(enc_id.split("-")[1]) == slot_of(pid, 1024)
     db = shard_db(server, pid)
     assert db.execute("select patient_id, status from encounters where encounter_id=?", (enc_id,)).fetchone() == (pid, "booked")
-    audit = db.execute("select user_id, request_id, persona, action, before, after from audit_events "
+    audit = db.execute("select user_id, request_id, persona, action, before, after, correlation_id from audit_events "
                        "where entity_id=?", (enc_id,)).fetchone()
-    assert audit[:4] == (pid, "req-book-1", "patient", "encounter.book")
+    assert audit[:4] == (pid, resp.headers["x-request-id"], "patient", "encounter.book")
+    assert audit[6] == "req-book-1"
     assert audit[4] is None and json.loads(audit[5])["encounter_id"] == enc_id
     assert db.execute("select count(*) from history where entity_id=?", (enc_id,)).fetchone() == (1,)
     assert db.execute("select event_type from outbox where entity_id=?", (enc_id,)).fetchone() == ("encounter.booked",)
@@ -99,6 +100,7 @@ def test_claim_is_accepted_and_projected_into_kpis(server, patients):
     pid = patients[3]
     with server.client("clinician", "prv-0003") as doc:
         enc_id = doc.post("/encounters", json=booking(pid)).json()["tracking_id"]
+        assert doc.patch(f"/encounters/{enc_id}/notes", json={"notes": "seen"}).status_code == 200
     with server.client("admin", "admin-1") as admin:
         before = admin.get("/kpis/financial").json()["total"]
         resp = admin.post("/claims", json={"encounter_id": enc_id, "amount_cents": 12345, "payer": "Lab Mutual"})
