@@ -67,15 +67,42 @@ class ThinkTime(ApiModel):
         return self
 
 
+#: What a persona listed without `journeys` runs (the engine's standard journeys).
+STANDARD_JOURNEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("registerPatient", "bookEncounter", "reviewEncounter", "checkBilling"),
+    "clinician": ("documentEncounter", "reviewEncounter"),
+    "admin": ("submitClaim", "readKpis"),
+}
+
+
 class Persona(ApiModel):
     """A kind of user and the journeys it runs."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.journeys) || self.name in " + str(list(STANDARD_JOURNEYS)),
+                "journeys may be left out only for the standard personas patient, clinician and admin",
+                field_path=".journeys",
+            )
+        )
+    )
+
     name: ShortName = Field(description="Persona name (patient, clinician, admin, ...); unique in the list.")
     weight: int = Field(ge=1, le=10000, description="Relative share of arrivals (positive; weights need not sum to 100).")
-    journeys: list[Journey] = Field(
-        min_length=1, max_length=6, description="Journeys the persona picks from uniformly.", json_schema_extra=LIST_SET
+    journeys: list[Journey] | None = Field(
+        None, min_length=1, max_length=7, json_schema_extra=LIST_SET,
+        description="Journeys the persona picks from uniformly; unset: the persona's standard journeys"
+        " (patient: registerPatient, bookEncounter, reviewEncounter, checkBilling; clinician:"
+        " documentEncounter, reviewEncounter; admin: submitClaim, readKpis).",
     )
     think_time: ThinkTime = Field(default_factory=ThinkTime, description="Pause between steps (default 1s..5s).")
+
+    @model_validator(mode="after")
+    def _journeys_or_standard(self) -> Persona:
+        if self.journeys is None and self.name not in STANDARD_JOURNEYS:
+            raise ValueError("journeys may be left out only for the standard personas patient, clinician and admin")
+        return self
 
 
 class Population(ApiModel):
@@ -197,7 +224,7 @@ class PersonaLoadSpec(ApiModel):
         if len(set(names)) != len(names):
             raise ValueError("personas: each persona name may appear once")
         for persona in self.personas:
-            if len(set(persona.journeys)) != len(persona.journeys):
+            if persona.journeys and len(set(persona.journeys)) != len(persona.journeys):
                 raise ValueError(f"personas[{persona.name}].journeys: each journey may appear once")
         return self
 
