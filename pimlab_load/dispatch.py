@@ -25,7 +25,7 @@ import zlib
 import aiohttp
 
 from pimlab_load.config import EngineConfig
-from pimlab_load.journeys import Abort, Journeys, PersonaPlan, Population
+from pimlab_load.journeys import Abort, Journeys, PersonaPlan, Population, arrival_rng, draw
 from pimlab_load.metrics import Metrics
 from pimlab_load.report import Recorder
 from pimlab_load.schedule import share
@@ -80,7 +80,7 @@ class ShardLookup:
 class Arrival:
     """One arrival's calls: the journey drives it, it measures and records every request."""
 
-    __slots__ = ("engine", "index", "intended", "persona", "journey", "rng", "invalid")
+    __slots__ = ("engine", "index", "intended", "persona", "journey", "rng", "invalid", "_plan")
 
     def __init__(self, engine: Engine, index: int, due: float, persona: str, journey: str,
                  rng: random.Random, plan: PersonaPlan | None):
@@ -134,8 +134,8 @@ class Engine:
         self.journeys = Journeys(self.population, cfg.run_key)
         self.tokens: Tokens | None = None
         self.shard_of = ShardLookup(None)
-        self.weights = [p.weight for p in cfg.personas]
         self._wake = None
+        self._logged_exception = False
 
     # -- the pieces every request goes through ------------------------------------------------
 
@@ -205,11 +205,9 @@ class Engine:
 
     async def _journey(self, index: int, due: float) -> None:
         cfg = self.cfg
-        rng = random.Random(cfg.seed * 1_000_003 + index)
-        persona = rng.choices(cfg.personas, self.weights)[0]
-        journey = rng.choice(persona.journeys)
-        patient = rng.randrange(cfg.population)
-        invalid = rng.random() < cfg.invalid_ratio
+        rng = arrival_rng(cfg.seed, index)
+        plan = draw(rng, cfg.personas, cfg.population, cfg.invalid_ratio)
+        persona, journey, patient, invalid = plan.persona, plan.journey, plan.patient, plan.invalid
         arrival = Arrival(self, index, due, persona.name, journey, rng, persona)
         self.rec.journeys += 1
         try:
@@ -220,6 +218,12 @@ class Engine:
                 await self.journeys.runner(journey)(arrival, persona, patient, index)
         except Abort:
             pass
+        except Exception:  # a bug or an answer of an unexpected shape: counted, never silent
+            self.rec.errors += 1
+            self.rec.by_status["exception"] = self.rec.by_status.get("exception", 0) + 1
+            if not self._logged_exception:
+                self._logged_exception = True
+                log.exception("journey %s of %s failed", journey, persona.name)
 
     async def _shards(self) -> None:
         try:

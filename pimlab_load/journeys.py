@@ -68,6 +68,28 @@ class PersonaPlan:
         return self.name if self.name in roles else roles[0]
 
 
+@dataclass(frozen=True)
+class Draw:
+    """What arrival i does, from the seed alone: the same for any pod count and any run."""
+
+    persona: PersonaPlan
+    journey: str
+    patient: int
+    invalid: bool
+
+
+def arrival_rng(seed: int, index: int) -> random.Random:
+    return random.Random(seed * 1_000_003 + index)
+
+
+def draw(rng: random.Random, personas: list[PersonaPlan], population: int, invalid_ratio: float) -> Draw:
+    """The arrival's persona (by weight), journey (uniform among the persona's), patient and
+    whether it is sent malformed; drawn first, so later draws (think times, jitter) that depend
+    on answers never shift them."""
+    persona = rng.choices(personas, [p.weight for p in personas])[0]
+    return Draw(persona, rng.choice(persona.journeys), rng.randrange(population), rng.random() < invalid_ratio)
+
+
 class Population:
     """Patient i's id, registration body and what this engine learnt about it."""
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
-#: Histogram range: 1 µs to one hour, 3 significant digits while recording.
-LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
+#: Histogram range: 1 µs to one hour, 2 significant digits (values within 1 %).
+LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 2
 #: The kubelet keeps at most this many bytes of a termination message.
 WIRE_LIMIT = 4096
 WIRE_VERSION = 1
@@ -159,8 +159,10 @@ def _coarse(h: HdrHistogram, digits: int) -> HdrHistogram:
     if digits >= DIGITS:
         return h
     out = histogram(digits)
-    for item in h.get_recorded_iterator():
-        out.record_value(item.value_iterated_to, item.count_at_value_iterated_to)
+    counts = list(h.counts)  # one C-level copy; iterating hdrh's Python iterator is 30x slower
+    for index, count in enumerate(counts):
+        if count:
+            out.record_value(h.get_value_from_index(index), count)
     return out
 
 
