@@ -136,6 +136,7 @@ class Engine:
         self.shard_of = ShardLookup(None)
         self._wake = None
         self._logged_exception = False
+        self.unstarted = 0  # arrivals whose task has not run yet
 
     # -- the pieces every request goes through ------------------------------------------------
 
@@ -195,6 +196,7 @@ class Engine:
 
     async def _plain(self, index: int, due: float) -> None:
         """No personas: one GET of the target URL per arrival (the quick run, the benchmark)."""
+        self.unstarted -= 1
         if self.in_flight >= self.cfg.max_in_flight:
             self.drop()
             return
@@ -205,6 +207,7 @@ class Engine:
 
     async def _journey(self, index: int, due: float) -> None:
         cfg = self.cfg
+        self.unstarted -= 1
         rng = arrival_rng(cfg.seed, index)
         plan = draw(rng, cfg.personas, cfg.population, cfg.invalid_ratio)
         persona, journey, patient, invalid = plan.persona, plan.journey, plan.patient, plan.invalid
@@ -287,6 +290,7 @@ class Engine:
                 self.rec.scheduled += 1
                 if self.metrics:
                     self.metrics.scheduled.inc()
+                self.unstarted += 1
                 task = loop.create_task(arrive(index, due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -301,7 +305,7 @@ class Engine:
             # Requests in flight finish (bounded by the client timeout and its retries); journeys
             # waiting in think time are abandoned: they would start requests after the end.
             deadline = loop.time() + cfg.timeout * (cfg.retries + 1) + cfg.backoff * 2 ** cfg.retries + 1
-            while self.in_flight and loop.time() < deadline:
+            while (self.in_flight or self.unstarted) and loop.time() < deadline:
                 await asyncio.sleep(0.01)
             end = loop.time()
             for task in list(tasks):
