@@ -108,7 +108,7 @@ def test_arrivals_over_the_in_flight_cap_are_dropped_not_delayed(endpoint):
     rec = run_engine(EngineConfig(url=server.url, profile=Profile(rate=100, duration=3), max_in_flight=10,
                                   timeout=5))
     out = summary(rec)
-    assert 70 <= out["dropped"] <= 100
+    assert 40 <= out["dropped"] <= 100, out  # ~90 on an idle machine
     assert out["requests"] + out["dropped"] == out["scheduled"] == 300
     assert out["saturated"] and "dropped" in out["saturationReason"]
 
