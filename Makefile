@@ -6,10 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIMLAB := $(VENV)/bin/pimlab
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
-# Prometheus and promtool for real rule evaluation.
-DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
+# Prometheus and promtool for real rule evaluation, wrk as the load engine's benchmark baseline.
+DEBIAN_PACKAGES := libodbc2 unixodbc prometheus wrk
 
-.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
+.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ test: deps controlplane ## run the test suite (starts the control plane if it is
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
 	$(PY) tests/benchmarks/bench_booking.py
+	$(PY) tests/benchmarks/bench_load_engine.py
+
+bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk
+	$(PY) tests/benchmarks/bench_load_engine.py
 
 clean: cluster-down ## remove the venv and every local state
 	rm -rf $(VENV) .lab

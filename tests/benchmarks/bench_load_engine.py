@@ -1,0 +1,116 @@
+"""The persona engine's own capacity: `python tests/benchmarks/bench_load_engine.py` (make bench-load).
+
+Against a trivial local endpoint (tests/load/endpoint.py: `200 ok` at once, keep-alive), find
+the highest scheduled rate one engine process holds with p99 schedule lag under 5 ms, nothing
+dropped and no errors, stepping the rate up and then bisecting; and, in the same run against the
+same endpoint, the most `wrk` (closed loop, the best a client can do there) gets. The figure is
+the ratio engine / wrk. On two cores the endpoint is pinned to one core and the client (engine
+or wrk, one thread) to the other. Traffic stays on 127.0.0.1; the run takes about two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENDPOINT = ROOT / "tests" / "load" / "endpoint.py"
+LAG_P99_MS = 5.0
+BUDGET_S = 150.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(core: int | None, argv: list[str]) -> list[str]:
+    if core is None or not shutil.which("taskset"):
+        return argv
+    return ["taskset", "-c", str(core), *argv]
+
+
+def engine_step(url: str, rate: int, seconds: float, core: int | None) -> dict:
+    argv = [sys.executable, "-m", "pimlab.cli", "load", "--url", url, "--rate", str(rate), "--duration",
+            f"{int(seconds)}s", "--max-in-flight", "2000", "--timeout", "5s"]
+    proc = subprocess.run(pinned(core, argv), capture_output=True, text=True, timeout=seconds + 60, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pimlab load failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout)
+    lag = out.get("scheduleLagMs", {}).get("p99", float("inf"))
+    held = out["dropped"] == 0 and out["errors"] == 0 and lag < LAG_P99_MS
+    return {"rate": rate, "held": held, "achieved": out["achievedRate"], "lagP99Ms": lag,
+            "latencyP99Ms": out.get("latencyMs", {}).get("p99"), "dropped": out["dropped"], "errors": out["errors"]}
+
+
+def wrk_rate(url: str, seconds: float, core: int | None, connections: int) -> float:
+    proc = subprocess.run(pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", url]),
+                          capture_output=True, text=True, timeout=seconds + 30)
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", proc.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no rate: {proc.stdout} {proc.stderr}")
+    return float(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each step")
+    parser.add_argument("--start", type=int, default=500, help="first rate")
+    parser.add_argument("--factor", type=float, default=1.5, help="rate multiplier while it holds")
+    parser.add_argument("--bisect", type=int, default=3, help="bisection steps after the first miss")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is not installed: `make deps` (Debian package wrk)", file=sys.stderr)
+        return 2
+    cores = os.cpu_count() or 1
+    server_core, client_core = (1, 0) if cores >= 2 else (None, None)
+    port = free_port()
+    server = subprocess.Popen(pinned(server_core, [sys.executable, str(ENDPOINT), "--port", str(port)]),
+                              stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    started = time.monotonic()
+    try:
+        assert "listening" in server.stdout.readline()
+        wrk = max(wrk_rate(url, args.seconds, client_core, c) for c in (16, 64))
+        print(f"wrk (1 thread, closed loop): {wrk:.0f} req/s", flush=True)
+        steps, best, miss = [], None, None
+        rate = args.start
+        while time.monotonic() - started < BUDGET_S:
+            step = engine_step(url, rate, args.seconds, client_core)
+            steps.append(step)
+            print(f"engine at {rate} req/s: {'held' if step['held'] else 'NOT held'} "
+                  f"(achieved {step['achieved']:.0f}, lag p99 {step['lagP99Ms']} ms, dropped {step['dropped']}, "
+                  f"errors {step['errors']})", flush=True)
+            if step["held"]:
+                best = rate
+                if miss is None:
+                    rate = int(rate * args.factor)
+                    continue
+            else:
+                miss = rate
+            if best is None or len([s for s in steps if s["rate"] > best]) > args.bisect or miss - best <= max(50, best // 20):
+                break
+            rate = (best + miss) // 2
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    capacity = best or 0
+    result = {"benchmark": "engine-capacity", "lagP99BoundMs": LAG_P99_MS, "engineReqPerS": capacity,
+              "wrkReqPerS": round(wrk), "ratio": round(capacity / wrk, 3) if wrk else None, "steps": steps}
+    print(f"CAPACITY engine {capacity} req/s (p99 schedule lag < {LAG_P99_MS} ms, nothing dropped) = "
+          f"{result['ratio']} x wrk ({wrk:.0f} req/s)")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
