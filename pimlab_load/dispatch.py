@@ -156,8 +156,10 @@ class Engine:
                    rng: random.Random | None, parse: bool = True):
         """One request with the client's retries: (status or 'timeout'/'error', parsed body,
         first send, last send, done)."""
-        cfg, loop = self.cfg, self.loop
+        cfg, loop, metrics = self.cfg, self.loop, self.metrics
         self.in_flight += 1
+        if metrics:
+            metrics.in_flight.inc()
         attempt, first_send = 0, None
         try:
             while True:
@@ -191,6 +193,8 @@ class Engine:
                 await asyncio.sleep(rng.uniform(0, backoff) if cfg.jitter and rng else backoff)
         finally:
             self.in_flight -= 1
+            if metrics:
+                metrics.in_flight.dec()
 
     # -- arrivals ---------------------------------------------------------------------------
 
