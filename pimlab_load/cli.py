@@ -59,6 +59,16 @@ def quick_spec(args) -> dict:
     return spec
 
 
+def run_loop(coroutine):
+    """uvloop where it is installed (about twice the requests per core), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 def execute(cfg, print_summary=print) -> int:
     """Run the engine; print the summary, write the termination message, return the exit code."""
     from pimlab_load.dispatch import Engine
@@ -70,7 +80,7 @@ def execute(cfg, print_summary=print) -> int:
         metrics = Metrics(cfg.run_key, cfg.index)
         metrics.serve(cfg.metrics_port)
     engine = Engine(cfg, metrics)
-    rec = asyncio.run(engine.run())
+    rec = run_loop(engine.run())
     result = summary(rec, cfg.thresholds)
     result["pod"] = {"index": cfg.index, "of": cfg.of}
     if cfg.termination_path:
