@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 #: Exit code of a run whose thresholds did not hold (the run itself worked).
@@ -80,9 +81,13 @@ def execute(cfg, print_summary=print) -> int:
         metrics = Metrics(cfg.run_key, cfg.index)
         metrics.serve(cfg.metrics_port)
     engine = Engine(cfg, metrics)
+    cpu = time.process_time()
     rec = run_loop(engine.run())
+    cpu = time.process_time() - cpu
     result = summary(rec, cfg.thresholds)
     result["pod"] = {"index": cfg.index, "of": cfg.of}
+    # the engine's own CPU: requests per CPU second is its capacity on an idle core
+    result["cpuSeconds"] = round(cpu, 3)
     if cfg.termination_path:
         try:
             cfg.termination_path.write_text(to_wire(rec, cfg.index, cfg.of))
