@@ -3,7 +3,12 @@ gateway, and the status shows the summary merged from both pods with requests fo
 persona; a run whose pods fail is Failed with the reason.
 
 kwok nodes (annotated `kwok.x-k8s.io/node=fake`) run nothing, so this test needs a node
-without that annotation and skips, saying so, where there is none."""
+without that annotation and skips, saying so, where there is none.
+
+Not yet run anywhere. What it depends on beyond the node: the engine mints its tokens with the
+development issuer's key in its `PIM_DATA_DIR`, and the Lab's pods each keep their own key in an
+emptyDir, so the gateway will answer 401 until the Lab and the PersonaLoad Job share one issuer
+key (a Secret the operator generates, mounted into both)."""
 
 from __future__ import annotations
 
