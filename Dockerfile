@@ -51,6 +51,7 @@ COPY README.md ./
 COPY pimlab ./pimlab
 COPY operator ./operator
 COPY api_services ./api_services
+COPY pimlab_load ./pimlab_load
 COPY templates ./templates
 COPY crds ./crds
 COPY samples ./samples

@@ -8,11 +8,12 @@ PIMLAB := $(VENV)/bin/pimlab
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
 # Prometheus and promtool for real rule evaluation; podman, mmdebstrap, gcc and containerd's
 # ctr to build the node's images without a registry and import them (`make image`); the real
-# node's runtime: containerd, runc, the CNI reference plugins, iptables, conntrack, iproute2.
+# node's runtime: containerd, runc, the CNI reference plugins, iptables, conntrack, iproute2;
+# wrk as the load engine's benchmark baseline.
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
-	runc containernetworking-plugins iptables conntrack iproute2
+	runc containernetworking-plugins iptables conntrack iproute2 wrk
 
-.PHONY: help deps venv controlplane image cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
+.PHONY: help deps venv controlplane image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -64,6 +65,10 @@ test: deps controlplane image ## run the test suite (starts the control plane if
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
 	$(PY) tests/benchmarks/bench_booking.py
+	$(PY) tests/benchmarks/bench_load_engine.py
+
+bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk
+	$(PY) tests/benchmarks/bench_load_engine.py
 
 clean: cluster-down ## remove the venv and every local state
 	rm -rf $(VENV) .lab

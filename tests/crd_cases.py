@@ -37,6 +37,7 @@ VALID: dict[str, dict[str, Any]] = {
             {"name": "patient", "weight": 70, "journeys": ["bookEncounter", "reviewEncounter"],
              "thinkTime": {"min": "1s", "max": "5s"}},
             {"name": "clinician", "weight": 30, "journeys": ["documentEncounter"]},
+            {"name": "admin", "weight": 3},  # no journeys: the persona's standard ones
         ],
         "profile": {"pattern": "diurnal", "rate": 200, "peakRate": 800, "duration": "30m"},
         "failurePressure": {"invalidRequestRatio": 0.02, "bursts": {"every": "5m", "factor": 4, "length": "20s"}},
@@ -108,6 +109,8 @@ INVALID: list[Invalid] = [
     Invalid("load-no-personas", "PersonaLoad", {"personas": []}, "spec.personas"),
     Invalid("load-unknown-journey", "PersonaLoad", {"personas": [dict(_P0, journeys=["teleport"])]},
             "spec.personas[0].journeys[0]"),
+    Invalid("load-custom-persona-without-journeys", "PersonaLoad", {"personas": [{"name": "frontdesk", "weight": 1}]},
+            "spec.personas[0].journeys"),
     Invalid("load-duplicate-persona", "PersonaLoad", {"personas": [_P0, dict(_P0, weight=5)]}, "spec.personas[1]"),
     Invalid("load-unknown-pattern", "PersonaLoad", {"profile": {"pattern": "sawtooth"}}, "spec.profile.pattern"),
     Invalid("load-peak-below-rate", "PersonaLoad", {"profile": {"peakRate": 100}}, "spec.profile.peakRate"),

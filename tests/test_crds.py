@@ -104,7 +104,7 @@ def test_crd_names_columns_and_status(resource):
 STATUS_FIELDS = {
     "Lab": {"endpoints", "shardMapVersion", "readyServices", "services"},
     "Shard": {"currentPrimary", "targetPrimary", "replicas", "failoverCount", "lastFailover", "failoverHistory"},
-    "PersonaLoad": {"startedAt", "completedAt", "summary"},
+    "PersonaLoad": {"startedAt", "completedAt", "summary", "jobName", "pods", "recentRuns", "lastScheduleTime"},
     "ChaosExperiment": {"plannedTargets", "timeline", "recoverySeconds", "verdict", "abortReason"},
     "SLO": {"generatedObjects", "errorBudget"},
 }

@@ -134,7 +134,7 @@ LabelMap = Annotated[
 
 #: The journeys the persona engine can run; SLOs name the same journeys.
 Journey = Literal[
-    "bookEncounter", "reviewEncounter", "checkBilling", "documentEncounter", "submitClaim", "readKpis"
+    "registerPatient", "bookEncounter", "reviewEncounter", "checkBilling", "documentEncounter", "submitClaim", "readKpis"
 ]
 #: The lab's application services (keys of `Lab.spec.services`).
 ServiceName = Literal[tuple(component.key for component in COMPONENTS)]

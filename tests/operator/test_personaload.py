@@ -1,56 +1,125 @@
-"""The PersonaLoad's pure functions: config, Job/CronJob, run phases and the copied summary."""
+"""The PersonaLoad's pure functions: config, Job/CronJob, and the run's status merged from the
+engine pods' reports, with a reason for every way a run can go wrong."""
 
 from __future__ import annotations
 
 import copy
 import json
+import random
 
 from cr_samples import by, sample, spec_of
 
+from pimlab_load.report import Recorder, summary, to_wire
+from pimlab_operator import crdgen
 from pimlab_operator.personaload import desired as personaload
+from pimlab_operator.personaload.model import PersonaLoad
 
 PEAK = sample("PersonaLoad", "peak-clinic")
 NIGHTLY = sample("PersonaLoad", "overnight-processing")
 LAB = {"spec": {"image": "ghcr.io/pim-sre/lab:0.1.0"}}
-SUMMARY = {"requests": 1000, "errors": 5, "errorRatio": 0.005, "achievedRate": 199.5,
-           "latencyMs": {"p50": 20, "p95": 120, "p99": 250, "max": 900}, "thresholdsMet": True,
-           "byPersona": {"patient": {"requests": 700, "errors": 3}}}
 
 
-def engine_pod(message: str | None) -> dict:
-    terminated = {"exitCode": 0, **({"message": message} if message else {})}
-    return {"metadata": {"name": "peak-clinic-x-0"},
-            "status": {"containerStatuses": [{"name": "engine", "state": {"terminated": terminated}}]}}
+def report(seed: int, n: int = 500, slow: float = 1.0, errors: float = 0.0, **counts) -> Recorder:
+    rng = random.Random(seed)
+    rec = Recorder()
+    for _ in range(n):
+        latency = rng.lognormvariate(10, 0.5) * slow
+        rec.record(rng.choice(("patient", "clinician", "admin")), rng.choice(("bookEncounter", "readKpis")),
+                   rng.choice(("shard-00", "shard-01", "shard-02")), "200", rng.random() < errors,
+                   latency, latency * 0.9, 200)
+    rec.elapsed = 10.0
+    rec.scheduled = rec.journeys = n
+    for key, value in counts.items():
+        setattr(rec, key, value)
+    return rec
 
 
-def job(*conditions: str, active: int = 0) -> dict:
-    return {"metadata": {"name": "peak-clinic-abc"},
+def engine_pod(index: int, message: str | None = None, exit_code: int = 0, reason: str = "Completed",
+               phase: str | None = None, **status) -> dict:
+    terminated = {"exitCode": exit_code, "reason": reason, **({"message": message} if message else {})}
+    return {"metadata": {"name": f"peak-clinic-abc-{index}-x", "creationTimestamp": "2025-01-01T00:00:00Z",
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": {"phase": phase or ("Succeeded" if exit_code == 0 else "Failed"),
+                       "containerStatuses": [{"name": "engine", "state": {"terminated": terminated}}], **status}}
+
+
+def waiting_pod(index: int, **status) -> dict:
+    return {"metadata": {"name": f"peak-clinic-abc-{index}-y", "creationTimestamp": "2025-01-01T00:00:01Z",
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": {"phase": "Pending", **status}}
+
+
+def job(*conditions: str, active: int = 0, completions: int = 2, name: str = "peak-clinic-abc") -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"completions": completions},
             "status": {"startTime": "2025-01-01T00:00:00Z", "active": active,
                        "completionTime": "2025-01-01T00:30:00Z" if "Complete" in conditions else None,
-                       "conditions": [{"type": c, "status": "True", "reason": "X", "message": "m",
-                                       "lastTransitionTime": "2025-01-01T00:30:00Z"} for c in conditions]}}
+                       "conditions": [{"type": c, "status": "True", "reason": "DeadlineExceeded" if c == "Failed" else "X",
+                                       "message": "m", "lastTransitionTime": "2025-01-01T00:30:00Z"}
+                                      for c in conditions]}}
 
 
-def test_config_map_and_job_with_hashed_name_parallelism_and_lab_image():
+def status_of(body, the_job, pods, **kwargs):
+    status, conditions = personaload.personaload_status(body, "img", the_job, None, pods, **kwargs)
+    return status, {c.type: c for c in conditions}
+
+
+def declared(value, schema: dict, path: str = ".status") -> None:
+    """Every key written is in the CRD schema: the apiserver prunes undeclared fields."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        for key, item in value.items():
+            if props is not None:
+                assert key in props, f"{path}.{key} is not declared"
+                declared(item, props[key], f"{path}.{key}")
+            else:
+                assert "additionalProperties" in schema, f"{path} takes no keys"
+                declared(item, schema["additionalProperties"], f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            declared(item, schema["items"], f"{path}[]")
+
+
+STATUS_SCHEMA = crdgen.crd(PersonaLoad)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+
+def test_config_map_spells_out_journeys_and_the_indexed_job_runs_the_engine():
     image = personaload.engine_image(PEAK, LAB)
     children = personaload.desired_children(PEAK, spec_of(PEAK), image)
     config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
     assert config["parallelism"] == 2 and config["profile"]["peakRate"] == 800
+    assert all(p["journeys"] for p in config["personas"])
     name = personaload.job_name(PEAK, spec_of(PEAK), image)
     assert name.startswith("peak-clinic-") and len(name) == len("peak-clinic-") + 8
     spec = by(children, "Job", name)["spec"]
-    assert spec["parallelism"] == 2 and spec["completions"] == 2 and spec["backoffLimit"] == 0
-    container = spec["template"]["spec"]["containers"][0]
+    assert spec["parallelism"] == 2 and spec["completions"] == 2 and spec["completionMode"] == "Indexed"
+    assert spec["backoffLimitPerIndex"] == 0 and "backoffLimit" not in spec  # a failed share is never re-sent
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
     assert container["image"] == "ghcr.io/pim-sre/lab:0.1.0"
     assert container["args"] == ["load", "run", "--config", "/etc/pim/load/config.json"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert {"name": "PIM_LOAD_TARGET_URL", "value": "http://pim-gateway.lab.svc"} in container["env"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PIM_LOAD_TARGET_URL"]["value"] == "http://pim-gateway.lab.svc"
+    assert env["PIM_LOAD_PARALLELISM"]["value"] == "2"
+    assert "controller-uid" in env["PIM_LOAD_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9464}]
+    assert pod["terminationGracePeriodSeconds"] == 12  # the client timeout (2s) + 10s to report
     assert all(c["metadata"]["ownerReferences"][0]["kind"] == "PersonaLoad" for c in children)
+
+
+def test_a_persona_without_journeys_runs_its_standard_ones():
+    short = copy.deepcopy(PEAK)
+    short["spec"]["personas"] = [{"name": "patient", "weight": 3}, {"name": "admin", "weight": 1}]
+    children = personaload.desired_children(short, spec_of(short), "img")
+    config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
+    assert config["personas"][0]["journeys"] == ["registerPatient", "bookEncounter", "reviewEncounter", "checkBilling"]
+    assert config["personas"][1]["journeys"] == ["submitClaim", "readKpis"]
 
 
 def test_editing_the_spec_names_a_new_job():
     """A Job's pod template is immutable: an edit is a new run under a new name (the old Job
-    leaves the desired set and is pruned, see tests/cluster/test_pruning.py)."""
+    leaves the desired set and is pruned)."""
     edited = copy.deepcopy(PEAK)
     edited["spec"]["profile"]["rate"] = 300
     old, new = personaload.job_name(PEAK, spec_of(PEAK), "img"), personaload.job_name(edited, spec_of(edited), "img")
@@ -65,6 +134,7 @@ def test_schedule_renders_a_cronjob_and_no_job():
     cron = by(children, "CronJob", "overnight-processing")["spec"]
     assert cron["schedule"] == "0 2 * * *" and cron["concurrencyPolicy"] == "Forbid"
     assert cron["jobTemplate"]["metadata"]["labels"][personaload.RUN_LABEL] == "overnight-processing"
+    assert cron["jobTemplate"]["spec"]["completionMode"] == "Indexed"
 
 
 def test_without_an_image_only_the_config_is_rendered_and_status_says_why():
@@ -73,33 +143,104 @@ def test_without_an_image_only_the_config_is_rendered_and_status_says_why():
     assert status["phase"] == "Pending" and conditions[0].reason == "ImageUnknown"
 
 
-def test_phases_follow_the_job():
-    assert personaload.personaload_status(PEAK, "i", job(active=2), None, [])[0]["phase"] == "Running"
-    status, conditions = personaload.personaload_status(PEAK, "i", job("Complete"), None,
-                                                        [engine_pod(json.dumps(SUMMARY))])
-    assert status["phase"] == "Succeeded" and status["jobName"] == "peak-clinic-abc"
-    assert status["startedAt"] == "2025-01-01T00:00:00Z" and status["completedAt"] == "2025-01-01T00:30:00Z"
-    assert status["summary"]["latencyMs"]["p95"] == 120 and conditions[0].status
-    failed, conditions = personaload.personaload_status(PEAK, "i", job("Failed"), None, [])
-    assert failed["phase"] == "Failed" and conditions[0].reason == "RunFailed"
+def test_status_merges_the_pods_histograms_and_never_averages_percentiles():
+    fast, slow = report(1), report(2, n=100, slow=20.0)
+    pods = [engine_pod(0, to_wire(fast, 0, 2)), engine_pod(1, to_wire(slow, 1, 2))]
+    unbounded = copy.deepcopy(PEAK)
+    unbounded["spec"]["thresholds"] = {"errorRatio": 0.01}
+    status, conditions = status_of(unbounded, job("Complete"), pods)
+    assert status["phase"] == "Succeeded" and conditions["Ready"].status
+    assert status["jobName"] == "peak-clinic-abc" and status["completedAt"] == "2025-01-01T00:30:00Z"
+    result = status["summary"]
+    assert result["requests"] == 600 and result["pods"] == 2
+    # p99 of the combined samples: the slow pod's tail (its 100 samples are 1/6 of all)
+    assert result["latencyMs"]["p99"] > 10 * summary(fast)["latencyMs"]["p99"]
+    mean = (summary(fast)["latencyMs"]["p95"] + summary(slow)["latencyMs"]["p95"]) / 2
+    assert abs(result["latencyMs"]["p95"] - mean) > 1  # not the average of the pods' p95s
+    assert set(result["byPersona"]) == {"patient", "clinician", "admin"}
+    assert set(result["byShard"]) == {"shard-00", "shard-01", "shard-02"}
+    assert all("p99" in part["latencyMs"] for part in result["byJourney"].values())
+    assert result["thresholds"] == [{"name": "errorRatio", "limit": 0.01, "observed": 0.0, "met": True}]
+    assert status["pods"]["reported"] == 2 and status["pods"]["expected"] == 2
+    assert conditions["SummaryValid"].reason == "SummaryMerged"
+    declared(status, STATUS_SCHEMA)
 
 
-def test_malformed_termination_message_is_ignored_with_a_condition():
-    status, conditions = personaload.personaload_status(PEAK, "i", job("Complete"), None,
-                                                        [engine_pod("Traceback (most recent call last): boom")])
-    assert "summary" not in status
-    bad = next(c for c in conditions if c.type == "SummaryValid")
-    assert not bad.status and bad.reason == "TerminationMessageMalformed"
-    invalid = personaload.summary_from_pods([engine_pod(json.dumps({"requests": -1}))])
-    assert invalid[0] is None and "not a summary" in invalid[1]
+def test_missed_thresholds_fail_the_run_with_the_verdicts():
+    slow = report(3, slow=50.0)  # p95 far above the sample's 300ms
+    pods = [engine_pod(0, to_wire(slow, 0, 2), exit_code=99, reason="Error"),
+            engine_pod(1, to_wire(slow, 1, 2), exit_code=99, reason="Error")]
+    status, conditions = status_of(PEAK, job("Failed"), pods)
+    assert status["phase"] == "Failed" and conditions["Ready"].reason == "ThresholdsMissed"
+    assert "p95" in conditions["Ready"].message and status["summary"]["thresholdsMet"] is False
+    assert [v["met"] for v in status["summary"]["thresholds"] if v["name"] == "p95"] == [False]
 
 
-def test_summaries_of_parallel_engines_add_counts_and_keep_worst_latency():
-    other = {**SUMMARY, "requests": 1000, "errors": 15, "latencyMs": {"p95": 200}, "thresholdsMet": False}
-    merged = personaload.merge_summaries([SUMMARY, other])
-    assert merged["requests"] == 2000 and merged["errors"] == 20 and merged["errorRatio"] == 0.01
-    assert merged["latencyMs"]["p95"] == 200 and merged["thresholdsMet"] is False
-    assert merged["byPersona"]["patient"]["requests"] == 1400
-    status, conditions = personaload.personaload_status(
-        PEAK, "i", job("Complete"), None, [engine_pod(json.dumps(SUMMARY)), engine_pod(json.dumps(other))])
-    assert conditions[0].reason == "ThresholdsMissed" and not conditions[0].status
+def test_a_complete_job_without_reports_is_never_a_success():
+    """kwok "completes" Job pods without running them: no report, no success."""
+    status, conditions = status_of(PEAK, job("Complete"), [engine_pod(0), engine_pod(1)])
+    assert status["phase"] == "Failed" and conditions["Ready"].reason == "NoResults"
+    assert "summary" not in status and not conditions["SummaryValid"].status
+    half, conditions = status_of(PEAK, job("Complete"), [engine_pod(0, to_wire(report(4), 0, 2)), engine_pod(1)])
+    assert half["phase"] == "Failed" and conditions["Ready"].reason == "ResultsMissing"
+    assert "[1]" in conditions["Ready"].message and half["summary"]["requests"] == 500
+
+
+def test_a_malformed_termination_message_is_reported():
+    status, conditions = status_of(PEAK, job("Complete"), [engine_pod(0, "Traceback (most recent call last): boom"),
+                                                           engine_pod(1, to_wire(report(5), 1, 2))])
+    assert status["phase"] == "Failed" and conditions["Ready"].reason == "ResultsMissing"
+    assert conditions["SummaryValid"].reason == "TerminationMessageMalformed"
+
+
+def test_a_failed_evicted_or_oom_killed_pod_names_its_reason():
+    ok = engine_pod(1, to_wire(report(6), 1, 2))
+    crashed = engine_pod(0, "Traceback: boom", exit_code=1, reason="Error")
+    status, conditions = status_of(PEAK, job("Failed"), [crashed, ok])
+    assert status["phase"] == "Failed" and conditions["Ready"].reason == "EngineFailed"
+    assert "exited 1" in conditions["Ready"].message and conditions["Degraded"].status
+    oom = engine_pod(0, exit_code=137, reason="OOMKilled")
+    assert status_of(PEAK, job("Failed"), [oom, ok])[1]["Ready"].reason == "EngineOOMKilled"
+    evicted = waiting_pod(0, phase="Failed", reason="Evicted", message="The node was low on resource: memory.")
+    status, conditions = status_of(PEAK, job(active=1), [evicted, ok])
+    assert status["phase"] == "Running" and conditions["Degraded"].reason == "PodEvicted"
+    assert "low on resource" in conditions["Degraded"].message and not conditions["Ready"].status
+
+
+def test_a_pod_that_never_schedules_or_starts_is_degraded_then_failed_at_the_deadline():
+    unschedulable = waiting_pod(0, conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                "message": "0/2 nodes are available: 2 Insufficient cpu."}])
+    status, conditions = status_of(PEAK, job(active=2), [unschedulable])
+    assert status["phase"] == "Pending" and conditions["Degraded"].reason == "PodUnschedulable"
+    assert "Insufficient cpu" in conditions["Degraded"].message and conditions["Progressing"].status
+    status, conditions = status_of(PEAK, job("Failed"), [unschedulable])
+    assert status["phase"] == "Failed" and conditions["Ready"].reason == "PodUnschedulable"
+    pulling = waiting_pod(1, containerStatuses=[{"name": "engine", "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                                                       "message": "not found"}}}])
+    assert status_of(PEAK, job(active=2), [pulling])[1]["Degraded"].reason == "EngineNotStarting"
+    status, conditions = status_of(PEAK, job("Failed"), [])
+    assert conditions["Ready"].reason == "NoResults"  # the deadline passed before any pod reported
+
+
+def test_a_saturated_engine_is_degraded_with_advice():
+    busy = report(7, dropped=40)
+    pods = [engine_pod(0, to_wire(busy, 0, 2)), engine_pod(1, to_wire(report(8), 1, 2))]
+    status, conditions = status_of(PEAK, job("Complete"), pods)
+    assert status["summary"]["dropped"] == 40 and status["summary"]["saturated"]
+    assert conditions["Degraded"].reason == "EngineSaturated" and "maxInFlight" in conditions["Degraded"].message
+
+
+def test_a_cronjob_lists_its_last_runs():
+    nightly_pods = lambda seed, name: [dict(engine_pod(0, to_wire(report(seed), 0, 1)),  # noqa: E731
+                                            metadata={"name": f"{name}-0", "creationTimestamp": "2025-01-01T00:00:00Z",
+                                                      "annotations": {"batch.kubernetes.io/job-completion-index": "0"}})]
+    runs = [(job("Complete", completions=1, name=f"overnight-processing-{n}"), nightly_pods(n, f"r{n}"))
+            for n in (3, 2, 1)]
+    runs.append((job("Complete", completions=1, name="overnight-processing-0"), []))
+    status, conditions = personaload.personaload_status(NIGHTLY, "img", runs[0][0], {"status": {
+        "lastScheduleTime": "2025-01-01T02:00:00Z"}}, runs[0][1], runs)
+    assert status["phase"] == "Succeeded" and status["lastScheduleTime"] == "2025-01-01T02:00:00Z"
+    assert [r["jobName"] for r in status["recentRuns"]] == [f"overnight-processing-{n}" for n in (3, 2, 1, 0)]
+    assert status["recentRuns"][0]["requests"] == 500 and "p95Ms" in status["recentRuns"][0]
+    assert status["recentRuns"][-1]["phase"] == "Failed" and status["recentRuns"][-1]["reason"] == "NoResults"
+    declared(status, STATUS_SCHEMA)

@@ -24,6 +24,7 @@ from pimlab_operator.schema import (
     ShortName,
     StatusBase,
     StatusModel,
+    Text,
     cel,
     duration_seconds,
     list_map,
@@ -67,15 +68,42 @@ class ThinkTime(ApiModel):
         return self
 
 
+#: What a persona listed without `journeys` runs (the engine's standard journeys).
+STANDARD_JOURNEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("registerPatient", "bookEncounter", "reviewEncounter", "checkBilling"),
+    "clinician": ("documentEncounter", "reviewEncounter"),
+    "admin": ("submitClaim", "readKpis"),
+}
+
+
 class Persona(ApiModel):
     """A kind of user and the journeys it runs."""
 
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.journeys) || self.name in " + str(list(STANDARD_JOURNEYS)),
+                "journeys may be left out only for the standard personas patient, clinician and admin",
+                field_path=".journeys",
+            )
+        )
+    )
+
     name: ShortName = Field(description="Persona name (patient, clinician, admin, ...); unique in the list.")
     weight: int = Field(ge=1, le=10000, description="Relative share of arrivals (positive; weights need not sum to 100).")
-    journeys: list[Journey] = Field(
-        min_length=1, max_length=6, description="Journeys the persona picks from uniformly.", json_schema_extra=LIST_SET
+    journeys: list[Journey] | None = Field(
+        None, min_length=1, max_length=7, json_schema_extra=LIST_SET,
+        description="Journeys the persona picks from uniformly; unset: the persona's standard journeys"
+        " (patient: registerPatient, bookEncounter, reviewEncounter, checkBilling; clinician:"
+        " documentEncounter, reviewEncounter; admin: submitClaim, readKpis).",
     )
     think_time: ThinkTime = Field(default_factory=ThinkTime, description="Pause between steps (default 1s..5s).")
+
+    @model_validator(mode="after")
+    def _journeys_or_standard(self) -> Persona:
+        if self.journeys is None and self.name not in STANDARD_JOURNEYS:
+            raise ValueError("journeys may be left out only for the standard personas patient, clinician and admin")
+        return self
 
 
 class Population(ApiModel):
@@ -197,13 +225,13 @@ class PersonaLoadSpec(ApiModel):
         if len(set(names)) != len(names):
             raise ValueError("personas: each persona name may appear once")
         for persona in self.personas:
-            if len(set(persona.journeys)) != len(persona.journeys):
+            if persona.journeys and len(set(persona.journeys)) != len(persona.journeys):
                 raise ValueError(f"personas[{persona.name}].journeys: each journey may appear once")
         return self
 
 
 class LatencySummary(StatusModel):
-    """Latency percentiles in milliseconds, measured from the intended start (no coordinated omission)."""
+    """Percentiles in milliseconds, read from HDR histograms merged across the engine pods."""
 
     p50: float | None = Field(None, ge=0, description="Median, ms.")
     p95: float | None = Field(None, ge=0, description="95th percentile, ms.")
@@ -214,24 +242,83 @@ class LatencySummary(StatusModel):
 class LoadBreakdown(StatusModel):
     """Counts and latency for one persona, journey or shard."""
 
-    requests: int | None = Field(None, ge=0, description="Requests sent.")
-    errors: int | None = Field(None, ge=0, description="Requests that failed (5xx, timeouts, connection errors).")
-    latency_ms: LatencySummary | None = Field(None, description="Latency percentiles, ms.")
+    requests: int | None = Field(None, ge=0, description="Requests answered or failed (after retries).")
+    errors: int | None = Field(
+        None, ge=0, description="Requests with an unexpected outcome (5xx, 429, timeout, connection error, wrong 4xx)."
+    )
+    latency_ms: LatencySummary | None = Field(
+        None, description="Latency from the intended start, ms; unset where a pod had to leave its histogram out."
+    )
 
 
 BreakdownMap = dict[Annotated[str, StringConstraints(max_length=63)], LoadBreakdown]
 
 
-class LoadSummary(LoadBreakdown):
-    """The engine's summary of a run, copied from its termination message."""
+class ThresholdVerdict(StatusModel):
+    """One of spec.thresholds against the merged results."""
 
-    dropped: int | None = Field(None, ge=0, description="Arrivals not sent because maxInFlight was reached.")
+    name: Literal["p95", "p99", "errorRatio"] = Field(description="Which threshold.")
+    limit: float = Field(ge=0, description="The limit: ms for p95/p99, a ratio for errorRatio.")
+    observed: float | None = Field(None, ge=0, description="What the run measured; unset when nothing was measured.")
+    met: bool = Field(description="Whether the run stayed within the limit.")
+
+
+class LoadSummary(LoadBreakdown):
+    """The run's results, merged from every engine pod's HDR histograms (never averaged)."""
+
+    pods: int | None = Field(None, ge=0, description="Engine pods whose reports are merged here.")
+    stopped: Literal["completed", "count", "signal"] | None = Field(
+        None, description="completed: the schedule ran out; count: the arrival limit; signal: stopped (SIGTERM)."
+    )
+    elapsed_seconds: float | None = Field(None, ge=0, description="Length of the run (the longest pod).")
+    scheduled: int | None = Field(None, ge=0, description="Arrivals in the schedule up to the stop.")
+    journeys: int | None = Field(None, ge=0, description="Arrivals that started a journey.")
+    dropped: int | None = Field(None, ge=0, description="Arrivals or steps not sent because maxInFlight was reached.")
+    retries: int | None = Field(None, ge=0, description="Client retries sent.")
+    timeouts: int | None = Field(None, ge=0, description="Requests abandoned at the client timeout.")
+    invalid_requests: int | None = Field(None, ge=0, description="Requests sent malformed on purpose.")
     error_ratio: float | None = Field(None, ge=0, le=1, description="errors / requests.")
-    achieved_rate: float | None = Field(None, ge=0, description="Requests per second actually sent.")
+    achieved_rate: float | None = Field(None, ge=0, description="Requests per second actually completed.")
+    service_time_ms: LatencySummary | None = Field(None, description="From the last attempt's send to the answer, ms.")
+    schedule_lag_ms: LatencySummary | None = Field(None, description="From the intended start to the first send, ms.")
+    saturated: bool | None = Field(None, description="Whether the engine itself was the bottleneck (drops or schedule lag).")
+    saturation_reason: Text | None = Field(None, description="Why the engine calls itself saturated.")
+    thresholds: list[ThresholdVerdict] | None = Field(None, max_length=3, description="Each threshold's verdict.")
     thresholds_met: bool | None = Field(None, description="Whether spec.thresholds held; unset when none are set.")
+    by_status: dict[Annotated[str, StringConstraints(max_length=16)], int] | None = Field(
+        None, max_length=64, description="Requests per final HTTP status (or timeout, error)."
+    )
+    approximate: list[Literal["persona", "journey", "shard"]] | None = Field(
+        None, max_length=3, description="Breakdowns whose latency is missing: a pod's report had to leave them out (4 KiB)."
+    )
     by_persona: BreakdownMap | None = Field(None, max_length=16, description="Per persona.")
     by_journey: BreakdownMap | None = Field(None, max_length=16, description="Per journey.")
     by_shard: BreakdownMap | None = Field(None, max_length=64, description="Per shard.")
+
+
+class PodCounts(StatusModel):
+    """The engine pods of the current or last run."""
+
+    expected: int | None = Field(None, ge=0, description="Engine pods the run needs (parallelism).")
+    active: int | None = Field(None, ge=0, description="Pods pending or running.")
+    succeeded: int | None = Field(None, ge=0, description="Pods that finished with exit code 0.")
+    failed: int | None = Field(None, ge=0, description="Pods that failed, were evicted or killed.")
+    reported: int | None = Field(None, ge=0, description="Pods whose termination message is a valid engine report.")
+
+
+class RunRecord(StatusModel):
+    """One finished run of a scheduled PersonaLoad."""
+
+    job_name: Annotated[str, StringConstraints(max_length=253)] = Field(description="The run's Job.")
+    phase: Literal["Succeeded", "Failed"] = Field(description="How the run ended.")
+    reason: Annotated[str, StringConstraints(max_length=64)] | None = Field(None, description="Why, one CamelCase word.")
+    started_at: datetime | None = Field(None, description="When the run started.")
+    completed_at: datetime | None = Field(None, description="When it ended.")
+    requests: int | None = Field(None, ge=0, description="Requests of the run.")
+    error_ratio: float | None = Field(None, ge=0, le=1, description="errors / requests.")
+    p95_ms: float | None = Field(None, ge=0, description="Merged p95 latency, ms.")
+    p99_ms: float | None = Field(None, ge=0, description="Merged p99 latency, ms.")
+    thresholds_met: bool | None = Field(None, description="Whether spec.thresholds held.")
 
 
 class PersonaLoadStatus(StatusBase):
@@ -244,7 +331,11 @@ class PersonaLoadStatus(StatusBase):
     completed_at: datetime | None = Field(None, description="When the last run finished.")
     job_name: Annotated[str, StringConstraints(max_length=253)] | None = Field(None, description="Job of the current or last run.")
     last_schedule_time: datetime | None = Field(None, description="When the CronJob last started a run.")
-    summary: LoadSummary | None = Field(None, description="Results of the last finished run.")
+    pods: PodCounts | None = Field(None, description="The engine pods of the current or last run.")
+    summary: LoadSummary | None = Field(None, description="Results of the last finished run, merged across its pods.")
+    recent_runs: list[RunRecord] | None = Field(
+        None, max_length=5, description="The last finished runs of a scheduled PersonaLoad, newest first."
+    )
 
 
 class PersonaLoad(Resource):

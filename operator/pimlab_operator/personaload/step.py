@@ -17,19 +17,30 @@ def _lab(body: dict) -> dict | None:
     return kube.get(API_VERSION, "Lab", ref, body["metadata"]["namespace"]) if ref else None
 
 
+def _job_of(pod: dict) -> str | None:
+    labels = pod["metadata"].get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
 def step(body: dict, spec: PersonaLoadSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     image = desired.engine_image(body, _lab(body))
     reconcile.apply_children(body, desired.desired_children(body, spec, image), prune=CHILDREN)
-    jobs = kube.list_objects("batch/v1", "Job", namespace, label_selector=f"{desired.RUN_LABEL}={name}")
+    selector = f"{desired.RUN_LABEL}={name}"
+    jobs = kube.list_objects("batch/v1", "Job", namespace, label_selector=selector)
+    pods_by_job: dict[str, list[dict]] = {}
+    for pod in kube.list_objects("v1", "Pod", namespace, label_selector=selector):
+        pods_by_job.setdefault(_job_of(pod), []).append(pod)
+    history = None
     if spec.schedule:
-        job = max(jobs, key=lambda j: j["metadata"]["creationTimestamp"], default=None)
+        newest_first = sorted(jobs, key=lambda j: j["metadata"]["creationTimestamp"], reverse=True)
+        job = newest_first[0] if newest_first else None
         cronjob = kube.get("batch/v1", "CronJob", name, namespace)
+        history = [(j, pods_by_job.get(j["metadata"]["name"], [])) for j in newest_first]
     else:
         current = desired.job_name(body, spec, image) if image else None
         job = next((j for j in jobs if j["metadata"]["name"] == current), None)
         cronjob = None
-    pods = kube.list_objects("v1", "Pod", namespace,
-                             label_selector=f"batch.kubernetes.io/job-name={job['metadata']['name']}") if job else []
-    fields, wanted = desired.personaload_status(body, image, job, cronjob, pods)
+    pods = pods_by_job.get(job["metadata"]["name"], []) if job else []
+    fields, wanted = desired.personaload_status(body, image, job, cronjob, pods, history)
     reconcile.write_status(body, fields, wanted)

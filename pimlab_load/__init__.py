@@ -1,0 +1,8 @@
+"""The persona engine: an open-model load generator for the lab's API.
+
+One module per concern: `schedule` (rate functions and the arrival schedule), `journeys`
+(personas, journeys and the synthetic population), `dispatch` (arrivals sent at their intended
+time, in-flight cap, retries, stop), `report` (HDR histograms, the summary and the compact
+termination-message format the operator merges), `metrics` (live Prometheus metrics),
+`config` (the operator-rendered configuration and the quick-run flags) and `cli`.
+"""
