@@ -23,6 +23,7 @@ def test_on_the_real_node_the_lab_runs_the_local_image_in_a_placed_namespace():
     assert namespace["metadata"]["annotations"] == REAL_NODE_NAMESPACE_ANNOTATIONS
     (lab,) = by_kind(docs, "Lab")
     assert lab["spec"]["image"] == PROJECT_IMAGE and lab["spec"]["imagePullPolicy"] == "Never"
+    assert "auth" not in lab["spec"], "the samples' identity provider does not exist here: the dev issuer serves"
     unchanged = sample_documents(real_node=False)
     assert by_kind(docs, "Shard") == by_kind(unchanged, "Shard")
     assert len(docs) == len(unchanged)

@@ -47,3 +47,12 @@ def gateway_url(lab: str, namespace: str) -> str:
     """The in-cluster URL of a Lab's gateway Service."""
     port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
     return f"http://{service_host(lab, 'gateway', namespace)}{port}"
+
+
+def dev_issuer_secret(lab: str) -> str:
+    """The Secret holding a Lab's development token issuer key (when `spec.auth` is unset)."""
+    return f"{lab}-dev-issuer"
+
+
+#: Where the dev issuer key is mounted in the Lab's pods and the engines that target it.
+DEV_ISSUER_DIR = "/etc/pim/dev-issuer"

@@ -95,8 +95,9 @@ class OperatorProcess:
 
 
 def sample_documents(real_node: bool) -> list[dict]:
-    """samples/ as applied here. On the real node the samples' namespace is placed there and a
-    Lab's image is the one built on this machine (there is no registry to pull from)."""
+    """samples/ as applied here. On the real node the samples' namespace is placed there, a
+    Lab's image is the one built on this machine (there is no registry to pull from) and its
+    tokens come from the Lab's development issuer."""
     from pimlab.cluster.images import PROJECT_IMAGE
     from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
 
@@ -110,6 +111,9 @@ def sample_documents(real_node: bool) -> list[dict]:
             if real_node and doc["kind"] == "Lab":
                 doc["spec"]["image"] = PROJECT_IMAGE
                 doc["spec"]["imagePullPolicy"] = "Never"
+                # The samples' identity provider does not exist here: without spec.auth the
+                # services trust the Lab's development issuer (a key the operator generates).
+                doc["spec"].pop("auth", None)
             docs.append(doc)
     return docs
 

@@ -137,3 +137,22 @@ def test_selector_matching():
         {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}, {"tier": "b"})
     assert selector_matches(
         {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}, {"lab": "pim"})
+
+
+def test_without_auth_the_services_share_one_dev_issuer_key_generated_once():
+    body = lab_body(auth=None)
+    del body["spec"]["auth"]
+    shard_map = lab.shard_map(SHARDS, "lab", None)
+    pem = lab.generate_dev_issuer_key()
+    first = lab.desired_children(body, spec_of(body), shard_map, False, pem)
+    secret = by(first, "Secret", "pim-dev-issuer")
+    assert secret["stringData"]["dev-issuer.pem"] == pem and "PRIVATE KEY" in pem
+    later = lab.desired_children(body, spec_of(body), shard_map, False, None)
+    assert not [c for c in later if c["kind"] == "Secret"], "never rewritten once it exists"
+    for deployment in (c for c in later if c["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["PIM_DEV_ISSUER_KEY_FILE"] == "/etc/pim/dev-issuer/dev-issuer.pem"
+        assert {"name": "dev-issuer", "secret": {"secretName": "pim-dev-issuer", "defaultMode": 0o440}} in pod["volumes"]
+    with_auth = lab.desired_children(lab_body(), spec_of(lab_body()), shard_map, False, pem)
+    assert not [c for c in with_auth if c["kind"] == "Secret"], "an OIDC issuer needs no dev key"

@@ -244,3 +244,12 @@ def test_a_cronjob_lists_its_last_runs():
     assert status["recentRuns"][0]["requests"] == 500 and "p95Ms" in status["recentRuns"][0]
     assert status["recentRuns"][-1]["phase"] == "Failed" and status["recentRuns"][-1]["reason"] == "NoResults"
     declared(status, STATUS_SCHEMA)
+
+
+def test_an_engine_aimed_at_a_lab_signs_with_its_dev_issuer_key():
+    children = personaload.desired_children(PEAK, spec_of(PEAK), "img", "pim-dev-issuer")
+    pod = by(children, "Job", personaload.job_name(PEAK, spec_of(PEAK), "img"))["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["PIM_DEV_ISSUER_KEY_FILE"] == "/etc/pim/dev-issuer/dev-issuer.pem"
+    assert {"name": "dev-issuer", "secret": {"secretName": "pim-dev-issuer", "defaultMode": 0o440}} in pod["volumes"]
+    assert pod["securityContext"]["fsGroup"] == 10001, "the key file must be readable by the engine's user"

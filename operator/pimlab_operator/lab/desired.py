@@ -6,10 +6,13 @@ kinds exist), calls `desired_children`, applies the result and writes `lab_statu
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from api_services.catalog import COMPONENTS, CONTAINER_PORT, ROUTED, SERVICE_PORT
 from pimlab_operator.conditions import Condition
 from pimlab_operator.lab.model import LabSpec
-from pimlab_operator.objects import gateway_url
+from pimlab_operator.objects import DEV_ISSUER_DIR, dev_issuer_secret, gateway_url
 from pimlab_operator.render import owned, render
 
 SLOT_COUNT = 1024
@@ -59,13 +62,27 @@ def slot_coverage(entries: list[dict]) -> tuple[int, list[str]]:
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 
 
-def desired_children(lab: dict, spec: LabSpec, shard_map_body: dict, with_service_monitor: bool) -> list[dict]:
-    """Every child of the Lab; a ServiceMonitor only when its CRD exists and the spec wants it."""
+def generate_dev_issuer_key() -> str:
+    """A new ES256 signing key (PKCS#8 PEM) for the lab's development token issuer."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def desired_children(lab: dict, spec: LabSpec, shard_map_body: dict, with_service_monitor: bool,
+                     dev_issuer_pem: str | None = None) -> list[dict]:
+    """Every child of the Lab; a ServiceMonitor only when its CRD exists and the spec wants it.
+    Without `spec.auth` the services trust the lab's development issuer, whose key Secret is
+    included only when `dev_issuer_pem` is given (generated once, like a Shard's password)."""
     spec = spec.to_k8s()
     observability = spec.get("observability") or {}
     name = lab["metadata"]["name"]
     secrets = sorted({entry["credentialsSecret"] for entry in shard_map_body["shards"]})
+    dev_issuer = None if spec.get("auth") else dev_issuer_secret(name)
     children = render("lab/shard-map.yaml.j2", lab_name=name, shard_map=shard_map_body)
+    if dev_issuer and dev_issuer_pem:
+        children += render("lab/dev-issuer.yaml.j2", secret_name=dev_issuer, pem=dev_issuer_pem,
+                           labels={"app.kubernetes.io/instance": name, "app.kubernetes.io/part-of": "pim-sre-lab"})
     for component in COMPONENTS:
         children += render(
             "lab/component.yaml.j2",
@@ -75,6 +92,7 @@ def desired_children(lab: dict, spec: LabSpec, shard_map_body: dict, with_servic
             service_port=SERVICE_PORT, auth=spec.get("auth") or {}, observability=observability,
             downstreams=ROUTED,
             credential_secrets=secrets, shard_map_version=shard_map_body["version"],
+            dev_issuer_secret=dev_issuer, dev_issuer_dir=DEV_ISSUER_DIR,
         )
     if with_service_monitor and observability.get("serviceMonitor", True):
         children += render("lab/servicemonitor.yaml.j2", lab_name=name)

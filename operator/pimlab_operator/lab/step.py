@@ -8,13 +8,14 @@ from api_services.catalog import COMPONENTS
 from pimlab_operator import kube, reconcile
 from pimlab_operator.lab import desired
 from pimlab_operator.lab.model import LabSpec
-from pimlab_operator.objects import selector_matches
+from pimlab_operator.objects import dev_issuer_secret, selector_matches
 from pimlab_operator.reconcile import ChildKind
 from pimlab_operator.schema import API_VERSION
 
 SERVICE_MONITOR = ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", optional=True)
 CHILDREN = (
-    ChildKind("v1", "ConfigMap"), ChildKind("apps/v1", "Deployment"), ChildKind("v1", "Service"),
+    ChildKind("v1", "ConfigMap"), ChildKind("v1", "Secret"), ChildKind("apps/v1", "Deployment"),
+    ChildKind("v1", "Service"),
     ChildKind("policy/v1", "PodDisruptionBudget"), ChildKind("autoscaling/v2", "HorizontalPodAutoscaler"),
     SERVICE_MONITOR,
 )
@@ -38,8 +39,14 @@ def step(body: dict, spec: LabSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     shard_map = desired.shard_map(_selected_shards(body, spec), namespace, _previous_shard_map(name, namespace))
     with_monitor = kube.kind_exists(SERVICE_MONITOR.api_version, SERVICE_MONITOR.kind)
-    children = desired.desired_children(body, spec, shard_map, with_monitor)
-    reconcile.apply_children(body, children, prune=CHILDREN)
+    # The dev issuer's key is generated once; afterwards it is kept, never rewritten or pruned
+    # (a new key would invalidate every token the engines and users hold).
+    issuer = dev_issuer_secret(name)
+    issuer_exists = spec.auth is None and kube.get("v1", "Secret", issuer, namespace) is not None
+    pem = desired.generate_dev_issuer_key() if spec.auth is None and not issuer_exists else None
+    children = desired.desired_children(body, spec, shard_map, with_monitor, pem)
+    keep = (("v1", "Secret", issuer),) if issuer_exists else ()
+    reconcile.apply_children(body, children, prune=CHILDREN, keep=keep)
     deployments = {c.name: kube.get("apps/v1", "Deployment", f"{name}-{c.name}", namespace)
                    for c in COMPONENTS}
     fields, wanted = desired.lab_status(body, spec, shard_map, deployments)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from pimlab_operator.conditions import Condition
-from pimlab_operator.objects import gateway_url
+from pimlab_operator.objects import DEV_ISSUER_DIR, gateway_url
 from pimlab_operator.personaload.model import STANDARD_JOURNEYS, LoadSummary, PersonaLoadSpec
 from pimlab_operator.render import owned, render
 from pimlab_operator.schema import duration_seconds
@@ -46,9 +46,11 @@ def job_name(body: dict, spec: PersonaLoadSpec, image: str | None) -> str:
     return f"{body['metadata']['name'][:54]}-{config_hash(body, spec, image)}"
 
 
-def desired_children(body: dict, typed: PersonaLoadSpec, image: str | None) -> list[dict]:
+def desired_children(body: dict, typed: PersonaLoadSpec, image: str | None,
+                     dev_issuer_secret: str | None = None) -> list[dict]:
     """The ConfigMap (the engine's config: the spec with every default spelled out) always;
-    the Job/CronJob only once an image is known."""
+    the Job/CronJob only once an image is known. `dev_issuer_secret`: the target Lab's token
+    signing key, mounted so the engine's tokens are the ones the Lab trusts."""
     spec = typed.to_k8s()
     for persona in spec["personas"]:  # spelled out: the config says exactly what runs
         persona.setdefault("journeys", list(STANDARD_JOURNEYS[persona["name"]]))
@@ -64,7 +66,8 @@ def desired_children(body: dict, typed: PersonaLoadSpec, image: str | None) -> l
                            target_url=target_url(body), parallelism=spec["parallelism"],
                            schedule=spec.get("schedule") or "", job_name=job_name(body, typed, image),
                            config_hash=config_hash(body, typed, image), deadline_seconds=deadline,
-                           metrics_port=METRICS_PORT,
+                           metrics_port=METRICS_PORT, dev_issuer_secret=dev_issuer_secret,
+                           dev_issuer_dir=DEV_ISSUER_DIR,
                            grace_seconds=int(duration_seconds((spec.get("failurePressure") or {}).get("timeout", "2s"))) + 10)
     return owned(children, body)
 

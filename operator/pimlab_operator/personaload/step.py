@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pimlab_operator import kube, reconcile
+from pimlab_operator.objects import dev_issuer_secret
 from pimlab_operator.personaload import desired
 from pimlab_operator.personaload.model import PersonaLoadSpec
 from pimlab_operator.reconcile import ChildKind
@@ -24,8 +25,11 @@ def _job_of(pod: dict) -> str | None:
 
 def step(body: dict, spec: PersonaLoadSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    image = desired.engine_image(body, _lab(body))
-    reconcile.apply_children(body, desired.desired_children(body, spec, image), prune=CHILDREN)
+    lab = _lab(body)
+    image = desired.engine_image(body, lab)
+    # Engines aimed at a Lab without spec.auth sign their tokens with the Lab's dev issuer key.
+    issuer = dev_issuer_secret(lab["metadata"]["name"]) if lab and not lab["spec"].get("auth") else None
+    reconcile.apply_children(body, desired.desired_children(body, spec, image, issuer), prune=CHILDREN)
     selector = f"{desired.RUN_LABEL}={name}"
     jobs = kube.list_objects("batch/v1", "Job", namespace, label_selector=selector)
     pods_by_job: dict[str, list[dict]] = {}
