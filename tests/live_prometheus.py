@@ -225,3 +225,42 @@ def wait_for(what: str, fn, seconds: float = 60, every: float = 1.0):
             return last
         time.sleep(every)
     raise AssertionError(f"{what}: not seen in {seconds} s (last: {last!r})")
+
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
+                 "bool", "inf", "nan", "le"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (strings, label matchers, ranges, grouping
+    clauses and function calls removed first). Grafana variables count as `.*`."""
+    import re
+
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # strings
+    text = re.sub(r"\{[^}]*\}", "", text)                     # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)                    # ranges and subqueries
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        word, after = match.group(0), text[match.end():].lstrip()[:1]
+        if after == "(" or word.lower() in _PROMQL_WORDS or word.startswith("$"):
+            continue
+        if text[max(0, match.start() - 1)] == "$":
+            continue
+        names.add(word)
+    return names
+
+
+def known_names(prom: Prometheus) -> set[str]:
+    """Every metric name the live Prometheus has samples for, plus the names its targets
+    declared (HELP/TYPE) without samples yet (a counter no request has touched)."""
+    names = prom.metric_names()
+    meta = httpx.get(prom.url + "/api/v1/metadata", timeout=5).json()["data"]
+    for name, entries in meta.items():
+        names.add(name)
+        kinds = {e.get("type") for e in entries}
+        if "counter" in kinds:
+            names.add(f"{name}_total")
+        if "histogram" in kinds:
+            names.update(f"{name}_{s}" for s in ("bucket", "count", "sum"))
+    return names

@@ -10,7 +10,13 @@ import os
 import time
 
 import pytest
-from live_prometheus import GATEWAY_SLO, drive, free_port, register_patient, start_prometheus, start_services
+import json
+from pathlib import Path
+
+import yaml
+
+from live_prometheus import (GATEWAY_SLO, drive, free_port, known_names, promql_metric_names, register_patient,
+                             start_prometheus, start_services)
 from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 from pimlab_operator.slo import desired
@@ -30,7 +36,10 @@ def setting(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
     prom = None
     process = None
     try:
-        prom = start_prometheus(work / "prometheus", {"gateway": f"127.0.0.1:{services.gateway_port}"},
+        metrics_port = free_port()
+        prom = start_prometheus(work / "prometheus", {"gateway": f"127.0.0.1:{services.gateway_port}",
+                                                      "backend": f"127.0.0.1:{services.backend_port}",
+                                                      "operator": f"127.0.0.1:{metrics_port}"},
                                 desired.rule_groups(slo, spec))
         install_operator_rbac(cluster.plane)
         kubeconfig = work / "kubeconfig"
@@ -39,7 +48,7 @@ def setting(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
         previous = os.environ.get("PIMLAB_SLO_REFRESH_SECONDS")
         os.environ["PIMLAB_SLO_REFRESH_SECONDS"] = "2"
         process = OperatorProcess(kubeconfig, work / "operator.log", work / "operator.pid",
-                                  metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
+                                  metrics_port=metrics_port, health_port=free_port(), namespaces=(namespace,))
         try:
             process.start()
         finally:
@@ -91,6 +100,8 @@ def test_status_follows_the_live_budget_and_an_outage_of_prometheus(cluster, set
     table = cluster.kubectl("get", "slo", setting["name"], "-n", ns).stdout
     assert "BUDGET" in table.splitlines()[0] and "WORST BURN" in table.splitlines()[0]
 
+    _every_dashboard_query_reads_live_series(prom)
+
     prom.stop()
     gone = wait_for(lambda: (o := _slo(cluster, setting)) and condition(o, "BudgetCurrent").get("status") == "False"
                     and o, timeout=60, what="BudgetCurrent=False once Prometheus is gone")
@@ -102,3 +113,28 @@ def test_status_follows_the_live_budget_and_an_outage_of_prometheus(cluster, set
     assert condition(gone, "Degraded")["status"] == "True" and status["phase"] == "Degraded"
     assert condition(gone, "Ready")["status"] == "True"
     assert setting["operator"].pid(), "the operator is still running"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _every_dashboard_query_reads_live_series(prom) -> None:
+    """Each PromQL query of dashboards/, of the SLO dashboards and of the Grafana-managed alert
+    rules names only metrics this Prometheus has: scraped from the real services and operator,
+    recorded by the SLO rules, or ALERTS (the page alert is firing by now)."""
+    queries: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        body = json.loads(path.read_text())
+        queries[path.name] = ([t["expr"] for p in body["panels"] for t in p.get("targets", [])]
+                              + [a["expr"] for a in body.get("annotations", {}).get("list", []) if a.get("expr")])
+    for body in (d for d in yaml.safe_load_all((ROOT / "samples" / "30-slos.yaml").read_text()) if d):
+        body["metadata"]["uid"] = "uid"
+        spec = SLOSpec.model_validate(body["spec"])
+        queries[f"slo {body['metadata']['name']}"] = (
+            [t["expr"] for p in desired.dashboard(body, spec)["panels"] for t in p["targets"]]
+            + [r["expr"] for r in desired.grafana_rules(body, spec)])
+    known = known_names(prom)
+    missing = {f"{where}: {name}" for where, exprs in queries.items() for e in exprs
+               for name in promql_metric_names(e) if name not in known}
+    assert not missing, f"queries name metrics the live Prometheus does not have: {sorted(missing)}"
+    assert len(queries) >= 6 + 8
