@@ -9,7 +9,7 @@ PIMLAB := $(VENV)/bin/pimlab
 # Prometheus and promtool for real rule evaluation.
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
 
-.PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ venv: $(VENV)/.installed ## the Python virtual environment with the project and 
 
 controlplane: venv ## compile the control plane once into ~/.cache/pimlab (Go module proxy)
 	$(PIMLAB) cluster build
+
+prometheus-operator: venv ## compile prometheus-operator and its config reloader once into ~/.cache/pimlab (Go module proxy)
+	$(PY) -m pimlab.prometheus_operator_build
+
+dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
+	$(PY) -m pimlab.dashboards
 
 cluster-up: deps controlplane ## start the local control plane
 	$(PIMLAB) cluster up
