@@ -43,7 +43,13 @@ def monitoring_crds(cluster) -> list[str]:
     names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=pimlab-tests",
                     *[f"-f={f}" for f in files])
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # `kubectl wait` fails outright on a CRD created a moment ago (no status.conditions yet): poll.
+    for name in names:
+        deadline = time.monotonic() + 60
+        while cluster.kubectl("get", f"crd/{name}", "-o",
+                              'jsonpath={.status.conditions[?(@.type=="Established")].status}').stdout != "True":
+            assert time.monotonic() < deadline, f"crd/{name} not Established in 60 s"
+            time.sleep(0.5)
     return names
 
 
