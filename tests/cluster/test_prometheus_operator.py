@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab import prometheus_operator_build
+from pimlab import monitoring, prometheus_operator_build
 from pimlab_operator.slo import desired as slo
 from pimlab_operator.slo.model import SLOSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-MONITORING_CRDS = ROOT / "crds" / "thirdparty"
 
 
 def _free_port() -> int:
@@ -39,7 +38,7 @@ def prometheus_operator_binaries(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def monitoring_crds(cluster) -> list[str]:
-    files = sorted(MONITORING_CRDS.glob("monitoring.coreos.com_*.yaml"))
+    files = monitoring.crd_files()
     names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=pimlab-tests",
                     *[f"-f={f}" for f in files])
@@ -65,13 +64,17 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
     pki = cluster.plane.layout.pki
     log_path = tmp_path / "prometheus-operator.log"
     port = _free_port()
+    stack = monitoring.manifests(namespace)
+    # The in-cluster Deployment's own arguments, but listening on loopback and scoped to one namespace.
+    deployment = next(o for o in stack if o["kind"] == "Deployment")
+    args = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            if not a.startswith("--web.listen-address=")]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [str(prometheus_operator_binaries["prometheus-operator"]),
+            [str(prometheus_operator_binaries["prometheus-operator"]), *args,
              f"--apiserver={cluster.plane.layout.server}", f"--ca-file={pki / 'ca.crt'}",
              f"--cert-file={pki / 'admin.crt'}", f"--key-file={pki / 'admin.key'}",
-             f"--namespaces={namespace}", f"--web.listen-address=127.0.0.1:{port}",
-             "--kubelet-endpoints=false", "--log-level=debug"],
+             f"--namespaces={namespace}", f"--web.listen-address=127.0.0.1:{port}", "--log-level=debug"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         body = next(d for d in yaml.safe_load_all((ROOT / "samples" / "30-slos.yaml").read_text())
@@ -81,12 +84,7 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
         rule = next(c for c in slo.desired_children(body, spec, True) if c["kind"] == "PrometheusRule")
         rule["metadata"].pop("ownerReferences", None)
         cluster.apply(rule)
-        cluster.apply({
-            "apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
-            "metadata": {"name": "lab", "namespace": namespace},
-            "spec": {"replicas": 1, "version": "v2.42.0", "image": "localhost/pimlab/lab:0.1.0",
-                     "ruleSelector": {"matchLabels": {"app.kubernetes.io/name": "pim-slo"}},
-                     "ruleNamespaceSelector": {}, "serviceMonitorSelector": {}}})
+        cluster.apply([o for o in stack if o["kind"] == "Prometheus"])
         uid = cluster.get("prometheusrule", rule["metadata"]["name"], namespace)["metadata"]["uid"]
         deadline, found = time.monotonic() + 120, None
         while time.monotonic() < deadline and found is None:
@@ -106,8 +104,10 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
         sts = cluster.get("statefulset", "prometheus-lab", namespace)
         assert sts is not None, log_path.read_text()[-3000:]
         containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
-        assert containers["prometheus"]["image"] == "localhost/pimlab/lab:0.1.0"
-        assert "config-reloader" in containers
+        assert containers["prometheus"]["image"] == monitoring.PROMETHEUS_IMAGE
+        assert containers["prometheus"]["command"] == ["/usr/bin/prometheus"]  # Debian's, in the project's image
+        assert containers["config-reloader"]["image"] == monitoring.OPERATOR_IMAGE
+        assert containers["config-reloader"]["command"] == ["/bin/prometheus-config-reloader"]
     finally:
         proc.terminate()
         try:
@@ -115,3 +115,27 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_the_monitoring_stack_passes_server_side_dry_run(cluster, monitoring_crds, namespace):
+    stack = monitoring.manifests(namespace)
+    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=pimlab-tests", "-f", "-",
+                           input=yaml.safe_dump_all(stack))
+    assert proc.stdout.count("serverside-applied") == len(stack), proc.stdout
+    prom = next(o for o in stack if o["kind"] == "Prometheus")
+    assert prom["spec"]["ruleSelector"]["matchLabels"] == {"app.kubernetes.io/part-of": "pim-sre-lab"}
+    assert monitoring.prometheus_url(namespace) == f"http://prometheus.{namespace}:9090"
+
+
+def test_the_operator_image_holds_both_binaries_where_prometheus_operator_looks(prometheus_operator_binaries,
+                                                                                tmp_path):
+    import tarfile
+
+    tar_path = monitoring.image_rootfs(tmp_path / "rootfs.tar", prometheus_operator_binaries)
+    with tarfile.open(tar_path) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["bin/operator"].mode == 0o755 and members["bin/prometheus-config-reloader"].size > 1_000_000
+        tar.extractall(tmp_path / "root", filter="tar")
+    proc = subprocess.run([str(tmp_path / "root" / "bin" / "prometheus-config-reloader"), "--version"],
+                          capture_output=True, text=True, timeout=30)
+    assert "0.85.0" in proc.stdout + proc.stderr
