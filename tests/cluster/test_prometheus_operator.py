@@ -45,8 +45,9 @@ def monitoring_crds(cluster) -> list[str]:
     # `kubectl wait` fails outright on a CRD created a moment ago (no status.conditions yet): poll.
     for name in names:
         deadline = time.monotonic() + 60
-        while cluster.kubectl("get", f"crd/{name}", "-o",
-                              'jsonpath={.status.conditions[?(@.type=="Established")].status}').stdout != "True":
+        established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        # check=False: before the apiserver writes any condition, the jsonpath itself errors.
+        while cluster.kubectl("get", f"crd/{name}", "-o", established, check=False).stdout != "True":
             assert time.monotonic() < deadline, f"crd/{name} not Established in 60 s"
             time.sleep(0.5)
     return names
