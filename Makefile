@@ -13,7 +13,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk
 
-.PHONY: help deps venv controlplane image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ controlplane: venv ## compile the control plane, kubelet, kube-proxy and add-ons
 image: deps venv ## build the node's images (pause, CoreDNS, local-path, the project's) if their inputs changed
 	$(PY) -m pimlab.cluster.images build
 
+prometheus-operator: venv ## compile prometheus-operator and its config reloader once into ~/.cache/pimlab (Go module proxy)
+	$(PY) -m pimlab.prometheus_operator_build
+
+dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
+	$(PY) -m pimlab.dashboards
+
 cluster-up: deps controlplane ## start the local cluster (PIMLAB_NODE=auto|real|kwok: a real node, or kwok nodes only)
 	$(PIMLAB) cluster up
 
@@ -60,7 +66,7 @@ lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down
 
-test: deps controlplane image ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane prometheus-operator image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 bench: deps venv ## benchmarks, printed as figures and ratios against a baseline

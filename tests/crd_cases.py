@@ -104,6 +104,12 @@ INVALID: list[Invalid] = [
     Invalid("slo-unknown-journey", "SLO", {"journey": "teleport"}, "spec.journey"),
     Invalid("slo-page-for-unparsable", "SLO", {"alerting": {"page": {"for": "2 minutes"}}}, "spec.alerting.page.for"),
     Invalid("slo-unknown-service", "SLO", {"service": "frontend"}, "spec.service"),
+    Invalid("slo-objective-100-cel-message", "SLO", {"objective": 100.0}, "leaves no error budget"),
+    Invalid("slo-tier-same-windows", "SLO", {"alerting": {"page": {"tiers": [
+        {"longWindow": "1h", "shortWindow": "5m", "burnRate": 14.4},
+        {"longWindow": "1h", "shortWindow": "5m", "burnRate": 10}]}}}, "spec.alerting.page.tiers"),
+    Invalid("slo-tier-burn-rate-zero", "SLO", {"alerting": {"page": {"tiers": [
+        {"longWindow": "1h", "shortWindow": "5m", "burnRate": 0}]}}}, "burnRate"),
     # PersonaLoad
     Invalid("load-weight-zero", "PersonaLoad", {"personas": [dict(_P0, weight=0)]}, "spec.personas[0].weight"),
     Invalid("load-no-personas", "PersonaLoad", {"personas": []}, "spec.personas"),

@@ -17,7 +17,9 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$service": 
 
 
 def queries(dashboard: dict) -> list[str]:
-    return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    """Every PromQL query: panel targets and annotation queries."""
+    return ([t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+            + [a["expr"] for a in (dashboard.get("annotations") or {}).get("list", []) if a.get("expr")])
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)

@@ -35,8 +35,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _operator_run(args: argparse.Namespace) -> int:
-    from pimlab_operator import main
+    import os
 
+    from pimlab_operator import main
+    from pimlab_operator.slo import prometheus
+
+    if args.prometheus_url:
+        os.environ[prometheus.URL_ENV] = args.prometheus_url
     main.run(namespaces=args.namespace or [], host=args.host, metrics_port=args.metrics_port,
              health_port=args.health_port, log_format=args.log_format, verbose=args.verbose)
     return 0
@@ -53,4 +58,7 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port")
     run.add_argument("--log-format", choices=("json", "text"), default="json")
     run.add_argument("--verbose", action="store_true")
+    run.add_argument("--prometheus-url", default=None,
+                     help="Prometheus the SLOs' error budgets are read from where no Lab in their namespace"
+                          " names one (also $PIMLAB_PROMETHEUS_URL)")
     run.set_defaults(func=_operator_run)

@@ -21,13 +21,14 @@ from pimlab_operator.slo.model import SLO
 
 #: In the order the CRDs are generated and documented. Resync periods: Labs, Shards and
 #: PersonaLoads follow pods and runs; a ChaosExperiment measures recovery every few seconds
-#: while it is Recovering; an SLO only waits for a CRD that may appear later.
+#: while it is Recovering; an SLO reads its error budget from Prometheus again
+#: ($PIMLAB_SLO_REFRESH_SECONDS, default 30 s).
 KINDS = (
     Kind(Lab, lab.step, resync_seconds=20, children=lab.CHILDREN),
     Kind(Shard, shard.step, resync_seconds=20, children=shard.CHILDREN),
     Kind(PersonaLoad, personaload.step, resync_seconds=15, children=personaload.CHILDREN),
     Kind(ChaosExperiment, chaos.step, resync_seconds=5, idle_seconds=2, children=chaos.CHILDREN),
-    Kind(SLO, slo.step, resync_seconds=60, children=slo.CHILDREN),
+    Kind(SLO, slo.step, resync_seconds=slo.REFRESH_SECONDS, children=slo.CHILDREN),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 

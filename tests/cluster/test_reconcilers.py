@@ -46,7 +46,8 @@ def children_of(kind: str, namespace: str) -> list[dict]:
             rendered += shard.desired_children(body, spec_of(body), password=shard.generate_password())
     elif kind == "SLO":
         for body in samples(kind, namespace):
-            rendered += slo.desired_children(body, spec_of(body), with_prometheus_rule=True)
+            rendered += slo.desired_children(body, spec_of(body), with_prometheus_rule=True,
+                                              with_grafana_operator=True)
     elif kind == "PersonaLoad":
         for body in samples(kind, namespace):
             rendered += personaload.desired_children(body, spec_of(body), "ghcr.io/pim-sre/lab:0.1.0")
@@ -73,5 +74,7 @@ def test_rendered_children_pass_server_side_dry_run(cluster, crds_installed, thi
         child["metadata"]["ownerReferences"] = []  # the sample owners do not exist in this namespace
         result = kube.apply(child, dry_run=True)
         assert result["metadata"]["name"] == child["metadata"]["name"], child["kind"]
+    if kind == "SLO":
+        assert {"PrometheusRule", "GrafanaAlertRuleGroup"} <= {c["kind"] for c in rendered}
     if kind == "Lab":
         assert {"ServiceMonitor", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= {c["kind"] for c in rendered}

@@ -7,25 +7,54 @@ also jinja syntax; the templates only lay finished strings out.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 
 from pimlab_operator.schema import duration_seconds
-from pimlab_operator.slo.model import WINDOW_PLACEHOLDER, SLOSpec
+from pimlab_operator.slo.model import DEFAULT_FOR, WINDOW_PLACEHOLDER, WORKBOOK_TIERS, SLOSpec
 from pimlab_operator.conditions import Condition
 from pimlab_operator.render import owned, render
 
+#: Windows recorded for every SLO (the workbook's); tiers may add their own.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-#: (severity, long window, short window, burn-rate factor): a factor of 14.4 spends 2% of a
-#: 30-day budget in one hour.
-BURN_ALERTS = (
-    ("page", "1h", "5m", 14.4),
-    ("page", "6h", "30m", 6.0),
-    ("ticket", "1d", "2h", 3.0),
-    ("ticket", "3d", "6h", 1.0),
-)
-DEFAULT_FOR = {"page": "2m", "ticket": "15m"}
+SEVERITIES = ("page", "ticket")
 DATASOURCE_UID = "prometheus"
+ALERT_NAMES = {"page": "SLOErrorBudgetBurnPage", "ticket": "SLOErrorBudgetBurnTicket"}
+ABSENT_ALERT = "SLOMetricAbsent"
+
+
+def tiers(spec: SLOSpec) -> list[dict]:
+    """The enabled burn-rate tiers, each with its severity, windows, factor, `for` and labels:
+    the spec's tiers where given, the Google SRE Workbook's otherwise."""
+    found = []
+    for severity in SEVERITIES:
+        policy = getattr(spec.alerting, severity)
+        if not policy.enabled:
+            continue
+        if policy.tiers is None:
+            chosen = [{"long": t["longWindow"], "short": t["shortWindow"], "factor": t["burnRate"],
+                       "for": None, "labels": {}} for t in WORKBOOK_TIERS[severity]]
+        else:
+            chosen = [{"long": t.long_window, "short": t.short_window, "factor": t.burn_rate,
+                       "for": t.for_, "labels": t.labels or {}} for t in policy.tiers if t.enabled]
+        for tier in chosen:
+            found.append({**tier, "severity": severity,
+                          "for": tier["for"] or policy.for_ or DEFAULT_FOR[severity],
+                          "labels": {**(policy.labels or {"severity": severity}), **tier["labels"]}})
+    return found
+
+
+def windows(spec: SLOSpec) -> list[str]:
+    """Every window that gets a recording rule, shortest first."""
+    used = set(WINDOWS) | {w for t in tiers(spec) for w in (t["long"], t["short"])}
+    return sorted(used, key=duration_seconds)
+
+
+def alert_windows(spec: SLOSpec) -> list[str]:
+    """The windows the enabled tiers look at (the status shows a burn rate for each)."""
+    used = {w for t in tiers(spec) for w in (t["long"], t["short"])} or {"1h", "6h"}
+    return sorted(used, key=duration_seconds)
 
 
 def number(value: float) -> str:
@@ -39,20 +68,33 @@ def le_label(seconds: float) -> str:
 
 
 def error_ratio_query(spec: SLOSpec, window: str) -> str:
-    """The SLI's error ratio (0..1) over `window`, as PromQL."""
+    """The SLI's error ratio (0..1) over `window`, as PromQL that never yields NaN or +Inf: a
+    window without traffic gives no sample at all (the denominator is kept only where it is
+    above zero), and no error series at all counts as zero errors."""
     sli = spec.sli
     if sli.ratio:
         errors = sli.ratio.errors.replace(WINDOW_PLACEHOLDER, window)
         total = sli.ratio.total.replace(WINDOW_PLACEHOLDER, window)
-        return f"({errors})\n/\n({total})"
+        return f"(({errors}) or on() vector(0))\n/\n(({total}) > 0)"
     if sli.raw:
-        return sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)
+        return f"clamp_max(({sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)}) >= 0, 1)"
     latency = sli.latency
     matchers = latency.selector or ""
     bucket = ",".join(m for m in (matchers, f'le="{le_label(duration_seconds(latency.threshold))}"') if m)
     total = f"sum(rate({latency.metric}_count{{{matchers}}}[{window}]))"
     good = f"sum(rate({latency.metric}_bucket{{{bucket}}}[{window}]))"
-    return f"({total} - {good})\n/\n{total}"
+    return f"({total} - {good})\n/\n({total} > 0)"
+
+
+def presence_query(spec: SLOSpec) -> str:
+    """An expression that is empty exactly when the SLI's metric is missing (zero traffic on an
+    existing counter is not missing)."""
+    sli = spec.sli
+    if sli.ratio:
+        return sli.ratio.total.replace(WINDOW_PLACEHOLDER, "5m")
+    if sli.raw:
+        return sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, "5m")
+    return f"{sli.latency.metric}_count{{{sli.latency.selector or ''}}}"
 
 
 def identity(slo: dict) -> dict[str, str]:
@@ -78,27 +120,28 @@ def recording_rules(slo: dict, spec: SLOSpec) -> list[dict]:
     labels = identity(slo)
     sel = selector_of({"slo": labels["slo"], "slo_namespace": labels["slo_namespace"]})
     budget = number(1 - spec.objective / 100)
-    rules = [{"record": series(w), "expr": error_ratio_query(spec, w), "labels": labels} for w in WINDOWS]
+    rules = [{"record": series(w), "expr": error_ratio_query(spec, w), "labels": labels} for w in windows(spec)]
     rules.append({"record": series(spec.window),
                   "expr": f"avg_over_time({series('5m')}{sel}[{spec.window}])", "labels": labels})
     rules.append({"record": "slo:error_budget:remaining_ratio",
                   "expr": f"1 - {series(spec.window)}{sel} / {budget}", "labels": labels})
+    # The objective as a series, so dashboards across SLOs can divide by each one's budget.
+    rules.append({"record": "slo:objective:ratio", "expr": f"vector({number(spec.objective / 100)})",
+                  "labels": labels})
     return rules
 
 
 def burn_alerts(slo: dict, spec: SLOSpec) -> list[dict]:
     """Multi-window multi-burn-rate alerts: both windows must burn faster than `factor`, so an
-    alert fires fast on a real burn and resets fast once it stops."""
+    alert fires fast on a real burn and resets fast once it stops. A window without traffic has
+    no sample, so zero traffic never fires."""
     ident = identity(slo)
     sel = selector_of({"slo": ident["slo"], "slo_namespace": ident["slo_namespace"]})
     budget = 1 - spec.objective / 100
     alerts = []
-    for severity, long, short, factor in BURN_ALERTS:
-        policy = getattr(spec.alerting, severity)
-        if not policy.enabled:
-            continue
+    for tier in tiers(spec):
+        severity, long, short, factor = tier["severity"], tier["long"], tier["short"], tier["factor"]
         threshold = number(factor * budget)
-        name = "SLOErrorBudgetBurn" + ("Page" if severity == "page" else "Ticket")
         annotations = {
             "summary": f"{ident['slo']}: error budget burning {number(factor)}x too fast ({long}/{short})",
             "description": (f"{spec.service}{'/' + spec.journey if spec.journey else ''}: error ratio over "
@@ -108,10 +151,10 @@ def burn_alerts(slo: dict, spec: SLOSpec) -> list[dict]:
         if spec.alerting.runbook_url:
             annotations["runbook_url"] = spec.alerting.runbook_url
         alerts.append({
-            "alert": name,
+            "alert": ALERT_NAMES[severity],
             "expr": f"({series(long)}{sel} > {threshold})\nand\n({series(short)}{sel} > {threshold})",
-            "for": policy.for_ or DEFAULT_FOR[severity],
-            "labels": {**ident, **(policy.labels or {"severity": severity}),
+            "for": tier["for"],
+            "labels": {**ident, **tier["labels"],
                        "long_window": long, "short_window": short, "burn_factor": number(factor)},
             "annotations": annotations,
             "severity": severity,
@@ -120,11 +163,26 @@ def burn_alerts(slo: dict, spec: SLOSpec) -> list[dict]:
     return alerts
 
 
+def absent_alert(slo: dict, spec: SLOSpec) -> list[dict]:
+    """The optional alert for an SLI whose metric is missing altogether."""
+    policy = spec.alerting.absent
+    if not policy.enabled:
+        return []
+    ident = identity(slo)
+    annotations = {"summary": f"{ident['slo']}: the SLI's metric is missing",
+                   "description": f"No series for the SLI of {ident['slo']} for {policy.for_}: the error "
+                                  "budget cannot be computed (scrape target down or metric renamed)."}
+    if spec.alerting.runbook_url:
+        annotations["runbook_url"] = spec.alerting.runbook_url
+    return [{"alert": ABSENT_ALERT, "expr": f"absent({presence_query(spec)})", "for": policy.for_,
+             "labels": {**ident, **(policy.labels or {"severity": "ticket"})}, "annotations": annotations}]
+
+
 def rule_groups(slo: dict, spec: SLOSpec) -> list[dict]:
     """The PrometheusRule's `spec.groups`, also what `promtool check rules` reads."""
     name = slo["metadata"]["name"]
     alerts = [{k: v for k, v in a.items() if k not in ("severity", "threshold")}
-              for a in burn_alerts(slo, spec)]
+              for a in burn_alerts(slo, spec)] + absent_alert(slo, spec)
     groups = [{"name": f"slo-{name}-recordings", "interval": "30s", "rules": recording_rules(slo, spec)}]
     if alerts:
         groups.append({"name": f"slo-{name}-alerts", "rules": alerts})
@@ -170,7 +228,7 @@ def dashboard(slo: dict, spec: SLOSpec) -> dict:
          "gridPos": {"x": 6, "y": 0, "w": 18, "h": 6},
          "fieldConfig": {"defaults": {"unit": "none"}, "overrides": []},
          "targets": [{"refId": chr(65 + i), "legendFormat": w, "expr": f"{series(w)}{sel} / {budget}"}
-                     for i, w in enumerate(WINDOWS)]},
+                     for i, w in enumerate(windows(spec))]},
         {"id": 3, "type": "timeseries", "title": "SLI error ratio (5m) vs. budget", "datasource": ds,
          "gridPos": {"x": 0, "y": 6, "w": 24, "h": 8},
          "fieldConfig": {"defaults": {"unit": "percentunit"}, "overrides": []},
@@ -187,8 +245,16 @@ def dashboard(slo: dict, spec: SLOSpec) -> dict:
     }
 
 
-def desired_children(slo: dict, spec: SLOSpec, with_prometheus_rule: bool) -> list[dict]:
-    """Every child of the SLO; a PrometheusRule only where its CRD exists."""
+def folder_uid(folder: str) -> str:
+    """A Grafana folder uid from its title: lower case, [a-z0-9-], at most 40 characters."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in folder.lower()).strip("-")
+    return (slug or "slos")[:40]
+
+
+def desired_children(slo: dict, spec: SLOSpec, with_prometheus_rule: bool,
+                     with_grafana_operator: bool = False) -> list[dict]:
+    """Every child of the SLO; a PrometheusRule and a GrafanaAlertRuleGroup only where their
+    CRDs exist."""
     name = slo["metadata"]["name"]
     labels = {"app.kubernetes.io/name": "pim-slo", "app.kubernetes.io/instance": name,
               "app.kubernetes.io/part-of": "pim-sre-lab"}
@@ -198,29 +264,106 @@ def desired_children(slo: dict, spec: SLOSpec, with_prometheus_rule: bool) -> li
     folder = spec.grafana.folder
     children += render("slo/grafana-alerts.yaml.j2", name=name, labels=labels, folder=folder,
                        rules=grafana_rules(slo, spec), datasource_uid=DATASOURCE_UID)
+    if with_grafana_operator:
+        children += render("slo/grafana-alertrulegroup.yaml.j2", name=name, labels=labels,
+                           folder_uid=spec.grafana.folder_uid or folder_uid(folder),
+                           instance_labels=spec.grafana.instance_labels or {"dashboards": "grafana"},
+                           rules=grafana_rules(slo, spec), datasource_uid=DATASOURCE_UID)
     if spec.grafana.dashboard:
         children += render("slo/dashboard.yaml.j2", name=name, labels=labels, folder=folder,
                            dashboard=json.dumps(dashboard(slo, spec), indent=2, sort_keys=True))
     return owned(children, slo)
 
 
-def slo_status(slo: dict, children: list[dict], with_prometheus_rule: bool) -> tuple[dict, list[Condition]]:
-    """Generated objects and conditions. The error budget is not read yet (querying the Lab's
-    Prometheus is a later issue), so errorBudget stays unset and the message says why."""
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def budget_status(slo: dict, spec: SLOSpec, reading: dict, url: str) -> tuple[dict, Condition]:
+    """`status.errorBudget` from one reading of Prometheus (`prometheus.read_slo`), and the
+    BudgetCurrent condition. Pure: the reading carries its own time."""
+    series_values, read_at = reading["series"], _timestamp(reading["readAt"])
+    budget = 1 - spec.objective / 100
+    window_minutes = duration_seconds(spec.window) / 60
+    ratio = series_values.get(series(spec.window))
+    remaining = series_values.get("slo:error_budget:remaining_ratio")
+    if remaining is None and ratio is not None:
+        remaining = 1 - ratio / budget
+    burns = []
+    for window in alert_windows(spec):
+        value = series_values.get(series(window))
+        burns.append({"window": window, "readAt": read_at,
+                      **({"value": _rounded(max(value, 0.0) / budget)} if value is not None else {})})
+    measured = [b for b in burns if "value" in b]
+    worst = max(measured, key=lambda b: b["value"]) if measured else None
+    one_hour, six_hours = series_values.get(series("1h")), series_values.get(series("6h"))
+    firing = []
+    for alert in reading["alerts"]:
+        if alert.get("state") != "firing":
+            continue
+        labels = alert.get("labels", {})
+        entry = {"alert": labels.get("alertname", "?"), "severity": labels.get("severity"),
+                 "longWindow": labels.get("long_window"), "shortWindow": labels.get("short_window"),
+                 "activeSince": alert.get("activeAt", "")[:19] + "Z" if alert.get("activeAt") else None}
+        firing.append({k: v for k, v in entry.items() if v is not None})
+    firing.sort(key=lambda a: (a["alert"], a.get("longWindow", "")))
+    found = {
+        "sli": _rounded(None if ratio is None else min(max(1 - ratio, 0.0), 1.0)),
+        "remaining": _rounded(None if remaining is None else min(remaining, 1.0)),
+        "remainingMinutes": None if remaining is None else round(min(remaining, 1.0) * budget * window_minutes, 2),
+        "burnRate1h": _rounded(None if one_hour is None else max(one_hour, 0.0) / budget),
+        "burnRate6h": _rounded(None if six_hours is None else max(six_hours, 0.0) / budget),
+        "worstBurnRate": worst["value"] if worst else None,
+        "worstBurnWindow": worst["window"] if worst else None,
+        "burnRates": burns, "firingAlerts": firing, "evaluatedAt": read_at, "prometheusUrl": url,
+    }
+    error_budget = {k: v for k, v in found.items() if v is not None}
+    if ratio is None and not measured:
+        condition = Condition("BudgetCurrent", True, "NoData",
+                              f"read {url} at {read_at}: no recorded SLI series yet (no traffic in any window,"
+                              " or the recording rules are not loaded)")
+    else:
+        names = ", ".join(sorted({a["alert"] for a in firing})) or "none"
+        condition = Condition("BudgetCurrent", True, "Read",
+                              f"read {url} at {read_at}; firing alerts: {names}")
+    return error_budget, condition
+
+
+def slo_status(slo: dict, children: list[dict], with_prometheus_rule: bool,
+               budget: tuple[dict | None, Condition] | None = None) -> tuple[dict, list[Condition]]:
+    """Generated objects, the error budget (when a Prometheus was read) and conditions:
+    Ready (rules generated), Degraded (a CRD missing or Prometheus unreadable) and
+    BudgetCurrent (whether `errorBudget` is a fresh reading, and if not, why)."""
     generated = [{"apiVersion": c["apiVersion"], "kind": c["kind"], "name": c["metadata"]["name"],
                   "namespace": c["metadata"]["namespace"]} for c in children]
-    budget_note = "error budget not read: querying Prometheus is not implemented yet"
+    error_budget, budget_condition = budget or (None, Condition(
+        "BudgetCurrent", False, "NoPrometheusUrl",
+        "no Prometheus to read: set the Lab's spec.observability.prometheusUrl or the operator's --prometheus-url"))
+    fields = {"generatedObjects": generated}
+    if error_budget is not None:
+        fields["errorBudget"] = error_budget
+    else:
+        last = ((slo.get("status") or {}).get("errorBudget")
+                or (slo.get("status") or {}).get("lastErrorBudget"))
+        if last:
+            fields["lastErrorBudget"] = last
+    unreadable = not budget_condition.status and budget_condition.reason != "NoPrometheusUrl"
     if with_prometheus_rule:
-        phase, ready = "Ready", Condition(
+        ready = Condition(
             "Ready", True, "RulesGenerated",
             f"{len(generated)} objects generated (PrometheusRule, Grafana alerts"
-            f"{', dashboard' if len(generated) > 2 else ''}); {budget_note}")
-        degraded = Condition("Degraded", False, "AllTargetsPresent", "the PrometheusRule CRD exists")
+            f"{', dashboard' if any(c['kind'] == 'ConfigMap' and c['name'].endswith('-dashboard') for c in generated) else ''})")
+        degraded = (Condition("Degraded", True, budget_condition.reason, budget_condition.message) if unreadable
+                    else Condition("Degraded", False, "AllTargetsPresent", "the PrometheusRule CRD exists"))
     else:
-        phase = "Degraded"
         ready = Condition("Ready", False, "PrometheusRuleCRDMissing",
                           "monitoring.coreos.com/v1 PrometheusRule is not installed: no recording rules or "
-                          f"Prometheus alerts; burn-rate alerts exist only as Grafana alert rules; {budget_note}")
+                          "Prometheus alerts; burn-rate alerts exist only as Grafana alert rules")
         degraded = Condition("Degraded", True, "PrometheusRuleCRDMissing", ready.message)
-    return ({"phase": phase, "phaseReason": ready.message, "generatedObjects": generated},
-            [ready, degraded])
+    phase = "Degraded" if degraded.status else "Ready"
+    fields = {"phase": phase, "phaseReason": degraded.message if degraded.status else ready.message, **fields}
+    return fields, [ready, degraded, budget_condition]

@@ -26,6 +26,8 @@ from pimlab_operator.schema import (
     Text,
     Window,
     cel,
+    duration_seconds,
+    list_map,
     rules,
 )
 
@@ -115,12 +117,65 @@ class Sli(ApiModel):
         return self
 
 
+class BurnTier(ApiModel):
+    """One multi-window burn-rate alert: it fires while the error ratio over both windows is above
+    `burnRate` times the error budget (the long window says the burn is real, the short one that
+    it is still going on)."""
+
+    long_window: Window = Field(description="Long window, e.g. 1h.")
+    short_window: Window = Field(description="Short window, e.g. 5m; shorter than longWindow (the workbook uses 1/12).")
+    burn_rate: float = Field(gt=0, le=1000, description="Burn-rate factor: 14.4 spends 2% of a 30-day budget in one hour.")
+    enabled: bool = Field(True, description="Generate this tier's alert (default true).")
+    for_: Duration | None = Field(None, alias="for", description="How long the condition must hold; unset: the severity's.")
+    labels: LabelMap | None = Field(None, description="Labels added to this tier's alert (over the severity's).")
+
+    @model_validator(mode="after")
+    def _windows(self) -> BurnTier:
+        if duration_seconds(self.short_window) >= duration_seconds(self.long_window):
+            raise ValueError(f"shortWindow {self.short_window} must be shorter than longWindow {self.long_window}")
+        return self
+
+
+#: The Google SRE Workbook's multi-window multi-burn-rate table (chapter 5, "Alerting on SLOs").
+WORKBOOK_TIERS = {
+    "page": ({"longWindow": "1h", "shortWindow": "5m", "burnRate": 14.4},
+             {"longWindow": "6h", "shortWindow": "30m", "burnRate": 6.0}),
+    "ticket": ({"longWindow": "1d", "shortWindow": "2h", "burnRate": 3.0},
+               {"longWindow": "3d", "shortWindow": "6h", "burnRate": 1.0}),
+}
+DEFAULT_FOR = {"page": "2m", "ticket": "15m"}
+
+
 class AlertSeverity(ApiModel):
     """One class of multi-window multi-burn-rate alerts."""
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "!has(self.tiers) || self.tiers.all(t, self.tiers.exists_one(u, u.longWindow == t.longWindow && u.shortWindow == t.shortWindow))",
+        "two tiers have the same longWindow and shortWindow", field_path=".tiers")))
 
     enabled: bool = Field(True, description="Generate these alerts (default true).")
     labels: LabelMap | None = Field(None, description="Labels on the alerts; unset: severity=<page|ticket>.")
     for_: Duration | None = Field(None, alias="for", description="How long the condition must hold; unset: 2m page, 15m ticket.")
+    tiers: list[BurnTier] | None = Field(
+        None, max_length=8,
+        description="Burn-rate tiers; unset: the Google SRE Workbook's (page: 1h/5m x14.4 and 6h/30m x6;"
+                    " ticket: 1d/2h x3 and 3d/6h x1).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AlertSeverity:
+        pairs = [(t.long_window, t.short_window) for t in self.tiers or ()]
+        if len(pairs) != len(set(pairs)):
+            raise ValueError("two tiers have the same longWindow and shortWindow")
+        return self
+
+
+class AbsentAlert(ApiModel):
+    """An alert when the SLI's metric is missing altogether (a scrape broke, a metric was
+    renamed) -- distinct from zero traffic, which never fires."""
+
+    enabled: bool = Field(False, description="Generate the absent-metric alert (default false).")
+    for_: Duration = Field("10m", alias="for", description="How long the metric must be missing (default 10m).")
+    labels: LabelMap | None = Field(None, description="Labels on the alert; unset: severity=ticket.")
 
 
 class Alerting(ApiModel):
@@ -128,6 +183,7 @@ class Alerting(ApiModel):
 
     page: AlertSeverity = Field(default_factory=AlertSeverity, description="Fast-burn alerts.")
     ticket: AlertSeverity = Field(default_factory=AlertSeverity, description="Slow-burn alerts (1d/2h at 3x, 3d/6h at 1x).")
+    absent: AbsentAlert = Field(default_factory=AbsentAlert, description="Alert when the SLI's metric is absent.")
     runbook_url: HttpUrl | None = Field(None, description="Runbook linked from every alert (annotation runbook_url).")
 
 
@@ -138,10 +194,23 @@ class SloGrafana(ApiModel):
         "SLOs", description="Grafana folder for the alert rules and dashboard (default SLOs)."
     )
     dashboard: bool = Field(True, description="Generate a dashboard ConfigMap (default true).")
+    folder_uid: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9-_]+$", max_length=40)] | None = Field(
+        None, alias="folderUid",
+        description="uid of the Grafana folder for the GrafanaAlertRuleGroup; unset: the folder's title in"
+                    " lower case with dashes (SLOs -> slos).")
+    instance_labels: LabelMap | None = Field(
+        None, description="matchLabels of the Grafana instances (grafana-operator) that get the alert rules;"
+                          " unset: dashboards=grafana.")
 
 
 class SLOSpec(ApiModel):
     """The desired objective."""
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "self.objective > 0.0 && self.objective < 100.0",
+        "objective must be strictly between 0 and 100: an objective of 100 leaves no error budget"
+        " (every burn rate would divide by zero); use e.g. 99.99",
+        field_path=".objective")))
 
     service: ServiceName = Field(description="Lab service the SLO is about.")
     journey: Journey | None = Field(None, description="Persona journey the SLO protects; unset: the whole service.")
@@ -153,15 +222,44 @@ class SLOSpec(ApiModel):
     grafana: SloGrafana = Field(default_factory=SloGrafana, description="Grafana folder and dashboard.")
 
 
-class ErrorBudget(StatusModel):
-    """Error budget and burn rates, read from Prometheus when it is reachable."""
+class BurnRate(StatusModel):
+    """The burn rate over one alert window: error ratio / error budget (1 = on budget)."""
 
+    window: Window = Field(description="The window, e.g. 1h.")
+    value: float | None = Field(None, ge=0, description="Burn rate; unset: no traffic in the window.")
+    read_at: datetime = Field(description="When Prometheus was queried for it.")
+
+
+class FiringAlert(StatusModel):
+    """A burn-rate (or absent-metric) alert of this SLO that Prometheus reports firing."""
+
+    alert: Annotated[str, StringConstraints(max_length=253)] = Field(description="Alert name.")
+    severity: Annotated[str, StringConstraints(max_length=63)] | None = Field(None, description="Its severity label.")
+    long_window: Window | None = Field(None, description="Its long window.")
+    short_window: Window | None = Field(None, description="Its short window.")
+    active_since: datetime | None = Field(None, description="When Prometheus saw it become active.")
+
+
+class ErrorBudget(StatusModel):
+    """Error budget and burn rates, read from Prometheus by a timer. Every figure was read at
+    `evaluatedAt` (burn rates and alerts carry their own time too); when Prometheus cannot be
+    read this block is removed rather than left to look current (see `lastErrorBudget`)."""
+
+    sli: float | None = Field(None, ge=0, le=1, description="Good-event ratio over the compliance window (0..1).")
     remaining: float | None = Field(None, le=1, description="Share of the window's budget left (1 = untouched, below 0 = overspent).")
-    burn_rate_5m: float | None = Field(None, ge=0, alias="burnRate5m", description="Burn rate over 5m (1 = on budget).")
+    remaining_minutes: float | None = Field(
+        None, alias="remainingMinutes", description="Budget left as minutes of total outage over the window.")
     burn_rate_1h: float | None = Field(None, ge=0, alias="burnRate1h", description="Burn rate over 1h.")
     burn_rate_6h: float | None = Field(None, ge=0, alias="burnRate6h", description="Burn rate over 6h.")
-    burn_rate_3d: float | None = Field(None, ge=0, alias="burnRate3d", description="Burn rate over 3d.")
+    worst_burn_rate: float | None = Field(None, ge=0, description="Highest burn rate over the alert windows.")
+    worst_burn_window: Window | None = Field(None, description="The window of worstBurnRate.")
+    burn_rates: list[BurnRate] | None = Field(
+        None, max_length=32, json_schema_extra=list_map("window"),
+        description="Burn rate per alert window of the enabled tiers.")
+    firing_alerts: list[FiringAlert] | None = Field(
+        None, max_length=32, description="This SLO's alerts Prometheus reports firing (empty: none).")
     evaluated_at: datetime | None = Field(None, description="When Prometheus was queried.")
+    prometheus_url: HttpUrl | None = Field(None, description="The Prometheus that was queried.")
 
 
 class SLOStatus(StatusBase):
@@ -173,7 +271,9 @@ class SLOStatus(StatusBase):
     generated_objects: list[ObjectRef] | None = Field(
         None, max_length=16, description="PrometheusRule, Grafana alert/dashboard ConfigMaps, ... created for this SLO."
     )
-    error_budget: ErrorBudget | None = Field(None, description="Budget and burn rates; unset when Prometheus is unreachable.")
+    error_budget: ErrorBudget | None = Field(None, description="Budget and burn rates; unset when Prometheus cannot be read.")
+    last_error_budget: ErrorBudget | None = Field(
+        None, description="The last reading, kept while Prometheus cannot be read; its evaluatedAt tells its age.")
 
 
 class SLO(Resource):
@@ -188,6 +288,10 @@ class SLO(Resource):
             PrinterColumn("Objective", ".spec.objective", type="number", description="Target, percent"),
             PrinterColumn("Window", ".spec.window"),
             PrinterColumn("Budget", ".status.errorBudget.remaining", type="number", description="Error budget left, 0..1"),
+            PrinterColumn("Worst burn", ".status.errorBudget.worstBurnRate", type="number",
+                          description="Highest burn rate over the alert windows (1 = on budget)"),
+            PrinterColumn("Budget min", ".status.errorBudget.remainingMinutes", type="number", priority=1,
+                          description="Budget left, minutes of full outage"),
             PrinterColumn("Burn 1h", ".status.errorBudget.burnRate1h", type="number", priority=1),
             READY_COLUMN,
             AGE_COLUMN,

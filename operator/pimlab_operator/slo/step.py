@@ -1,19 +1,55 @@
-"""SLO -> PrometheusRule (where its CRD exists), Grafana alert provisioning and dashboard."""
+"""SLO -> PrometheusRule (where its CRD exists), Grafana alert provisioning and dashboard; and,
+where a Prometheus is named, the error budget read from it (refreshed by the SLO's timer)."""
 
 from __future__ import annotations
 
+import logging
+import os
+
 from pimlab_operator import kube, reconcile
+from pimlab_operator.conditions import Condition
 from pimlab_operator.reconcile import ChildKind
-from pimlab_operator.slo import desired
+from pimlab_operator.schema import API_VERSION
+from pimlab_operator.slo import desired, prometheus
 from pimlab_operator.slo.model import SLOSpec
 
+log = logging.getLogger(__name__)
+
 PROMETHEUS_RULE = ChildKind("monitoring.coreos.com/v1", "PrometheusRule", optional=True)
-CHILDREN = (ChildKind("v1", "ConfigMap"), PROMETHEUS_RULE)
+GRAFANA_ALERT_RULE_GROUP = ChildKind("grafana.integreatly.org/v1beta1", "GrafanaAlertRuleGroup", optional=True)
+CHILDREN = (ChildKind("v1", "ConfigMap"), PROMETHEUS_RULE, GRAFANA_ALERT_RULE_GROUP)
+#: How often every SLO's budget is read again (the SLO's resync timer).
+REFRESH_SECONDS = float(os.environ.get("PIMLAB_SLO_REFRESH_SECONDS", "30"))
+
+
+def prometheus_url(namespace: str) -> str | None:
+    """The Prometheus of the SLO's namespace: a Lab's spec.observability.prometheusUrl (the
+    first by name that sets one), else the operator's --prometheus-url."""
+    for lab in sorted(kube.list_objects(API_VERSION, "Lab", namespace), key=lambda o: o["metadata"]["name"]):
+        url = ((lab.get("spec") or {}).get("observability") or {}).get("prometheusUrl")
+        if url:
+            return url
+    return prometheus.default_url()
+
+
+def read_budget(body: dict, spec: SLOSpec) -> tuple[dict | None, Condition] | None:
+    """The budget and its condition; None where no Prometheus is named."""
+    meta = body["metadata"]
+    url = prometheus_url(meta["namespace"])
+    if not url:
+        return None
+    try:
+        reading = prometheus.read_slo(url, meta["name"], meta["namespace"])
+    except prometheus.PrometheusUnavailable as error:
+        log.info("error budget of %s/%s not read: %s", meta["namespace"], meta["name"], error)
+        return None, Condition("BudgetCurrent", False, error.reason, str(error)[:1024])
+    return desired.budget_status(body, spec, reading, url)
 
 
 def step(body: dict, spec: SLOSpec) -> None:
     with_rule = kube.kind_exists(PROMETHEUS_RULE.api_version, PROMETHEUS_RULE.kind)
-    children = desired.desired_children(body, spec, with_rule)
+    with_group = kube.kind_exists(GRAFANA_ALERT_RULE_GROUP.api_version, GRAFANA_ALERT_RULE_GROUP.kind)
+    children = desired.desired_children(body, spec, with_rule, with_grafana_operator=with_group)
     reconcile.apply_children(body, children, prune=CHILDREN)
-    fields, wanted = desired.slo_status(body, children, with_rule)
+    fields, wanted = desired.slo_status(body, children, with_rule, read_budget(body, spec))
     reconcile.write_status(body, fields, wanted)

@@ -1,0 +1,67 @@
+"""Read an SLO's recorded series and firing alerts from Prometheus's HTTP API (the only I/O of
+the error-budget refresh; the arithmetic is in `desired.budget_status`).
+
+One instant query fetches every recorded series of the SLO (they share its `slo` and
+`slo_namespace` labels), one call lists the alerts. Any failure -- connection refused, timeout,
+an HTTP error, a query error -- raises `PrometheusUnavailable` with a one-line reason; the
+caller turns it into a condition and never shows an old figure as current.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+
+import httpx
+
+#: The operator's flag (`pimlab operator run --prometheus-url`) sets this; a Lab's
+#: `spec.observability.prometheusUrl` in the SLO's namespace takes precedence.
+URL_ENV = "PIMLAB_PROMETHEUS_URL"
+TIMEOUT_SECONDS = float(os.environ.get("PIMLAB_PROMETHEUS_TIMEOUT", "5"))
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus could not be read; `reason` is one CamelCase word for a condition."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def default_url() -> str | None:
+    return os.environ.get(URL_ENV) or None
+
+
+def _get(url: str, path: str, params: dict | None = None) -> object:
+    try:
+        resp = httpx.get(url.rstrip("/") + path, params=params, timeout=TIMEOUT_SECONDS)
+    except httpx.TimeoutException as error:
+        raise PrometheusUnavailable("PrometheusTimeout", f"{url}: no answer in {TIMEOUT_SECONDS:g} s ({error})") from error
+    except httpx.HTTPError as error:
+        raise PrometheusUnavailable("PrometheusUnreachable", f"{url}: {error or type(error).__name__}") from error
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
+        detail = body.get("error") if isinstance(body, dict) else resp.text[:200]
+        raise PrometheusUnavailable("PrometheusError", f"{url}{path}: HTTP {resp.status_code}: {detail}")
+    return body["data"]
+
+
+def read_slo(url: str, name: str, namespace: str) -> dict:
+    """{"series": {metric name: value}, "alerts": [alert dicts of this SLO], "readAt": datetime}.
+    NaN and infinite samples are dropped (the rules do not produce them, a foreign rule might)."""
+    read_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    selector = f'{{__name__=~"slo:.+",slo="{name}",slo_namespace="{namespace}"}}'
+    data = _get(url, "/api/v1/query", {"query": selector})
+    series = {}
+    for sample in data.get("result", []) if isinstance(data, dict) else []:
+        value = float(sample["value"][1])
+        if math.isfinite(value):
+            series[sample["metric"]["__name__"]] = value
+    alerts = _get(url, "/api/v1/alerts")
+    mine = [a for a in (alerts.get("alerts", []) if isinstance(alerts, dict) else [])
+            if a.get("labels", {}).get("slo") == name and a.get("labels", {}).get("slo_namespace") == namespace]
+    return {"series": series, "alerts": mine, "readAt": read_at}
