@@ -6,8 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIMLAB := $(VENV)/bin/pimlab
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
-# Prometheus and promtool for real rule evaluation.
-DEBIAN_PACKAGES := libodbc2 unixodbc prometheus
+# Prometheus and promtool for real rule evaluation; PostgreSQL 15 for the postgres Shard engine
+# (its instance manager and failover tests run Debian's PostgreSQL for real on loopback).
+DEBIAN_PACKAGES := libodbc2 unixodbc prometheus postgresql-15
 
 .PHONY: help deps venv controlplane cluster-up cluster-down cluster-status crds golden lab lab-down test bench clean
 

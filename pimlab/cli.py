@@ -15,12 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from api_services import cli as services_cli
     from pimlab import cluster_cli
+    from pimlab.instance import cli as instance_cli
     from pimlab_operator import cli as operator_cli
 
     cluster_cli.add_commands(sub)
     cluster_cli.add_lab_commands(sub)
     operator_cli.add_commands(sub)
     services_cli.add_commands(sub)
+    instance_cli.add_commands(sub)
     return parser
 
 
