@@ -166,3 +166,10 @@ def test_bootstrap_labels_the_first_primary():
     d = decide(obs, Policy(), Memory(), T0, 2)
     assert ("label", P0) in d.kinds() and ("label", S1) in d.kinds() and d.phase == "Bootstrapping"
     assert decide([Observation(P0, False)], Policy(), Memory(), T0, 2).reason == "WaitingForFirstPrimary"
+
+
+def test_a_promotion_whose_status_was_lost_is_adopted_not_fenced():
+    memory = Memory(P0, unhealthy_since=T0, failover_started_at=T0, failover_from=P0, failover_reason="PrimaryUnhealthy")
+    d = run([Observation(P0, False), primary(S1, labelled_role=None), standby(S2, upstream=S1)], memory=memory)
+    assert ("fence", S1) not in d.kinds() and d.completing and d.target_primary == S1 and d.failover_from == P0
+    assert ("label", S1) in d.kinds()

@@ -203,6 +203,14 @@ def decide(observations: list[Observation], policy: Policy, memory: Memory, now:
                         target_primary=policy.planned_primary or None)
 
     actions: list[Action] = []
+    recorded = by_pod.get(current)
+    healthy_primaries = [o for o in primaries if o.healthy]
+    if not (recorded and recorded.reachable and recorded.role == "primary") and len(healthy_primaries) == 1:
+        # The recorded primary is not primary any more and exactly one replica is: a promotion
+        # whose status write was lost (an operator restart mid-pass). Adopt it, never fence it.
+        current = healthy_primaries[0].pod
+        memory = Memory(current, memory.unhealthy_since, memory.failover_started_at or now,
+                        memory.failover_from or recorded and recorded.pod, memory.failover_reason or "PrimaryUnhealthy")
     # At most one primary: any reachable primary that is not the current one is fenced now.
     for extra in primaries:
         if extra.pod != current:
