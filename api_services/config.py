@@ -37,6 +37,7 @@ class Settings:
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
     worker_poll_seconds: float = 0.2
+    db_write_timeout_seconds: float = 5.0
     service_urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -66,6 +67,7 @@ def load_settings() -> Settings:
         otlp_endpoint=_env("PIM_OTLP_ENDPOINT", _env("OTEL_EXPORTER_OTLP_ENDPOINT")),
         log_level=_env("PIM_LOG_LEVEL", "INFO").upper(),
         worker_poll_seconds=float(_env("PIM_WORKER_POLL_SECONDS", "0.2")),
+        db_write_timeout_seconds=float(_env("PIM_DB_WRITE_TIMEOUT_SECONDS", "5")),
         service_urls={
             name: url.rstrip("/")
             for name in ROUTED

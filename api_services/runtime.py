@@ -42,7 +42,8 @@ class Runtime:
         self.service = service
         if not settings.shard_map_explicit:
             ensure_embedded_map(settings.shard_map_file, settings.data_dir, settings.shard_count)
-        self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous) if with_db else None
+        self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous,
+                               write_timeout=settings.db_write_timeout_seconds) if with_db else None
         self.watcher = ShardMapWatcher(settings.shard_map_file, on_change=self._map_changed)
         self._map_changed(self.watcher.current)
         self.auth = Authenticator(settings)

@@ -12,12 +12,32 @@ import time
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api_services.audit import now_iso
 from api_services.db import idempotency_keys
 from api_services.errors import Conflict, Unavailable
 from api_services.telemetry import DB_TX_DURATION, tracer
+
+
+#: How long a client should wait before retrying a write that met a failover (seconds).
+RETRY_AFTER_SECONDS = 2
+#: SQLSTATE classes and codes that mean "the shard is changing hands, try again": connection
+#: failures, an instance shutting down or starting, a standby that will not take writes.
+_TRANSIENT_SQLSTATES = ("08", "57P", "25006", "53300")
+
+
+def transient(exc: DBAPIError) -> bool:
+    """A database error a failover causes (never a bug in the request): answered with 503."""
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return any(sqlstate.startswith(code) for code in _TRANSIENT_SQLSTATES)
+
+
+def unavailable(shard: str) -> Unavailable:
+    return Unavailable(f"shard {shard} is unavailable (failover or lost quorum); retry with the same Idempotency-Key",
+                       "shard_unavailable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def request_hash(method: str, path: str, body: dict) -> str:
@@ -60,8 +80,10 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
             if row is None:
                 raise
             return _replay(row, req_hash)
-        except OperationalError as exc:
-            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard) from exc
         finally:
             DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
     return status, body, False
@@ -73,5 +95,7 @@ def run_read(engine, shard: str, fn: Callable):
         try:
             with engine.connect() as conn:
                 return fn(conn)
-        except OperationalError as exc:
-            raise Unavailable(f"shard {shard} is unavailable", "shard_unavailable") from exc
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard) from exc

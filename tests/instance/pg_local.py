@@ -296,3 +296,60 @@ class Writer:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class ServiceProxy:
+    """What a `-primary` Service does for the services: forwards each new TCP connection to the
+    pod that carries the role label now, and refuses it while no pod does (a Service without
+    endpoints). Connections already forwarded stay where they are, as with kube-proxy."""
+
+    def __init__(self, shard: LocalShard, role: str = "primary"):
+        self.shard, self.role = shard, role
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _target(self) -> int | None:
+        pod = next((p for p, r in self.shard.labels.items() if r == self.role), None)
+        return self.shard.members[pod].pg_port if pod else None
+
+    def _accept(self):
+        while not self._closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            port = self._target()
+            if port is None:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._closed.set()
+        self.listener.close()
