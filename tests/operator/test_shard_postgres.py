@@ -133,3 +133,17 @@ def test_two_pods_labelled_primary_are_degraded():
     status, conditions = shard.failover_status(body, {"status": {}}, [pod("shard-00-0", "primary"), pod("shard-00-1", "primary")],
                                                result, {}, T0)
     assert status["phase"] == "Degraded" and next(c for c in conditions if c.type == "Degraded").reason == "MultiplePrimaries"
+
+
+def test_the_postgres_sample_variant_parses_and_renders():
+    import yaml
+    from pimlab_operator.render import project_home
+    from pimlab_operator.shard.model import Shard
+
+    docs = list(yaml.safe_load_all((project_home() / "samples" / "postgres" / "20-shards.yaml").read_text()))
+    assert [d["metadata"]["name"] for d in docs] == ["shard-00", "shard-01", "shard-02"]
+    for doc in docs:
+        Shard.model_validate(doc)
+        body = {**doc, "metadata": {**doc["metadata"], "uid": "uid-" + doc["metadata"]["name"]}}
+        sts = by(shard.desired_children(body, spec_of(body), None), "StatefulSet", doc["metadata"]["name"])
+        assert sts["spec"]["template"]["spec"]["containers"][0]["command"] == ["pimlab", "instance", "run"]
