@@ -64,6 +64,24 @@ def test_primary_and_two_quorum_standbys_and_a_commit_needs_two_nodes(shard):
     while time.monotonic() < deadline and 42 not in ids_on(shard, "shard-00-1"):
         time.sleep(0.1)
     assert 42 in ids_on(shard, "shard-00-1")
+    # the password is in the credentials files and the 0600 passfiles, and nowhere else
+    for path in shard.root.rglob("*"):
+        if path.is_file() and path.parent.name != "credentials" and path.name != "pgpass" \
+                and "pgdata" not in path.parts:
+            assert shard.password not in path.read_text(errors="replace"), path
+    for pod in shard.members:
+        assert shard.password not in json.dumps(shard.driver.status(pod))
+    assert not [c for c in _cmdlines() if shard.password.encode() in c], "a password on a command line"
+
+
+def _cmdlines() -> list[bytes]:
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(path.read_bytes())
+        except OSError:
+            pass
+    return out
 
 
 @pytest.mark.timeout(900)

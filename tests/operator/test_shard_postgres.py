@@ -147,3 +147,36 @@ def test_the_postgres_sample_variant_parses_and_renders():
         body = {**doc, "metadata": {**doc["metadata"], "uid": "uid-" + doc["metadata"]["name"]}}
         sts = by(shard.desired_children(body, spec_of(body), None), "StatefulSet", doc["metadata"]["name"])
         assert sts["spec"]["template"]["spec"]["containers"][0]["command"] == ["pimlab", "instance", "run"]
+
+
+def test_every_status_field_written_is_declared_in_the_crd():
+    from pimlab_operator import crdgen
+    from pimlab_operator.shard.model import Shard
+
+    schema = crdgen.crd(Shard)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+    def check(value, node, path):
+        if isinstance(value, dict):
+            props = node.get("properties") or {}
+            for key, inner in value.items():
+                assert key in props, f"status{path}.{key} is not declared in shard/model.py"
+                check(inner, props[key], f"{path}.{key}")
+        elif isinstance(value, list):
+            for item in value:
+                check(item, node["items"], f"{path}[]")
+
+    body = pg_shard()
+    body["status"] = {"engine": "postgres", "currentPrimary": "shard-00-0"}
+    observations = [Observation("shard-00-0", False), Observation("shard-00-1", True, "primary", True, 5000, True),
+                    Observation("shard-00-2", True, "standby", True, 4990, True, "shard-00-1", True)]
+    completed = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PrimaryUnhealthy", "planned": False,
+                 "dataLoss": True, "primaryLostAt": "2026-11-30T12:00:00Z", "startedAt": "2026-11-30T12:00:30Z",
+                 "completedAt": "2026-11-30T12:00:31.5Z", "durationSeconds": 1.5, "outageSeconds": 31.5}
+    memory = Memory("shard-00-1", T0, T0, "shard-00-0", "PrimaryUnhealthy")
+    result = PassResult(Decision(phase="FailingOver", reason="ConfirmingWrites", target_primary="shard-00-1"),
+                        observations, memory, completed)
+    details = {"shard-00-2": {"synchronizationState": "streaming/quorum", "synchronousCommit": True, "lagBytes": 10}}
+    status, _ = shard.failover_status(body, {"status": {}}, [pod("shard-00-1", "primary"), pod("shard-00-2", "secondary")],
+                                      result, details, T0)
+    assert "failoverInProgress" in status and "lastFailover" in status
+    check(status, schema, "")
