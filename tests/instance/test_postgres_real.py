@@ -158,3 +158,17 @@ def test_a_crashed_postgres_under_a_living_manager_comes_back_as_standby(shard):
     shard.converge(POLICY, ready, timeout=60)
     assert shard.primary() != "shard-00-0" and shard.labels["shard-00-0"] == "secondary"
     assert shard.driver.status("shard-00-0")["role"] == "standby"
+
+
+def test_killing_one_standby_does_not_interrupt_writes(shard):
+    with Writer(shard) as writer:
+        time.sleep(1)
+        before_failed = writer.failed
+        shard.kill9("shard-00-2")
+        t_kill = time.monotonic()
+        time.sleep(3)
+        result = shard.step(POLICY)
+    assert writer.failed == before_failed, "a write failed while one quorum standby was down"
+    assert writer.first_ack_after(t_kill + 2.5) is not None
+    assert result.decision.phase == "Degraded" and result.decision.reason == "StandbysNotStreaming"
+    assert shard.primary() == "shard-00-0" and not shard.failovers
