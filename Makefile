@@ -9,9 +9,10 @@ PIMLAB := $(VENV)/bin/pimlab
 # Prometheus and promtool for real rule evaluation; podman, mmdebstrap, gcc and containerd's
 # ctr to build the node's images without a registry and import them (`make image`); the real
 # node's runtime: containerd, runc, the CNI reference plugins, iptables, conntrack, iproute2;
-# wrk as the load engine's benchmark baseline.
+# wrk as the load engine's benchmark baseline; PostgreSQL 15 for the postgres Shard engine (its
+# instance manager and failover tests run Debian's PostgreSQL for real on loopback).
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
-	runc containernetworking-plugins iptables conntrack iproute2 wrk
+	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
 .PHONY: help deps venv controlplane prometheus-operator dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
 
@@ -40,7 +41,7 @@ image: deps venv ## build the node's images (pause, CoreDNS, local-path, the pro
 	$(PY) -m pimlab.cluster.images build
 
 prometheus-operator: venv ## compile prometheus-operator and its config reloader once into ~/.cache/pimlab (Go module proxy)
-	$(PY) -m pimlab.prometheus_operator_build
+	$(PY) -m pimlab.cluster.prometheus_operator_build
 
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
 	$(PY) -m pimlab.dashboards

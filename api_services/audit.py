@@ -59,9 +59,11 @@ def history_digest(row) -> str:
 
 def chain_head_for_update():
     """The chain head, locked until commit: SQLite's BEGIN IMMEDIATE already serialises writers;
-    SQL Server needs the explicit UPDLOCK/HOLDLOCK hint (its dialect ignores FOR UPDATE)."""
+    SQL Server needs the explicit UPDLOCK/HOLDLOCK hint (its dialect ignores FOR UPDATE);
+    PostgreSQL takes the row lock with SELECT ... FOR UPDATE."""
     return (sa.select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-            .with_hint(audit_head, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql"))
+            .with_hint(audit_head, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql")
+            .with_for_update())
 
 
 def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entity_id: str,

@@ -41,6 +41,7 @@ class Settings:
     shard_acquire_seconds: float = 2.0
     token_max_lifetime_seconds: int = 3600
     claim_max_cents: int = 5_000_000
+    db_write_timeout_seconds: float = 5.0
     service_urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -74,6 +75,7 @@ def load_settings() -> Settings:
         shard_acquire_seconds=float(_env("PIM_SHARD_ACQUIRE_SECONDS", "2")),
         token_max_lifetime_seconds=int(_env("PIM_TOKEN_MAX_LIFETIME_SECONDS", "3600")),
         claim_max_cents=int(_env("PIM_CLAIM_MAX_CENTS", "5000000")),
+        db_write_timeout_seconds=float(_env("PIM_DB_WRITE_TIMEOUT_SECONDS", "5")),
         service_urls={
             name: url.rstrip("/")
             for name in ROUTED

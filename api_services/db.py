@@ -1,4 +1,5 @@
-"""Tables (SQLAlchemy Core) and one engine pair per shard: SQLite files here, SQL Server in the cluster.
+"""Tables (SQLAlchemy Core) and one engine pair per shard: SQLite files here, SQL Server or
+PostgreSQL (`postgresql+psycopg`) in the cluster.
 
 Every shard holds the same schema. Reference data (providers, facilities) is copied to every
 shard so a patient's requests never need a second shard.
@@ -193,6 +194,69 @@ def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> U
     )
 
 
+def postgres_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
+    """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service."""
+    endpoint = shard.readonly if readonly and shard.readonly else shard.primary
+    if endpoint is None or not shard.credentials_secret:
+        raise ValueError(f"shard {shard.name} has no PostgreSQL endpoint or credentialsSecret")
+    return URL.create(
+        "postgresql+psycopg",
+        username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
+        password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
+        host=endpoint.host,
+        port=endpoint.port,
+        database=shard.database,
+        query={"connect_timeout": "3", "application_name": "pim-services"},
+    )
+
+
+#: PostgreSQL's message when a wait for the synchronous quorum is cancelled: the commit is kept
+#: locally but was not replicated, so the write must not be acknowledged.
+SYNC_REP_CANCELLED = "synchronous replication"
+
+
+class QuorumWrites:
+    """A PostgreSQL write engine whose transactions are bounded in time and acknowledged only when
+    the synchronous quorum has them.
+
+    `statement_timeout` does not cover COMMIT's wait for the synchronous standbys, so with every
+    standby gone a commit would wait forever. A timer cancels the transaction after `timeout`
+    seconds: a statement then fails (QueryCanceled), or COMMIT returns with PostgreSQL's WARNING
+    that it stopped waiting for replication, which is turned into an error here. Either way the
+    caller answers 503 and the client retries with its Idempotency-Key.
+    """
+
+    def __init__(self, engine: Engine, timeout: float = 5.0):
+        self.engine = engine
+        self.timeout = timeout
+
+    @contextmanager
+    def begin(self):
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            notices: list[str] = []
+
+            def on_notice(diagnostic) -> None:
+                notices.append(diagnostic.message_primary or "")
+
+            raw.add_notice_handler(on_notice)
+            timer = threading.Timer(self.timeout, raw.cancel)
+            timer.start()
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                timer.cancel()
+                raw.remove_notice_handler(on_notice)
+            if any(SYNC_REP_CANCELLED in n for n in notices):
+                conn.invalidate()
+                raise sa.exc.OperationalError("COMMIT", None, RuntimeError(
+                    "the commit was not acknowledged by the synchronous standbys in time"))
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 def sqlite_engine(path: str, synchronous: str = "FULL", acquire_seconds: float = 30.0) -> Engine:
     """A SQLite engine whose transactions take the write lock up front (BEGIN IMMEDIATE).
 
@@ -289,8 +353,9 @@ class Engines:
     RETRY_SECONDS = 2.0
 
     def __init__(self, credentials_root: Path, synchronous: str = "FULL", create_schema: bool = True,
-                 acquire_seconds: float = 30.0):
+                 acquire_seconds: float = 30.0, write_timeout: float = 5.0):
         self.credentials_root = credentials_root
+        self.write_timeout = write_timeout
         self.synchronous = synchronous
         self.create_schema = create_schema
         self.acquire_seconds = acquire_seconds
@@ -340,6 +405,15 @@ class Engines:
                 raise
             read = sqlite_read_engine(shard.sqlite_path, self.acquire_seconds)
             return SerializedWrites(write, shard.name, self.acquire_seconds), read, read
+        if shard.engine == "postgres":
+            base = sa.create_engine(postgres_url(shard, self.credentials_root), pool_pre_ping=True,
+                                    pool_timeout=self.write_timeout)
+            if self.create_schema:
+                metadata.create_all(base)
+                migrate(base)
+            reporting = sa.create_engine(postgres_url(shard, self.credentials_root, readonly=True),
+                                         pool_pre_ping=True, pool_timeout=self.write_timeout)
+            return QuorumWrites(base, self.write_timeout), base, reporting
         write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True,
                                  pool_timeout=self.acquire_seconds)
         if self.create_schema:

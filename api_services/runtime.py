@@ -75,7 +75,8 @@ class Runtime:
         if not settings.shard_map_explicit:
             ensure_embedded_map(settings.shard_map_file, settings.data_dir, settings.shard_count)
         self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous,
-                               acquire_seconds=settings.shard_acquire_seconds) if with_db else None
+                               acquire_seconds=settings.shard_acquire_seconds,
+                               write_timeout=settings.db_write_timeout_seconds) if with_db else None
         self.watcher = ShardMapWatcher(settings.shard_map_file, on_change=self._map_changed)
         self._map_changed(self.watcher.current)
         self.auth = Authenticator(settings)

@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +38,7 @@ class Shard(BaseModel):
 
     name: str
     ordinal: int
+    engine: Literal["sqlserver", "postgres"] = "sqlserver"  # unused when sqlitePath is set
     slots: SlotRange
     primary: Endpoint | None = None
     readonly: Endpoint | None = None

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api_services.audit import now_iso
 from api_services.db import idempotency_keys
@@ -29,6 +29,35 @@ from api_services.telemetry import DB_TX_DURATION, tracer
 log = logging.getLogger("pim.transactions")
 PENDING = 0  # status_code of a home record whose write has not answered yet
 DEFAULT_TTL_SECONDS = 86_400
+
+
+#: How long a client should wait before retrying a write that met a failover (seconds).
+RETRY_AFTER_SECONDS = 2
+#: SQLSTATE classes and codes that mean "the shard is changing hands, try again": connection
+#: failures, an instance shutting down or starting, a standby that will not take writes.
+_TRANSIENT_SQLSTATES = ("08", "57P", "25006", "53300")
+
+
+def transient(exc: DBAPIError) -> bool:
+    """A database error a failover causes (never a bug in the request): answered with 503."""
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return any(sqlstate.startswith(code) for code in _TRANSIENT_SQLSTATES)
+
+
+def unavailable(shard: str, exc: DBAPIError | None = None) -> Unavailable:
+    """503 `shard_unavailable` with Retry-After: the request is fine, the shard is not (its lock
+    was not acquired in time, its store cannot be opened, it is failing over or lost its quorum)."""
+    text = str(getattr(exc, "orig", exc) or "").lower()
+    if "locked" in text or "busy" in text or "timeout" in text:
+        why = "is busy (its write lock was not acquired in time)"
+    elif "unable to open" in text or "no such table" in text or "readonly" in text:
+        why = "cannot be opened"
+    else:
+        why = "is unavailable (failover or lost quorum)"
+    return Unavailable(f"shard {shard} {why}; retry with the same Idempotency-Key", "shard_unavailable",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def request_hash(method: str, path: str, body: dict) -> str:
@@ -66,17 +95,6 @@ def _replay(row, req_hash: str) -> tuple[int, dict, bool]:
     return row.status_code, json.loads(row.response), True
 
 
-def _unavailable(shard: str, exc: OperationalError) -> Unavailable:
-    text = str(getattr(exc, "orig", exc)).lower()
-    if "locked" in text or "busy" in text or "timeout" in text:
-        why = "is busy (its write lock was not acquired in time)"
-    elif "unable to open" in text or "no such table" in text or "readonly" in text:
-        why = "cannot be opened"
-    else:
-        why = "is unavailable"
-    return Unavailable(f"shard {shard} {why}; retry later", "shard_unavailable", headers={"Retry-After": "1"})
-
-
 def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
               idempotency_key: str | None = None, req_hash: str = "",
               ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
@@ -110,8 +128,10 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
             if row is None or row.status_code == PENDING:
                 raise
             return _replay(row, req_hash)
-        except OperationalError as exc:
-            raise _unavailable(shard, exc) from exc
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard, exc) from exc
         finally:
             DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
     return status, body, False
@@ -130,8 +150,10 @@ def _reserve(engine, shard: str, user_id: str, key: str, req_hash: str, ttl: flo
                                                           status_code=PENDING, response="", created_at=now_iso()))
     except IntegrityError:  # a concurrent twin reserved it first: decide against its record
         return _reserve(engine, shard, user_id, key, req_hash, ttl)
-    except OperationalError as exc:
-        raise _unavailable(shard, exc) from exc
+    except DBAPIError as exc:
+        if not transient(exc):
+            raise
+        raise unavailable(shard, exc) from exc
     return None
 
 
@@ -189,5 +211,7 @@ def run_read(engine, shard: str, fn: Callable):
         try:
             with engine.connect() as conn:
                 return fn(conn)
-        except OperationalError as exc:
-            raise _unavailable(shard, exc) from exc
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard, exc) from exc

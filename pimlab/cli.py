@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from api_services import cli as services_cli
     from pimlab.cluster import cli as cluster_cli
     from pimlab_load import cli as load_cli
+    from pimlab.instance import cli as instance_cli
     from pimlab_operator import cli as operator_cli
 
     cluster_cli.add_commands(sub)
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_cli.add_commands(sub)
     services_cli.add_commands(sub)
     load_cli.add_commands(sub)
+    instance_cli.add_commands(sub)
     return parser
 
 

@@ -161,6 +161,8 @@ INVALID: list[Invalid] = [
     Invalid("shard-primary-beyond-replicas", "Shard", {"primary": "shard-00-3"}, "spec.primary"),
     Invalid("shard-storage-size-not-quantity", "Shard", {"storage": {"size": "lots"}}, "spec.storage.size"),
     Invalid("shard-typo-field", "Shard", {"replica": 3}, "spec.replica"),
+    Invalid("shard-unknown-engine", "Shard", {"engine": "mysql"}, "spec.engine"),
+    Invalid("shard-async-automatic-failover", "Shard", {"synchronousReplicas": 0}, "spec.synchronousReplicas"),
     # Lab
     Invalid("lab-negative-replicas", "Lab", {"services": {"patient": {"replicas": -1}}}, "spec.services.patient.replicas"),
     Invalid("lab-autoscaling-min-above-max", "Lab",

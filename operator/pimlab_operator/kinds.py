@@ -62,3 +62,19 @@ def register() -> None:
         kopf.on.event(group, version, child_kind, labels=kube.MANAGED_BY,
                       id=f"child-{child_kind.lower()}")(watches.child_event(BY_NAME, child_kind))
     kopf.on.event(GROUP, VERSION, Shard.crd.plural, id="shard-to-lab")(watches.shard_to_labs(BY_NAME["Lab"]))
+    _register_failover_timer(BY_NAME["Shard"])
+
+
+#: How often the failover manager looks at a postgres Shard's instances: a lost primary is
+#: promoted away within `unhealthyAfterSeconds` plus about this much.
+FAILOVER_PASS_SECONDS = 2.0
+
+
+def _register_failover_timer(kind: Kind) -> None:
+    """engine: postgres Shards get a failover pass every few seconds, besides the resync."""
+
+    def failover(body, **_):
+        reconcile.run(kind, dict(body), "failover")
+
+    kopf.timer(GROUP, VERSION, kind.plural, id="shard-failover", interval=FAILOVER_PASS_SECONDS,
+               when=lambda spec, **_: (spec or {}).get("engine") == "postgres")(failover)

@@ -233,6 +233,34 @@ def test_a_deleted_generated_secret_is_reported_not_reinvented(cluster, operator
         "a new password would lock everyone out of a SQL Server initialised with the old one"
 
 
+def test_a_postgres_shard_gets_the_instance_manager_and_says_why_it_waits(cluster, operator):
+    """engine: postgres on kwok: the children are real, the pods never run (no volume is bound),
+    so the failover manager has nobody to ask and says so; it never sends a packet to kwok pods."""
+    ns = operator.namespace
+    cluster.apply({"apiVersion": "pim-sre.lab/v1alpha1", "kind": "Shard",
+                   "metadata": {"name": "pg-07", "namespace": ns},
+                   "spec": {"engine": "postgres", "ordinal": 7, "slots": {"start": 0, "end": 9},
+                            "storage": {"size": "1Gi"}, "failover": {"unhealthyAfterSeconds": 5}}})
+    sts = wait_for(lambda: cluster.get("statefulset", "pg-07", ns), what="the postgres StatefulSet")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["pimlab", "instance", "run"] and container["image"] == "localhost/pimlab/lab:dev"
+    secret = wait_for(lambda: cluster.get("secret", "pg-07-credentials", ns), what="the generated Secret")
+    assert base64.b64decode(secret["data"]["username"]).decode() == "pim" and "manager-token" in secret["data"]
+    password = base64.b64decode(secret["data"]["password"]).decode()
+
+    def status():
+        return ((cluster.get("shard", "pg-07", ns) or {}).get("status") or {})
+
+    wait_for(lambda: status().get("engine") == "postgres" and status().get("phase") == "Pending", timeout=90,
+             what="the postgres Shard's status")
+    ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] in ("InstancesUnreachable", "StatefulSetMissing")
+    assert cluster.get("service", "pg-07-primary", ns)["spec"]["ports"][0]["port"] == 5432
+    log = Path(operator.log).read_text()
+    assert password not in log and password not in cluster.kubectl("get", "shard", "pg-07", "-n", ns, "-o", "yaml").stdout
+    cluster.kubectl("delete", "shard", "pg-07", "-n", ns)
+
+
 def test_slo_becomes_a_prometheus_rule_where_the_crd_exists(cluster, operator, thirdparty_crds):
     ns = operator.namespace
     slo = next(d for d in sample_docs("SLO", ns) if d["metadata"]["name"] == "encounter-booking-availability")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab import monitoring, prometheus_operator_build
+from pimlab.cluster import monitoring, prometheus_operator_build
 from pimlab_operator.slo import desired as slo
 from pimlab_operator.slo.model import SLOSpec
 

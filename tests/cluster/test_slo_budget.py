@@ -17,7 +17,7 @@ import yaml
 
 from live_prometheus import (GATEWAY_SLO, drive, free_port, known_names, promql_metric_names, register_patient,
                              start_prometheus, start_services)
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 from pimlab_operator.slo import desired
 from pimlab_operator.slo.model import SLOSpec

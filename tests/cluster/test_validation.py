@@ -68,6 +68,9 @@ def test_shard_ordinal_is_immutable(crds_installed, ns):
     proc = crds_installed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(renumbered), check=False)
     assert proc.returncode != 0, "changing spec.ordinal was accepted"
     assert cases.IMMUTABLE_ORDINAL_FIELD in proc.stderr and "immutable" in proc.stderr, proc.stderr
+    switched = cases.patched(shard, {"spec": {"engine": "postgres"}})
+    proc = crds_installed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(switched), check=False)
+    assert proc.returncode != 0 and "spec.engine" in proc.stderr and "immutable" in proc.stderr, proc.stderr
     # Other fields stay editable.
     resized = cases.patched(shard, {"spec": {"replicas": 5, "synchronousReplicas": 2}})
     proc = crds_installed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(resized), check=False)
@@ -80,7 +83,7 @@ def test_defaults_are_applied_by_the_apiserver(crds_installed, ns):
     proc = _create(crds_installed, minimal, ns, dry_run=False)
     assert proc.returncode == 0, proc.stderr
     spec = yaml.safe_load(crds_installed.kubectl("get", "shard", "shard-09", "-n", ns, "-o", "yaml").stdout)["spec"]
-    assert spec["replicas"] == 3 and spec["edition"] == "Developer"
+    assert spec["replicas"] == 3 and spec["edition"] == "Developer" and spec["engine"] == "sqlserver"
     assert spec["failover"] == {"automatic": True, "unhealthyAfterSeconds": 30, "allowDataLoss": False}
     assert spec["storage"]["size"] == "20Gi"
     assert "synchronousReplicas" not in spec  # unset on purpose: a CEL rule treats it as optional

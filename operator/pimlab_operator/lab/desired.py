@@ -17,6 +17,7 @@ from pimlab_operator.render import owned, render
 
 SLOT_COUNT = 1024
 SQL_PORT = 1433
+PG_PORT = 5432
 DATABASE = "pim"
 
 
@@ -26,12 +27,15 @@ def shard_entries(shards: list[dict], namespace: str) -> list[dict]:
     for shard in sorted(shards, key=lambda s: s["spec"]["ordinal"]):
         name, spec = shard["metadata"]["name"], shard["spec"]
         secret = (spec.get("credentialsSecretRef") or {}).get("name") or f"{name}-credentials"
+        engine = spec.get("engine") or "sqlserver"
+        port = PG_PORT if engine == "postgres" else SQL_PORT
         entries.append({
             "name": name,
             "ordinal": spec["ordinal"],
+            "engine": engine,
             "slots": {"start": spec["slots"]["start"], "end": spec["slots"]["end"]},
-            "primary": {"host": f"{name}-primary.{namespace}.svc", "port": SQL_PORT},
-            "readonly": {"host": f"{name}-readonly.{namespace}.svc", "port": SQL_PORT},
+            "primary": {"host": f"{name}-primary.{namespace}.svc", "port": port},
+            "readonly": {"host": f"{name}-readonly.{namespace}.svc", "port": port},
             "database": DATABASE,
             "credentialsSecret": secret,
         })

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
+from datetime import datetime, timezone
 
+from pimlab_operator.shard.failover import Memory, Policy
+from pimlab_operator.shard.manager import PassResult
 from pimlab_operator.shard.model import ShardSpec
 from pimlab_operator.conditions import Condition
 from pimlab_operator.objects import pod_ready
@@ -19,6 +22,9 @@ from pimlab_operator.render import owned, render, render_text
 
 SQL_PORT = 1433
 HADR_PORT = 5022
+PG_PORT = 5432
+MANAGER_PORT = 8008
+SWITCHOVER_ANNOTATION = "pim-sre.lab/switchover-to"
 DATABASE = "pim"
 ROLE_LABEL = "pim-sre.lab/role"
 DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
@@ -26,13 +32,23 @@ AG_NOT_BOOTSTRAPPED = ("the availability group is not bootstrapped yet: the SQL 
                        "engine (bootstrap, health, failover) is a later issue")
 
 
-def selector(name: str) -> dict[str, str]:
-    """Labels that pick exactly this shard's SQL Server pods."""
-    return {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "sql-server"}
+def selector(name: str, engine: str = "sqlserver") -> dict[str, str]:
+    """Labels that pick exactly this shard's database pods."""
+    return {"app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": "sql-server" if engine == "sqlserver" else "postgres"}
 
 
-def labels(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "mssql", **selector(name), "app.kubernetes.io/part-of": "pim-sre-lab"}
+def labels(name: str, engine: str = "sqlserver") -> dict[str, str]:
+    return {"app.kubernetes.io/name": "mssql" if engine == "sqlserver" else "postgresql", **selector(name, engine),
+            "app.kubernetes.io/part-of": "pim-sre-lab"}
+
+
+def engine_of(shard: dict) -> str:
+    return shard["spec"].get("engine") or "sqlserver"
+
+
+def database_port(engine: str) -> int:
+    return SQL_PORT if engine == "sqlserver" else PG_PORT
 
 
 def generates_credentials(shard: dict) -> bool:
@@ -88,17 +104,20 @@ def _memory_limit_mb(resources: dict) -> int:
     return max(2048, int(float(limit) / 2 ** 20 * 0.8))
 
 
-def desired_children(shard: dict, typed: ShardSpec, password: str | None) -> list[dict]:
+def desired_children(shard: dict, typed: ShardSpec, password: str | None,
+                     manager_token: str | None = None) -> list[dict]:
     """Every child of the Shard. The credentials Secret is included only when `password` is
     given, i.e. the operator owns it and it does not exist yet (generated once, never again)."""
+    if typed.engine == "postgres":
+        return postgres_children(shard, typed, password, manager_token)
     spec = typed.to_k8s()
     name = shard["metadata"]["name"]
     resources = spec.get("resources") or DEFAULT_RESOURCES
     secret_name = credentials_secret_name(shard)
     children = []
     if password is not None and generates_credentials(shard):
-        children += render("shard/credentials.yaml.j2", secret_name=secret_name,
-                           labels=labels(name), password=password)
+        children += render("shard/credentials.yaml.j2", secret_name=secret_name, username="sa",
+                           labels=labels(name), password=password, manager_token=None)
     config = render("shard/mssql-config.yaml.j2", name=name, labels=labels(name), sql_port=SQL_PORT,
                     memory_limit_mb=_memory_limit_mb(resources),
                     primary_sql=ag_sql(shard, typed, "primary"),
@@ -107,10 +126,36 @@ def desired_children(shard: dict, typed: ShardSpec, password: str | None) -> lis
     role_selectors = {"primary": {**selector(name), ROLE_LABEL: "primary"},
                       "readonly": {**selector(name), ROLE_LABEL: "secondary"}}
     children += config
-    children += render("shard/statefulset.yaml.j2", name=name, spec=spec, labels=labels(name),
+    children += render("shard/statefulset.yaml.j2", name=name, spec=spec, image=typed.effective_image(), labels=labels(name),
                        selector=selector(name), role_selectors=role_selectors, resources=resources,
                        secret_name=secret_name, sql_port=SQL_PORT, hadr_port=HADR_PORT,
                        config_hash=config_hash)
+    return owned(children, shard)
+
+
+PG_DEFAULT_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def postgres_children(shard: dict, typed: ShardSpec, password: str | None, manager_token: str | None) -> list[dict]:
+    """engine: postgres. Each pod runs `pimlab instance run`; peers are the pods' stable DNS names."""
+    spec = typed.to_k8s()
+    name, namespace = shard["metadata"]["name"], shard["metadata"]["namespace"]
+    secret_name = credentials_secret_name(shard)
+    children = []
+    if password is not None and generates_credentials(shard):
+        children += render("shard/credentials.yaml.j2", secret_name=secret_name, username="pim",
+                           labels=labels(name, "postgres"), password=password, manager_token=manager_token)
+    sel = selector(name, "postgres")
+    peers = ",".join(f"{pod}={pod}.{name}.{namespace}.svc:{PG_PORT}:{MANAGER_PORT}"
+                     for pod in pod_names(name, typed.replicas))
+    children += render("shard/postgres-statefulset.yaml.j2", name=name, spec=spec, image=typed.effective_image(),
+                       labels=labels(name, "postgres"), selector=sel,
+                       role_selectors={"primary": {**sel, ROLE_LABEL: "primary"},
+                                       "readonly": {**sel, ROLE_LABEL: "secondary"}},
+                       resources=spec.get("resources") or PG_DEFAULT_RESOURCES, secret_name=secret_name,
+                       pg_port=PG_PORT, manager_port=MANAGER_PORT, peers=peers,
+                       bootstrap_primary=typed.primary or f"{name}-0",
+                       synchronous=typed.synchronous_replica_count())
     return owned(children, shard)
 
 
@@ -209,3 +254,126 @@ def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
     }
     return ({k: v for k, v in status.items() if v is not None},
             [Condition("Ready", False, reason, message), progressing, degraded])
+
+
+# --------------------------------------------------------------------------------------------
+# engine: postgres — status from one failover pass (shard/manager.py)
+# --------------------------------------------------------------------------------------------
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def memory_from_status(shard: dict) -> Memory:
+    """What the previous pass left in status: the failover manager's memory across restarts."""
+    status = shard.get("status") or {}
+    progress = status.get("failoverInProgress") or {}
+
+    def parse(value):
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return Memory(current_primary=status.get("currentPrimary") if status.get("engine") == "postgres" else None,
+                  unhealthy_since=parse(status.get("primaryUnhealthySince")),
+                  failover_started_at=parse(progress.get("startedAt")),
+                  failover_from=progress.get("from"), failover_reason=progress.get("reason"))
+
+
+def policy_of(shard: dict, typed: ShardSpec) -> Policy:
+    annotations = shard["metadata"].get("annotations") or {}
+    planned = typed.primary or annotations.get(SWITCHOVER_ANNOTATION) or None
+    return Policy(automatic=typed.failover.automatic, unhealthy_after_seconds=typed.failover.unhealthy_after_seconds,
+                  allow_data_loss=typed.failover.allow_data_loss,
+                  synchronous_required=typed.synchronous_replica_count(), planned_primary=planned)
+
+
+def synchronous_members(typed: ShardSpec) -> int:
+    """n of the quorum rule: every standby is a candidate of 'ANY k (...)'."""
+    return typed.replicas - 1 if typed.synchronous_replica_count() > 0 else 0
+
+
+def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], result: PassResult | None,
+                    details: dict[str, dict], now: datetime, credentials_missing: bool = False,
+                    unreachable_reason: str | None = None) -> tuple[dict, list[Condition]]:
+    """Status of a postgres Shard after a failover pass (None: no pass could run)."""
+    name = shard["metadata"]["name"]
+    previous = shard.get("status") or {}
+    wanted = shard["spec"].get("replicas", 3)
+    memory = result.memory if result else memory_from_status(shard)
+    decision = result.decision if result else None
+    observed = {o.pod: o for o in (result.observations if result else [])}
+    own = {p["metadata"]["name"]: p for p in _own_pods(shard, pods)}
+    replicas = []
+    for pod in pod_names(name, wanted):
+        o, labels_ = observed.get(pod), ((own.get(pod) or {}).get("metadata", {}).get("labels") or {})
+        role = labels_.get(ROLE_LABEL) or "unknown"
+        entry = {"pod": pod, "role": role if role in ("primary", "secondary") else "unknown",
+                 "ready": bool(o and o.reachable and o.healthy and (o.role == "primary" or o.streaming))}
+        if o and o.reachable:
+            entry.update({"synchronousCommit": o.synchronous, "streaming": o.streaming if o.role == "standby" else None,
+                          "position": o.position, "synchronizationState": o.role})
+        entry.update({k: v for k, v in (details.get(pod) or {}).items() if v is not None})
+        replicas.append({k: v for k, v in entry.items() if v is not None})
+    ready = sum(1 for r in replicas if r["ready"])
+    primaries = [r["pod"] for r in replicas if r["role"] == "primary"]
+    current = memory.current_primary
+    target = (decision.target_primary if decision and decision.target_primary else None) or current
+    stamp = _iso(now)
+
+    failovers = previous.get("failoverCount", 0)
+    history = list(previous.get("failoverHistory") or [])
+    last = previous.get("lastFailover")
+    if result and result.completed:
+        failovers += 1
+        last = {k: v for k, v in result.completed.items() if v is not None}
+        history = (history + [last])[-20:]
+
+    if credentials_missing:
+        phase, reason = "Degraded", "CredentialsSecretMissing"
+        message = (f"Secret {credentials_secret_name(shard)} is missing and PostgreSQL already uses its password: "
+                   "restore the Secret (it is not regenerated)")
+    elif statefulset is None:
+        phase, reason, message = "Pending", "StatefulSetMissing", "the StatefulSet is not created yet"
+    elif len(primaries) > 1:
+        phase, reason = "Degraded", "MultiplePrimaries"
+        message = f"more than one pod is labelled primary ({', '.join(primaries)}): fencing all but {current}"
+    elif decision is None or (not observed or not any(o.reachable for o in observed.values())):
+        stuck = [f"{p}: {_unschedulable(pod)}" for p, pod in own.items() if _unschedulable(pod)]
+        phase, reason = "Pending", "InstancesUnreachable"
+        message = unreachable_reason or (f"no instance manager answers ({len(own)}/{wanted} pods exist)"
+                                         + (f"; {'; '.join(stuck[:3])}" if stuck else ""))
+    else:
+        phase, reason, message = decision.phase, decision.reason, decision.message
+    ready_ok = phase == "Ready"
+    degraded = phase in ("Degraded", "Failed") or bool(decision and decision.refused)
+    conditions = [
+        Condition("Ready", ready_ok, reason if not ready_ok else "Healthy",
+                  message or f"{current} is primary; {ready}/{wanted} replicas streaming"),
+        Condition("Progressing", phase in ("FailingOver", "Bootstrapping", "Pending") or current != target,
+                  reason if phase in ("FailingOver", "Bootstrapping") else
+                  ("PrimaryChangePending" if current != target else "Stable"),
+                  f"primary {current or 'none'} -> target {target or 'none'}"),
+        Condition("Degraded", degraded, reason if degraded else "ReplicasHealthy",
+                  message if degraded else f"{ready}/{wanted} replicas ready"),
+    ]
+    status = {
+        "engine": "postgres",
+        "phase": phase,
+        "phaseReason": (message or reason)[:1024],
+        "currentPrimary": current,
+        "currentPrimaryTimestamp": stamp if current != previous.get("currentPrimary") else
+        previous.get("currentPrimaryTimestamp") or (stamp if current else None),
+        "targetPrimary": target,
+        "targetPrimaryTimestamp": stamp if target != previous.get("targetPrimary") else
+        previous.get("targetPrimaryTimestamp") or (stamp if target else None),
+        "primaryUnhealthySince": _iso(memory.unhealthy_since),
+        "failoverInProgress": {"from": memory.failover_from, "reason": memory.failover_reason,
+                               "startedAt": _iso(memory.failover_started_at)} if memory.failover_started_at else None,
+        "readyReplicas": ready,
+        "replicas": replicas,
+        "failoverCount": failovers,
+        "lastFailover": last,
+        "failoverHistory": history or None,
+        "credentialsSecretName": credentials_secret_name(shard),
+    }
+    return {k: v for k, v in status.items() if v is not None}, conditions

@@ -1,4 +1,5 @@
-"""Shard: one SQL Server Always On availability group holding a range of patient hash slots."""
+"""Shard: one replicated database (SQL Server availability group or PostgreSQL streaming
+replication) holding a range of patient hash slots."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from pimlab_operator.schema import (
 #: Patient ids hash into this many slots; shards own disjoint, contiguous ranges of them.
 SLOT_COUNT = 1024
 MAX_REPLICAS = 5
+#: The default image per engine: Microsoft's SQL Server, or the project's own image (Debian's
+#: PostgreSQL and the `pimlab instance` manager).
+DEFAULT_IMAGES = {"sqlserver": "mcr.microsoft.com/mssql/server:2022-latest", "postgres": "localhost/pimlab/lab:dev"}
 PodName = Annotated[str, StringConstraints(max_length=253)]
 
 
@@ -86,10 +90,25 @@ class ShardSpec(ApiModel):
                 "synchronousReplicas must be at most replicas-1 (a synchronous secondary needs a replica of its own):"
                 " lower spec.synchronousReplicas or raise spec.replicas",
                 field_path=".synchronousReplicas",
-            )
+            ),
+            cel(
+                "!has(self.synchronousReplicas) || self.synchronousReplicas > 0 || self.replicas == 1 ||"
+                " (has(self.failover) && (!self.failover.automatic || self.failover.allowDataLoss))",
+                "synchronousReplicas: 0 leaves no replica that is safe to promote, so automatic failover would"
+                " always be refused: set synchronousReplicas >= 1, or failover.automatic: false, or"
+                " failover.allowDataLoss: true",
+                field_path=".synchronousReplicas",
+            ),
         )
     )
 
+    engine: Literal["sqlserver", "postgres"] = Field(
+        "sqlserver",
+        description="Database engine: `sqlserver` (Always On availability group, CLUSTER_TYPE=EXTERNAL) or"
+        " `postgres` (PostgreSQL streaming replication with a synchronous quorum, run by `pimlab instance`)."
+        " Immutable: the data does not move between engines.",
+        json_schema_extra=rules(cel("self == oldSelf", "engine is immutable: create a new Shard for another engine")),
+    )
     ordinal: int = Field(
         ge=0,
         le=63,
@@ -102,20 +121,24 @@ class ShardSpec(ApiModel):
         description="Hash slots [start, end] of 1024 this shard owns; the Lab refuses overlapping shards."
     )
     replicas: int = Field(
-        3, ge=1, le=MAX_REPLICAS, description="SQL Server replicas: 1 primary + (replicas-1) secondaries, 1..5 (default 3)."
+        3, ge=1, le=MAX_REPLICAS, description="Database replicas: 1 primary + (replicas-1) secondaries, 1..5 (default 3)."
     )
     synchronous_replicas: int | None = Field(
         None,
         ge=0,
         le=MAX_REPLICAS - 1,
-        description="Secondaries in synchronous-commit mode, at most replicas-1."
+        description="Secondaries a commit waits for, at most replicas-1 (SQL Server:"
+        " REQUIRED_SYNCHRONIZED_SECONDARIES_TO_COMMIT with that many synchronous-commit replicas;"
+        " PostgreSQL: synchronous_standby_names = 'ANY k (every standby)')."
         " Unset: 1 when replicas > 1, else 0. Automatic failover without data loss needs at least 1.",
     )
-    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
-        "mcr.microsoft.com/mssql/server:2022-latest", description="SQL Server container image."
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        None,
+        description="Container image. Unset: mcr.microsoft.com/mssql/server:2022-latest for sqlserver, the"
+        " project's image localhost/pimlab/lab:dev (PostgreSQL 15 and the instance manager) for postgres.",
     )
     edition: Literal["Developer", "Express", "Evaluation", "Standard", "Enterprise"] = Field(
-        "Developer", description="SQL Server edition (MSSQL_PID), default Developer."
+        "Developer", description="SQL Server edition (MSSQL_PID), default Developer; ignored by postgres."
     )
     storage: ShardStorage = Field(default_factory=ShardStorage, description="Persistent volume per replica.")
     resources: ResourceRequirements | None = Field(
@@ -134,6 +157,9 @@ class ShardSpec(ApiModel):
         " generates `<shard>-credentials` (never printed).",
     )
 
+    def effective_image(self) -> str:
+        return self.image or DEFAULT_IMAGES[self.engine]
+
     def synchronous_replica_count(self) -> int:
         """The effective number of synchronous secondaries, applying the documented default."""
         if self.synchronous_replicas is not None:
@@ -146,11 +172,15 @@ class ShardSpec(ApiModel):
             raise ValueError(
                 f"synchronousReplicas ({self.synchronous_replicas}) must be at most replicas-1 ({self.replicas - 1})"
             )
+        if (self.synchronous_replicas == 0 and self.replicas > 1 and self.failover.automatic
+                and not self.failover.allow_data_loss):
+            raise ValueError("synchronousReplicas: 0 leaves no replica that is safe to promote: set synchronousReplicas"
+                             " >= 1, or failover.automatic: false, or failover.allowDataLoss: true")
         return self
 
 
 class ReplicaStatus(StatusModel):
-    """One SQL Server pod as the availability group sees it."""
+    """One database pod as the failover manager sees it."""
 
     pod: PodName = Field(description="Pod name, e.g. `shard-00-1`.")
     role: Literal["primary", "secondary", "unknown"] = Field(description="Availability-group role.")
@@ -161,6 +191,13 @@ class ReplicaStatus(StatusModel):
     synchronous_commit: bool | None = Field(None, description="Whether the replica is in synchronous-commit mode.")
     lag_seconds: float | None = Field(
         None, ge=0, description="Seconds the secondary's redo lags behind the primary (secondary_lag_seconds)."
+    )
+    lag_bytes: int | None = Field(
+        None, ge=0, description="PostgreSQL: bytes of WAL the standby has not flushed yet (primary's flush LSN - its flush LSN)."
+    )
+    streaming: bool | None = Field(None, description="Whether the secondary streams from the current primary now.")
+    position: int | None = Field(
+        None, ge=0, description="WAL position (PostgreSQL LSN in bytes, SQL Server sequence number) last observed."
     )
 
 
@@ -174,9 +211,23 @@ class FailoverRecord(StatusModel):
     )
     planned: bool | None = Field(None, description="True for a switchover asked for through spec.primary.")
     data_loss: bool | None = Field(None, description="True when a forced failover may have lost transactions.")
+    primary_lost_at: datetime | None = Field(None, description="When the primary was first seen unhealthy.")
     started_at: datetime = Field(description="When the operator decided to fail over.")
-    completed_at: datetime | None = Field(None, description="When the new primary accepted writes.")
+    completed_at: datetime | None = Field(
+        None, description="When the new primary's first write was acknowledged by the synchronous quorum."
+    )
     duration_seconds: float | None = Field(None, ge=0, description="completedAt - startedAt, in seconds.")
+    outage_seconds: float | None = Field(
+        None, ge=0, description="completedAt - primaryLostAt: the writes' outage, unhealthyAfterSeconds included."
+    )
+
+
+class FailoverProgress(StatusModel):
+    """A failover that has started and not yet completed; the operator resumes it after a restart."""
+
+    from_: PodName = Field(alias="from", description="Primary being replaced.")
+    reason: Annotated[str, StringConstraints(max_length=128)] = Field(description="PrimaryUnhealthy or PlannedSwitchover.")
+    started_at: datetime = Field(description="When the operator decided to fail over.")
 
 
 class ShardStatus(StatusBase):
@@ -185,8 +236,17 @@ class ShardStatus(StatusBase):
     phase: Literal["Pending", "Bootstrapping", "Ready", "FailingOver", "Degraded", "Failed"] | None = Field(
         None, description="Pending, Bootstrapping, Ready, FailingOver, Degraded or Failed."
     )
+    engine: Literal["sqlserver", "postgres"] | None = Field(None, description="The engine the replicas run.")
     current_primary: PodName | None = Field(None, description="Pod that is primary now.")
+    current_primary_timestamp: datetime | None = Field(None, description="When currentPrimary last changed.")
     target_primary: PodName | None = Field(None, description="Pod the operator is making primary.")
+    target_primary_timestamp: datetime | None = Field(None, description="When targetPrimary last changed.")
+    primary_unhealthy_since: datetime | None = Field(
+        None, description="Since when the primary has been unhealthy; failover starts unhealthyAfterSeconds later."
+    )
+    failover_in_progress: FailoverProgress | None = Field(
+        None, description="The failover under way (fencing, promoting, waiting for the first write), if any."
+    )
     ready_replicas: int | None = Field(None, ge=0, description="Replicas that are Ready and synchronized or primary.")
     replicas: list[ReplicaStatus] | None = Field(
         None, max_length=MAX_REPLICAS, description="Each replica's role and synchronization state."
@@ -197,17 +257,18 @@ class ShardStatus(StatusBase):
         None, max_length=20, description="The last 20 failovers, oldest first."
     )
     credentials_secret_name: Annotated[str, StringConstraints(max_length=253)] | None = Field(
-        None, description="Secret holding the SA password (its value is never shown in status)."
+        None, description="Secret holding the database login (its values are never shown in status)."
     )
 
 
 class Shard(Resource):
-    """A SQL Server availability group (1 primary + N secondaries) owning a range of patient hash slots."""
+    """A replicated database (1 primary + N secondaries; SQL Server AG or PostgreSQL) owning a range of patient hash slots."""
 
     crd = CrdInfo(
         plural="shards",
         short_names=("shd",),
         columns=(
+            PrinterColumn("Engine", ".spec.engine", description="sqlserver or postgres"),
             PrinterColumn("Primary", ".status.currentPrimary", description="Current primary pod"),
             PrinterColumn("Replicas", ".spec.replicas", type="integer", description="Desired replicas"),
             PrinterColumn("Ready Replicas", ".status.readyReplicas", type="integer", description="Ready replicas"),

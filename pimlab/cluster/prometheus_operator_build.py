@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from pimlab.controlplane_build import cache_root
+from pimlab.cluster.build import cache_root
 
 VERSION = "v0.85.0"
 MODULE = "github.com/prometheus-operator/prometheus-operator"

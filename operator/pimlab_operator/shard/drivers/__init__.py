@@ -1,0 +1,1 @@
+"""Engine drivers of the failover manager (shard/manager.py `Driver`)."""

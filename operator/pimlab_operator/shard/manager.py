@@ -1,0 +1,109 @@
+"""One pass of the failover manager: observe through a driver, `failover.decide`, act in order.
+
+Shared by both engines and by whoever holds the labels: the operator's Shard step (labels on
+pods, through the apiserver) and the local PostgreSQL tests (labels in a dict). The driver is
+the only thing that touches a database; `set_label` is the only thing that touches routing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+
+from pimlab_operator.shard.failover import Action, Decision, Memory, Observation, Policy, decide
+
+
+class Driver(Protocol):
+    """What the failover manager needs from an engine (postgres: the instance managers' API;
+    sqlserver: pyodbc and T-SQL; tests: an in-memory engine)."""
+
+    def observe(self, pods: list[str], labels: dict[str, str | None]) -> list[Observation]: ...
+    def fence(self, pod: str) -> None: ...
+    def detach(self, pod: str) -> None: ...
+    def promote(self, pod: str) -> None: ...
+    def follow(self, pod: str, primary: str) -> None: ...
+    def write_probe(self, pod: str) -> bool: ...
+
+
+class DriverError(RuntimeError):
+    """An action the engine refused or could not carry out; the pass stops there."""
+
+
+@dataclass
+class PassResult:
+    decision: Decision
+    observations: list[Observation]
+    memory: Memory
+    completed: dict | None = None          # the failover record, when one finished in this pass
+    events: list[Action] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
+             set_label: Callable[[str, str | None], None], policy: Policy, memory: Memory,
+             synchronous_members: int, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> PassResult:
+    observations = driver.observe(pods, labels)
+    decision = decide(observations, policy, memory, now(), synchronous_members)
+    current = memory.current_primary or (decision.target_primary if decision.reason == "Bootstrapped" else None)
+    result = PassResult(decision, observations, memory)
+    promoted = None
+    by_pod = {o.pod: o for o in observations}
+    # re-pointing a standby is quick; rewinding a returning old primary is not: it waits until
+    # the new primary has proved itself with a write, so it never lengthens the outage
+    slow = [a for a in decision.actions if a.kind == "follow" and (by_pod.get(a.pod) and by_pod[a.pod].role != "standby")]
+    quick = [a for a in decision.actions if a not in slow]
+    for action in quick + [None] + slow:
+        if action is None:
+            if (promoted or decision.completing) and not result.errors:
+                probe = _complete(driver, decision, memory, current, now)
+                if probe:
+                    result.completed = probe
+            continue
+        try:
+            if action.kind == "event":
+                result.events.append(action)
+            elif action.kind == "unlabel":
+                set_label(action.pod, None)
+            elif action.kind == "label":
+                set_label(action.pod, action.role)
+            elif action.kind == "fence":
+                driver.fence(action.pod)
+            elif action.kind == "detach":
+                driver.detach(action.pod)
+            elif action.kind == "promote":
+                driver.promote(action.pod)
+                promoted = current = action.pod
+            elif action.kind == "follow":
+                driver.follow(action.pod, action.primary)
+        except DriverError as error:
+            result.errors.append(f"{action.kind} {action.pod}: {error}")
+            if action.kind in ("fence", "promote"):
+                break  # never go on past a fence or a promotion that did not happen
+    if result.completed:
+        result.memory = Memory(current_primary=current)
+    else:
+        result.memory = Memory(current_primary=current, unhealthy_since=decision.unhealthy_since,
+                               failover_started_at=decision.failover_started_at,
+                               failover_from=decision.failover_from, failover_reason=decision.failover_reason)
+    return result
+
+
+def _complete(driver: Driver, decision: Decision, memory: Memory, current: str | None, now) -> dict | None:
+    """The failover ends with the new primary's first write acknowledged by the quorum."""
+    started = decision.failover_started_at
+    if not started or not current or not driver.write_probe(current):
+        return None
+    done = now()
+    lost = decision.unhealthy_since or started
+    return {
+        "from": decision.failover_from, "to": current, "reason": decision.failover_reason,
+        "planned": decision.failover_reason == "PlannedSwitchover", "dataLoss": decision.data_loss or None,
+        "primaryLostAt": _iso(lost), "startedAt": _iso(started), "completedAt": _iso(done),
+        "durationSeconds": round((done - started).total_seconds(), 3),
+        "outageSeconds": round((done - lost).total_seconds(), 3),
+    }

@@ -1,0 +1,182 @@
+"""The SQL Server path as far as it can be checked here (no SQL Server runs on these machines):
+every T-SQL template parses with sqlglot's T-SQL dialect, the pyodbc driver sends the right
+statements, and the shared failover decisions drive an in-memory availability group."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import re
+
+import pytest
+import sqlglot
+from sqlglot import exp
+
+from pimlab_operator.render import project_home
+from pimlab_operator.shard.drivers import sqlserver
+from pimlab_operator.shard.drivers.sqlserver import (
+    InMemoryAvailabilityGroup, Replica, SqlServerDriver, Target, batches, observation, tsql)
+from pimlab_operator.shard.failover import Memory, Policy
+from pimlab_operator.shard.manager import run_pass
+
+from cr_samples import sample, spec_of
+from pimlab_operator.shard import desired as shard
+
+#: Statements sqlglot keeps as opaque commands (it has no grammar for HADR DDL); anything else
+#: must parse into a real expression.
+HADR_COMMANDS = ("ALTER AVAILABILITY GROUP", "CREATE AVAILABILITY GROUP", "ALTER ENDPOINT", "CREATE ENDPOINT",
+                 "ALTER DATABASE", "BACKUP DATABASE")
+
+
+def _scripts() -> dict[str, str]:
+    body = sample("Shard", "shard-00")
+    out = {"ag-primary": shard.ag_sql(body, spec_of(body), "primary"),
+           "ag-secondary": shard.ag_sql(body, spec_of(body), "secondary"),
+           "observe": tsql("observe.sql.j2", ag_name="shard-00"),
+           "promote": tsql("promote.sql.j2", ag_name="shard-00", force=False),
+           "promote-forced": tsql("promote.sql.j2", ag_name="shard-00", force=True),
+           "demote": tsql("demote.sql.j2", ag_name="shard-00"),
+           "resume": tsql("resume.sql.j2", database="pim"),
+           "heartbeat": tsql("heartbeat.sql.j2", instance="shard-00-1")}
+    assert {p.name for p in (project_home() / "templates/shard/sqlserver").iterdir()} == {
+        "observe.sql.j2", "promote.sql.j2", "demote.sql.j2", "resume.sql.j2", "heartbeat.sql.j2"}
+    return out
+
+
+@pytest.mark.parametrize("name", list(_scripts()))
+def test_every_tsql_template_parses_with_sqlglot(name):
+    script = _scripts()[name]
+    for batch in batches(script):
+        if batch.upper().startswith("BACKUP DATABASE"):  # no grammar in sqlglot at all: checked by shape
+            assert re.fullmatch(r"BACKUP DATABASE \[\w+\] TO DISK = N'NUL';", batch), batch
+            continue
+        for statement in sqlglot.parse(batch, read="tsql", error_level=sqlglot.ErrorLevel.RAISE):
+            if statement is None:
+                continue
+            if isinstance(statement, exp.Command):
+                text = statement.sql("tsql").upper()
+                assert text.startswith(HADR_COMMANDS), f"{name}: unparsed statement {text[:80]}"
+
+
+def test_promote_runs_in_the_external_cluster_session_and_forces_only_when_allowed():
+    promote = _scripts()["promote"]
+    assert "sp_set_session_context @key = N'external_cluster', @value = N'yes'" in promote
+    assert "ALTER AVAILABILITY GROUP [shard-00] FAILOVER;" in promote and "FORCE" not in promote
+    assert "FORCE_FAILOVER_ALLOW_DATA_LOSS" in _scripts()["promote-forced"]
+    assert "SET (ROLE = SECONDARY)" in _scripts()["demote"]
+
+
+class FakeCursor:
+    def __init__(self, conn):
+        self.conn, self.description = conn, None
+
+    def execute(self, sql):
+        self.conn.log.append((self.conn.target.host, sql))
+        if "sys.availability_groups" in sql:
+            self.description = [(c,) for c in self.conn.row]
+
+    def fetchall(self):
+        return [tuple(self.conn.row.values())]
+
+
+class FakeConnection:
+    def __init__(self, target, row, log):
+        self.target, self.row, self.log = target, row, log
+
+    def cursor(self):
+        return FakeCursor(self)
+
+    def close(self):
+        pass
+
+
+def test_pyodbc_driver_maps_the_dmvs_and_sends_the_templates():
+    log = []
+    rows = {"p0": {"role": "PRIMARY", "connected_state": "CONNECTED", "synchronization_state": "SYNCHRONIZED",
+                   "database_state": "ONLINE", "availability_mode": "SYNCHRONOUS_COMMIT", "primary_replica": "shard-00-0",
+                   "sequence_number": 42},
+            "p1": {"role": "SECONDARY", "connected_state": "CONNECTED", "synchronization_state": "SYNCHRONIZED",
+                   "database_state": "ONLINE", "availability_mode": "SYNCHRONOUS_COMMIT", "primary_replica": "shard-00-0",
+                   "sequence_number": 42}}
+
+    def connect(target):
+        if target.host == "p2":
+            raise OSError("connection refused")
+        return FakeConnection(target, rows[target.host], log)
+
+    driver = SqlServerDriver({"shard-00-0": Target("p0"), "shard-00-1": Target("p1"), "shard-00-2": Target("p2")},
+                             "shard-00", connect=connect)
+    observed = driver.observe(["shard-00-0", "shard-00-1", "shard-00-2"], {})
+    assert [(o.pod, o.role, o.reachable, o.synchronous, o.streaming, o.position) for o in observed] == [
+        ("shard-00-0", "primary", True, True, False, 42), ("shard-00-1", "standby", True, True, True, 42),
+        ("shard-00-2", "unknown", False, False, False, None)]
+    driver.promote("shard-00-1")
+    assert "FAILOVER" in log[-1][1] and log[-1][0] == "p1"
+    with pytest.raises(sqlserver.DriverError):
+        driver.fence("shard-00-2")
+
+
+def test_an_asynchronous_or_unsynchronized_secondary_is_not_synchronous():
+    row = {"role": "SECONDARY", "connected_state": "CONNECTED", "synchronization_state": "SYNCHRONIZING",
+           "database_state": "ONLINE", "availability_mode": "SYNCHRONOUS_COMMIT", "sequence_number": 7}
+    assert not observation("x", row, None).synchronous
+    assert not observation("x", {**row, "synchronization_state": "SYNCHRONIZED",
+                                 "availability_mode": "ASYNCHRONOUS_COMMIT"}, None).synchronous
+
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+PODS = ["shard-00-0", "shard-00-1", "shard-00-2"]
+
+
+def _ag(**overrides):
+    replicas = {"shard-00-0": Replica("primary", 10), "shard-00-1": Replica("standby", 10, True, True, "shard-00-0"),
+                "shard-00-2": Replica("standby", 12, True, False, "shard-00-0")}  # SYNCHRONIZING, yet "ahead"
+    replicas.update(overrides)
+    return InMemoryAvailabilityGroup(replicas, required=1)
+
+
+def _drive(ag, policy, passes=6):
+    labels = {"shard-00-0": "primary", "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    memory, completed, results = Memory("shard-00-0"), [], []
+    clock = [T0]
+    for _ in range(passes):
+        result = run_pass(ag, PODS, dict(labels), lambda p, r: labels.__setitem__(p, r), policy, memory, 1,
+                          now=lambda: clock[0])
+        memory = result.memory
+        results.append(result)
+        if result.completed:
+            completed.append(result.completed)
+        clock[0] += timedelta(seconds=10)
+    return labels, completed, results
+
+
+def test_in_memory_ag_fails_over_to_the_synchronized_replica_not_the_further_unsynchronized_one():
+    ag = _ag()
+    ag.replicas["shard-00-0"].role = "down"
+    labels, completed, _ = _drive(ag, Policy(unhealthy_after_seconds=15))
+    assert completed and completed[0]["from"] == "shard-00-0" and completed[0]["to"] == "shard-00-1"
+    assert labels["shard-00-1"] == "primary" and labels["shard-00-0"] is None
+    assert "promote shard-00-1" in ag.log and "promote shard-00-2" not in ag.log
+    assert completed[0]["durationSeconds"] >= 0 and completed[0]["outageSeconds"] >= 15
+
+
+def test_in_memory_ag_refuses_without_a_synchronized_replica_unless_data_loss_is_allowed():
+    ag = _ag()
+    ag.replicas["shard-00-0"].role = "down"
+    ag.replicas["shard-00-1"].role = "down"
+    labels, completed, results = _drive(ag, Policy(unhealthy_after_seconds=15))
+    assert not completed
+    assert results[-1].decision.refused and results[-1].decision.reason == "NoSafeStandby"
+    assert not [line for line in ag.log if line.startswith("promote")]
+    forced = _ag()
+    forced.allow_data_loss = True
+    forced.replicas["shard-00-0"].role = "down"
+    forced.replicas["shard-00-1"].role = "down"
+    labels, completed, results = _drive(forced, Policy(unhealthy_after_seconds=15, allow_data_loss=True))
+    assert "promote shard-00-2" in forced.log and any(r.decision.data_loss for r in results)
+
+
+def test_in_memory_ag_demotes_a_second_primary():
+    ag = _ag(**{"shard-00-2": Replica("primary", 11)})
+    labels, _, _ = _drive(ag, Policy(), passes=1)
+    assert "demote shard-00-2" in ag.log and ag.replicas["shard-00-0"].role == "primary"
