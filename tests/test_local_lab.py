@@ -24,9 +24,19 @@ def test_on_the_real_node_the_lab_runs_the_local_image_in_a_placed_namespace():
     (lab,) = by_kind(docs, "Lab")
     assert lab["spec"]["image"] == PROJECT_IMAGE and lab["spec"]["imagePullPolicy"] == "Never"
     assert "auth" not in lab["spec"], "the samples' identity provider does not exist here: the dev issuer serves"
+    assert "otlpEndpoint" not in lab["spec"]["observability"], "no collector runs here"
+    cpu = sum(int(s["resources"]["requests"]["cpu"].rstrip("m")) * s.get("replicas", 1)
+              for s in lab["spec"]["services"].values())
+    shards = by_kind(docs, "Shard")
+    assert {s["spec"]["engine"] for s in shards} == {"postgres"}, "SQL Server has no image here"
+    assert all(s["spec"]["image"] == PROJECT_IMAGE for s in shards)
+    cpu += sum(int(s["spec"]["resources"]["requests"]["cpu"].rstrip("m")) * s["spec"]["replicas"] for s in shards)
+    assert cpu <= 1000, f"the lab asks {cpu}m CPU of a 2-core node that also runs the cluster"
     unchanged = sample_documents(real_node=False)
-    assert by_kind(docs, "Shard") == by_kind(unchanged, "Shard")
-    assert len(docs) == len(unchanged)
+    assert [s["metadata"]["name"] for s in shards] == [s["metadata"]["name"] for s in by_kind(unchanged, "Shard")]
+    assert [s["spec"]["slots"] for s in shards] == [s["spec"]["slots"] for s in by_kind(unchanged, "Shard")]
+    assert [p["metadata"]["name"] for p in by_kind(docs, "PersonaLoad")] == ["overnight-processing"], \
+        "one-off loads are the user's to start; the scheduled one waits for its time"
 
 
 def test_with_kwok_only_the_samples_are_applied_as_written():

@@ -21,6 +21,9 @@ from api_services.catalog import COMPONENTS
 GROUP = "pim-sre.lab"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+#: The project's one image (operator, services, persona engine, PostgreSQL instance manager),
+#: as users build it from the Dockerfile for kind; the local lab maps it to the image built here.
+PROJECT_IMAGE = "ghcr.io/pim-sre/lab:0.1.0"
 
 # --------------------------------------------------------------------------------------------
 # CEL rules, declared next to the models they guard

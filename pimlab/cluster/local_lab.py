@@ -94,26 +94,49 @@ class OperatorProcess:
         self.pid_file.unlink(missing_ok=True)
 
 
+#: What one 2-core node can hold: the samples' requests are sized for a real cluster.
+LOCAL_SERVICE_RESOURCES = {"requests": {"cpu": "25m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}}
+LOCAL_SHARD_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def _sample_files(real_node: bool) -> list[Path]:
+    """samples/*.yaml; on the real node the Shards are the PostgreSQL variant (samples/postgres/):
+    SQL Server has no image here."""
+    home = project_home() / "samples"
+    files = sorted(home.glob("*.yaml"))
+    if real_node:
+        files = [home / "postgres" / f.name if (home / "postgres" / f.name).exists() else f for f in files]
+    return files
+
+
 def sample_documents(real_node: bool) -> list[dict]:
-    """samples/ as applied here. On the real node the samples' namespace is placed there, a
-    Lab's image is the one built on this machine (there is no registry to pull from) and its
-    tokens come from the Lab's development issuer."""
+    """samples/ as applied here. On the real node: the samples' namespace is placed there; the
+    Lab and the Shards run the image built on this machine (there is no registry to pull from),
+    with requests one node can hold; the Shards are PostgreSQL; the services trust the Lab's
+    development issuer and export no traces (no identity provider or collector runs here); and
+    the one-off PersonaLoads are left for the user to start (the node has no room for a 30-minute
+    peak load beside the lab)."""
     from pimlab.cluster.images import PROJECT_IMAGE
     from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
 
     docs = []
-    for path in sorted((project_home() / "samples").glob("*.yaml")):
+    for path in _sample_files(real_node):
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc:
                 continue
             if real_node and doc["kind"] == "Namespace":
                 doc["metadata"].setdefault("annotations", {}).update(REAL_NODE_NAMESPACE_ANNOTATIONS)
             if real_node and doc["kind"] == "Lab":
-                doc["spec"]["image"] = PROJECT_IMAGE
-                doc["spec"]["imagePullPolicy"] = "Never"
-                # The samples' identity provider does not exist here: without spec.auth the
-                # services trust the Lab's development issuer (a key the operator generates).
-                doc["spec"].pop("auth", None)
+                spec = doc["spec"]
+                spec.update(image=PROJECT_IMAGE, imagePullPolicy="Never")
+                spec.pop("auth", None)
+                spec.get("observability", {}).pop("otlpEndpoint", None)
+                for service in spec.get("services", {}).values():
+                    service["resources"] = LOCAL_SERVICE_RESOURCES
+            if real_node and doc["kind"] == "Shard":
+                doc["spec"].update(image=PROJECT_IMAGE, resources=LOCAL_SHARD_RESOURCES)
+            if real_node and doc["kind"] == "PersonaLoad" and not doc["spec"].get("schedule"):
+                continue
             docs.append(doc)
     return docs
 

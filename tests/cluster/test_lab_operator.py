@@ -243,7 +243,7 @@ def test_a_postgres_shard_gets_the_instance_manager_and_says_why_it_waits(cluste
                             "storage": {"size": "1Gi"}, "failover": {"unhealthyAfterSeconds": 5}}})
     sts = wait_for(lambda: cluster.get("statefulset", "pg-07", ns), what="the postgres StatefulSet")
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["pimlab", "instance", "run"] and container["image"] == "localhost/pimlab/lab:dev"
+    assert container["command"] == ["pimlab", "instance", "run"] and container["image"] == "ghcr.io/pim-sre/lab:0.1.0"
     secret = wait_for(lambda: cluster.get("secret", "pg-07-credentials", ns), what="the generated Secret")
     assert base64.b64decode(secret["data"]["username"]).decode() == "pim" and "manager-token" in secret["data"]
     password = base64.b64decode(secret["data"]["password"]).decode()

@@ -40,7 +40,7 @@ def test_postgres_children_run_the_instance_manager_in_the_project_image():
     assert secret == {"username": "pim", "password": "Generated-Passw0rd", "manager-token": "tok"}
     sts = by(children, "StatefulSet", "shard-00")
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "localhost/pimlab/lab:dev"
+    assert container["image"] == "ghcr.io/pim-sre/lab:0.1.0"
     assert container["command"] == ["pimlab", "instance", "run"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PIMLAB_PEERS"] == ",".join(f"shard-00-{i}=shard-00-{i}.shard-00.lab.svc:5432:8008" for i in range(3))

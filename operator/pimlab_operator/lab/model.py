@@ -10,6 +10,7 @@ from pydantic.alias_generators import to_snake
 from api_services.catalog import COMPONENTS
 
 from pimlab_operator.schema import (
+    PROJECT_IMAGE,
     AGE_COLUMN,
     MESSAGE_COLUMN,
     READY_COLUMN,
@@ -28,7 +29,6 @@ from pimlab_operator.schema import (
     rules,
 )
 
-DEFAULT_IMAGE = "ghcr.io/pim-sre/lab:0.1.0"
 
 
 class Autoscaling(ApiModel):
@@ -122,7 +122,7 @@ class LabSpec(ApiModel):
     """The desired application tier of one lab."""
 
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
-        DEFAULT_IMAGE, description=f"Image of every service (one image for operator, services, engine). Default {DEFAULT_IMAGE}."
+        PROJECT_IMAGE, description=f"Image of every service (one image for operator, services, engine). Default {PROJECT_IMAGE}."
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy of the services' containers (default IfNotPresent)."

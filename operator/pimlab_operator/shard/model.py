@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from pimlab_operator.schema import (
+    PROJECT_IMAGE,
     AGE_COLUMN,
     MESSAGE_COLUMN,
     READY_COLUMN,
@@ -30,7 +31,7 @@ SLOT_COUNT = 1024
 MAX_REPLICAS = 5
 #: The default image per engine: Microsoft's SQL Server, or the project's own image (Debian's
 #: PostgreSQL and the `pimlab instance` manager).
-DEFAULT_IMAGES = {"sqlserver": "mcr.microsoft.com/mssql/server:2022-latest", "postgres": "localhost/pimlab/lab:dev"}
+DEFAULT_IMAGES = {"sqlserver": "mcr.microsoft.com/mssql/server:2022-latest", "postgres": PROJECT_IMAGE}
 PodName = Annotated[str, StringConstraints(max_length=253)]
 
 
@@ -135,7 +136,7 @@ class ShardSpec(ApiModel):
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
         None,
         description="Container image. Unset: mcr.microsoft.com/mssql/server:2022-latest for sqlserver, the"
-        " project's image localhost/pimlab/lab:dev (PostgreSQL 15 and the instance manager) for postgres.",
+        " project's image (PostgreSQL 15 and the instance manager) for postgres.",
     )
     edition: Literal["Developer", "Express", "Evaluation", "Standard", "Enterprise"] = Field(
         "Developer", description="SQL Server edition (MSSQL_PID), default Developer; ignored by postgres."
