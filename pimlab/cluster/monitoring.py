@@ -16,7 +16,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from pimlab import prometheus_operator_build
+from pimlab.cluster import prometheus_operator_build
 
 OPERATOR_IMAGE = f"localhost/pimlab/prometheus-operator:{prometheus_operator_build.VERSION}"
 PROMETHEUS_IMAGE = "localhost/pimlab/lab:0.1.0"
