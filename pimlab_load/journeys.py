@@ -39,6 +39,12 @@ FACILITIES = [f"fac-{i:03d}" for i in range(1, 6)]
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fen"]
 
 
+#: A clinician's notes for a routine visit (what documentEncounter and submitClaim write).
+NOTES = {"notes": "Seen for follow-up. Plan discussed, review in two weeks.",
+         "diagnoses": [{"code": "Z00.00", "description": "General adult medical examination"}],
+         "procedures": [{"code": "99213", "description": "Office visit, established patient"}]}
+
+
 class Abort(Exception):
     """A call failed, was dropped or the run is stopping: the journey ends here."""
 
@@ -200,15 +206,15 @@ class Journeys:
         patient = await self._register(calls, i)
         user = self.user_for("clinician", i, calls.rng)
         encounter = await self._encounter(calls, i, "clinician", user, arrival)
-        notes = {"notes": "Seen for follow-up. Plan discussed, review in two weeks.",
-                 "diagnoses": [{"code": "Z00.00", "description": "General adult medical examination"}],
-                 "procedures": [{"code": "99213", "description": "Office visit, established patient"}]}
-        await calls.call("PATCH", f"/encounters/{encounter}/notes", "clinician", user, body=notes, patient=patient)
+        await calls.call("PATCH", f"/encounters/{encounter}/notes", "clinician", user, body=NOTES, patient=patient)
 
     async def submitClaim(self, calls: Calls, persona: PersonaPlan, i: int, arrival: int) -> None:
         patient = await self._register(calls, i)
-        # The encounter comes from the clinic (a clinician booked it); the admin bills it.
-        encounter = await self._encounter(calls, i, "clinician", self.user_for("clinician", i, calls.rng), arrival)
+        # The clinic books and documents a visit, then the admin bills it: a claim needs a
+        # documented encounter, and an encounter has at most one open claim.
+        clinician = self.user_for("clinician", i, calls.rng)
+        encounter = await self._book(calls, i, "clinician", clinician, arrival)
+        await calls.call("PATCH", f"/encounters/{encounter}/notes", "clinician", clinician, body=NOTES, patient=patient)
         user = self.user_for("admin", i, calls.rng)
         body = {"encounter_id": encounter, "amount_cents": calls.rng.randint(5_000, 250_000),
                 "payer": calls.rng.choice(["Synthetic Health Plan", "Lab Mutual", "Demo Care"])}

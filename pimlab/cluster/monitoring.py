@@ -30,7 +30,7 @@ def build(log=None) -> dict[str, Path]:
 
 
 def crd_files() -> list[Path]:
-    root = Path(__file__).resolve().parents[1] / "crds" / "thirdparty"
+    root = Path(__file__).resolve().parents[2] / "crds" / "thirdparty"
     return sorted(root.glob("monitoring.coreos.com_*.yaml"))
 
 

@@ -2,37 +2,23 @@
 gateway, and the status shows the summary merged from both pods with requests for every
 persona; a run whose pods fail is Failed with the reason.
 
-kwok nodes (annotated `kwok.x-k8s.io/node=fake`) run nothing, so this test needs a node
-without that annotation and skips, saying so, where there is none.
-
-Not yet run anywhere. What it depends on beyond the node: the engine mints its tokens with the
-development issuer's key in its `PIM_DATA_DIR`, and the Lab's pods each keep their own key in an
-emptyDir, so the gateway will answer 401 until the Lab and the PersonaLoad Job share one issuer
-key (a Secret the operator generates, mounted into both)."""
+The lab is the one `make lab` runs on the real node (`sample_documents(real_node=True)`: a
+namespace placed on the node, PostgreSQL shards, the image built here). The engine signs its
+tokens with the Lab's development issuer key, which the operator generates once and mounts into
+the Lab's pods and the Job. kwok nodes run nothing, so without a real node this test skips,
+saying so."""
 
 from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from pimlab.cluster.local_lab import (OperatorProcess, install_operator_rbac, sample_documents,
+                                      write_operator_kubeconfig)
 from pimlab.waiting import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def sample(kind: str, name: str, namespace: str) -> dict:
-    for path in sorted((ROOT / "samples").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc["kind"] == kind and doc["metadata"]["name"] == name:
-                doc["metadata"]["namespace"] = namespace
-                return doc
-    raise LookupError(f"{kind}/{name} is not in samples/")
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -57,21 +43,29 @@ def real_node(cluster):
 
 @pytest.fixture(scope="module")
 def lab(cluster, crds_installed, real_node, tmp_path_factory):
+    """The real-node sample lab in a namespace of its own, its operator a local process."""
+    namespace = f"real-{int(time.time()) % 100000}"
+    docs = [d for d in sample_documents(real_node=True) if d["kind"] in ("Namespace", "Lab", "Shard")]
+    for doc in docs:
+        if doc["kind"] == "Namespace":
+            doc["metadata"]["name"] = namespace
+        else:
+            doc["metadata"]["namespace"] = namespace
     install_operator_rbac(cluster.plane)
     workdir = tmp_path_factory.mktemp("personaload-real")
     kubeconfig = workdir / "kubeconfig"
     write_operator_kubeconfig(cluster.plane, kubeconfig)
-    namespace = f"real-{int(time.time()) % 100000}"
-    cluster.kubectl("create", "namespace", namespace)
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
                               metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
     process.start()
-    cluster.apply([sample("Shard", f"shard-0{i}", namespace) for i in range(3)] + [sample("Lab", "pim", namespace)])
-    wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
-             timeout=600, what="the sample Lab to become Ready on the real node")
-    yield namespace
-    process.stop()
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    cluster.apply(docs)
+    try:
+        wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
+                 timeout=600, what="the sample Lab to become Ready on the real node")
+        yield namespace
+    finally:
+        process.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def condition(obj: dict | None, ctype: str = "Ready") -> dict:
