@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pimlab_operator import kube, reconcile
+from pimlab_operator.objects import selector_matches
 from pimlab_operator.reconcile import Kind
 from pimlab_operator.schema import API_VERSION
 
@@ -30,19 +31,25 @@ def child_event(kinds: dict[str, Kind], child_kind: str) -> Callable:
 
 
 def shard_to_labs(lab_kind: Kind) -> Callable:
-    """A Shard added, moved or removed changes the shard map of the Labs in its namespace.
-    Status-only updates (frequent) do not: those are filtered by a fingerprint."""
-    fingerprints: dict[tuple[str, str], str] = {}
+    """A Shard added, moved or removed changes the shard map of the Labs in its namespace that
+    select it (by its labels before or after the change). Status-only updates (frequent) do
+    not: those are filtered by a fingerprint."""
+    fingerprints: dict[tuple[str, str], tuple[str, dict]] = {}
 
     def on_event(type, body, **_):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        labels = dict(body["metadata"].get("labels") or {})
         fingerprint = "" if type == "DELETED" else repr(
-            (body["metadata"].get("labels"), body["spec"].get("ordinal"), body["spec"].get("slots"),
+            (labels, body["spec"].get("ordinal"), body["spec"].get("slots"),
              body["spec"].get("credentialsSecretRef")))
-        previous = fingerprints.get(key)
-        fingerprints[key] = fingerprint
+        previous, previous_labels = fingerprints.get(key, (None, labels))
+        fingerprints[key] = (fingerprint, labels)
+        if type == "DELETED":
+            fingerprints.pop(key, None)
         if type is None or previous == fingerprint:  # initial listing: Labs resume on their own
             return
         for lab in kube.list_objects(API_VERSION, lab_kind.name, key[0]):
-            reconcile.run(lab_kind, lab, "shard-changed")
+            selector = (lab.get("spec") or {}).get("shardSelector")
+            if selector_matches(selector, labels) or selector_matches(selector, previous_labels):
+                reconcile.run(lab_kind, lab, "shard-changed")
     return on_event
