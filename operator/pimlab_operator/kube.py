@@ -7,6 +7,7 @@ import datetime
 import os
 import tempfile
 import threading
+import time
 from functools import lru_cache
 
 import kubernetes
@@ -38,6 +39,13 @@ def dynamic() -> DynamicClient:
         return DynamicClient(_api_client(), cache_file=cache)
 
 
+def _as_dict(_client, data: dict) -> dict:
+    """The dynamic client's serializer, for plain dicts: its default wraps every answer in
+    ResourceInstance/ResourceField objects that we turned straight back into dicts, which cost
+    more CPU than the request itself for a list of a few hundred objects."""
+    return data
+
+
 def resource(api_version: str, kind: str):
     """The dynamic resource for a kind; rediscovers once, since CRDs may appear at any time."""
     try:
@@ -47,14 +55,25 @@ def resource(api_version: str, kind: str):
         return dynamic().resources.get(api_version=api_version, kind=kind)
 
 
+#: How long an answer of discovery is reused: optional CRDs come and go while we run, so an
+#: installed or removed CRD is noticed within this delay, not one request per reconcile.
+DISCOVERY_TTL_SECONDS = 10.0
+_discovered: dict[str, tuple[float, frozenset[str]]] = {}
+
+
 def kind_exists(api_version: str, kind: str) -> bool:
-    """Asked of the apiserver every time: optional CRDs come and go while we run."""
-    path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-    try:
-        found = dynamic().request("get", path).to_dict()
-    except NotFoundError:
-        return False
-    return any(r.get("kind") == kind for r in found.get("resources", []))
+    """Whether the apiserver serves `kind`, from a discovery answer at most
+    DISCOVERY_TTL_SECONDS old (per group version)."""
+    seen = _discovered.get(api_version)
+    if seen is None or time.monotonic() - seen[0] > DISCOVERY_TTL_SECONDS:
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            found = dynamic().request("get", path, serializer=_as_dict)
+            kinds = frozenset(r.get("kind") for r in found.get("resources", []))
+        except NotFoundError:
+            kinds = frozenset()
+        seen = _discovered[api_version] = (time.monotonic(), kinds)
+    return kind in seen[1]
 
 
 def apply(manifest: dict, dry_run: bool = False) -> dict:
@@ -67,21 +86,23 @@ def apply(manifest: dict, dry_run: bool = False) -> dict:
         namespace=manifest["metadata"].get("namespace"),
         field_manager=FIELD_MANAGER,
         force_conflicts=True,
+        serializer=_as_dict,
         **kwargs,
     )
-    return result.to_dict()
+    return result
 
 
 def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict | None:
     try:
-        return resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        return resource(api_version, kind).get(name=name, namespace=namespace, serializer=_as_dict)
     except NotFoundError:
         return None
 
 
 def list_objects(api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict]:
-    found = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
-    return [item.to_dict() for item in found.items]
+    found = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                            serializer=_as_dict)
+    return found.get("items") or []
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str | None,
@@ -99,7 +120,7 @@ def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
     try:
         return resource(api_version, kind).patch(
             body={"metadata": {"labels": labels}}, name=name, namespace=namespace,
-            content_type="application/merge-patch+json").to_dict()
+            content_type="application/merge-patch+json", serializer=_as_dict)
     except NotFoundError:
         return None
 
@@ -131,4 +152,4 @@ def apply_status(body: dict, status: dict) -> dict:
                           "resourceVersion": meta["resourceVersion"]}}
     return res.subresources["status"].server_side_apply(
         body=patch, name=meta["name"], namespace=meta["namespace"],
-        field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
+        field_manager=FIELD_MANAGER, force_conflicts=True, serializer=_as_dict)
