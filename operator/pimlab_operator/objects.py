@@ -26,6 +26,22 @@ def selector_matches(selector: dict | None, labels: dict | None) -> bool:
     return True
 
 
+def selector_string(selector: dict | None) -> str:
+    """A LabelSelector (matchLabels and matchExpressions) as the `labelSelector` string the list
+    API takes, so the apiserver filters; "" (everything) for no selector."""
+    selector = selector or {}
+    terms = [f"{key}={value}" for key, value in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, op, values = expression["key"], expression["operator"], expression.get("values") or []
+        if op in ("In", "NotIn"):
+            terms.append(f"{key} {op.lower()} ({','.join(values)})")
+        elif op == "Exists":
+            terms.append(key)
+        elif op == "DoesNotExist":
+            terms.append(f"!{key}")
+    return ",".join(terms)
+
+
 def label_selector(labels: dict[str, str]) -> str:
     """Labels as the `labelSelector` string the list API takes."""
     return ",".join(f"{key}={value}" for key, value in labels.items())

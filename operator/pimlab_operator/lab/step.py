@@ -8,8 +8,9 @@ from api_services.catalog import COMPONENTS
 from pimlab_operator import kube, reconcile
 from pimlab_operator.lab import desired
 from pimlab_operator.lab.model import LabSpec
-from pimlab_operator.objects import dev_issuer_secret, selector_matches
+from pimlab_operator.objects import dev_issuer_secret, label_selector, selector_matches, selector_string
 from pimlab_operator.reconcile import ChildKind
+from pimlab_operator.render import owner_labels
 from pimlab_operator.schema import API_VERSION
 
 SERVICE_MONITOR = ChildKind("monitoring.coreos.com/v1", "ServiceMonitor", optional=True)
@@ -31,7 +32,7 @@ def _previous_shard_map(name: str, namespace: str) -> dict | None:
 def _selected_shards(body: dict, spec: LabSpec) -> list[dict]:
     namespace = body["metadata"]["namespace"]
     selector = spec.shard_selector.to_k8s() if spec.shard_selector else None
-    shards = kube.list_objects(API_VERSION, "Shard", namespace)
+    shards = kube.list_objects(API_VERSION, "Shard", namespace, selector_string(selector))  # filtered by the apiserver
     return [s for s in shards if selector_matches(selector, s["metadata"].get("labels"))]
 
 
@@ -47,7 +48,9 @@ def step(body: dict, spec: LabSpec) -> None:
     children = desired.desired_children(body, spec, shard_map, with_monitor, pem)
     keep = (("v1", "Secret", issuer),) if issuer_exists else ()
     reconcile.apply_children(body, children, prune=CHILDREN, keep=keep)
-    deployments = {c.name: kube.get("apps/v1", "Deployment", f"{name}-{c.name}", namespace)
-                   for c in COMPONENTS}
+    # One list of the Lab's Deployments rather than a read per component.
+    found = {d["metadata"]["name"]: d for d in kube.list_objects(
+        "apps/v1", "Deployment", namespace, label_selector(owner_labels(body)))}
+    deployments = {c.name: found.get(f"{name}-{c.name}") for c in COMPONENTS}
     fields, wanted = desired.lab_status(body, spec, shard_map, deployments)
     reconcile.write_status(body, fields, wanted)
