@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-load clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -70,12 +70,16 @@ lab-down: venv ## stop the operator and the control plane
 test: deps controlplane prometheus-operator image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
-bench: deps venv ## benchmarks, printed as figures and ratios against a baseline
+bench: bench-booking bench-load bench-operator ## every benchmark, printed as figures and ratios against a baseline
+
+bench-booking: deps venv ## the booking write path against /healthz on the same server
 	$(PY) tests/benchmarks/bench_booking.py
-	$(PY) tests/benchmarks/bench_load_engine.py
 
 bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk
 	$(PY) tests/benchmarks/bench_load_engine.py
+
+bench-operator: deps controlplane ## 300 objects through the operator against the floor (direct apply) on kwok; RSS, idle CPU
+	$(PY) tests/benchmarks/bench_operator.py
 
 clean: cluster-down ## remove the venv and every local state
 	rm -rf $(VENV) .lab
