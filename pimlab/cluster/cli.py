@@ -75,6 +75,13 @@ def _lab_up(args) -> int:
         proc = lab.plane.kubectl("wait", "--for=condition=Ready", "lab", "--all", "-n", "lab",
                                  f"--timeout={args.wait}s", check=False, timeout=args.wait + 10)
         print(proc.stdout + proc.stderr, end="")
+        if proc.returncode != 0:
+            print(lab.state())
+            print("error: the sample Lab did not become Ready (kubectl get lab -n lab -o wide says why)",
+                  file=sys.stderr)
+            return 1
+        if lab.plane.real_node:
+            print(f"seeding the shards: {lab.seed()}")
     print(lab.state())
     if lab.operator_runs_as_pod():
         operator = "Operator: a pod on the real node (kubectl -n pim-system logs deployment/pimlab-operator)"

@@ -192,6 +192,16 @@ class LocalLab:
             kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                     input=yaml.safe_dump_all(sample_documents(real)))
 
+    def seed(self, namespace: str = "lab", lab: str = "pim") -> str:
+        """Synthetic reference data and patients in the Lab's shards (`pimlab seed`, run in its
+        admin pod: idempotent). The embedded SQLite default seeds itself; database shards start
+        empty, and a booking needs the providers and facilities."""
+        proc = self.plane.kubectl("exec", "-n", namespace, f"deployment/{lab}-admin", "--", "pimlab", "seed",
+                                  check=False, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"seeding the lab failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        return proc.stdout.strip()
+
     def operator_runs_as_pod(self) -> bool:
         return self.plane.real_node and self.operator.pid() is None
 

@@ -62,6 +62,8 @@ def lab(cluster, crds_installed, real_node, tmp_path_factory):
     try:
         wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
                  timeout=600, what="the sample Lab to become Ready on the real node")
+        seeded = cluster.kubectl("exec", "-n", namespace, "deployment/pim-admin", "--", "pimlab", "seed", timeout=300)
+        assert '"providers": 60' in seeded.stdout, seeded.stdout  # 20 providers on each of 3 shards
         yield namespace
     finally:
         process.stop()
