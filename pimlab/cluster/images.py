@@ -102,6 +102,7 @@ class Built:
 
 def _run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = None,
          capture: bool = False, what: str | None = None) -> str:
+    log = log or sys.stderr  # callers without a log of their own: the terminal
     print("$ " + " ".join(cmd), file=log, flush=True)
     try:
         log.fileno()
