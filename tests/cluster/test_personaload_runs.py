@@ -8,36 +8,17 @@ on a real kubelet is tests/cluster/test_personaload_real_node.py."""
 
 from __future__ import annotations
 
-import socket
-import time
 
 import pytest
 
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from operator_process import operator_process
 from pimlab.waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def operator(cluster, crds_installed, tmp_path_factory):
-    install_operator_rbac(cluster.plane)
-    workdir = tmp_path_factory.mktemp("personaload-runs")
-    kubeconfig = workdir / "kubeconfig"
-    write_operator_kubeconfig(cluster.plane, kubeconfig)
-    namespace = f"load-{int(time.time()) % 100000}"
-    cluster.kubectl("create", "namespace", namespace)
-    process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
-    process.start()
-    process.namespace = namespace
-    yield process
-    process.stop()
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with operator_process(cluster, tmp_path_factory, "load") as process:
+        yield process
 
 
 def load(name: str, namespace: str, **spec) -> dict:
