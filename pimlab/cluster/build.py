@@ -45,7 +45,8 @@ def is_built() -> bool:
     return all((bin_dir() / name).is_file() for name in BINARIES)
 
 
-def _go(args: list[str], cwd: Path, log) -> None:
+def go(args: list[str], cwd: Path, log) -> None:
+    """`go ARGS` in `cwd` with CGO off, its output into `log`; raises naming the log on failure."""
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
     print(f"$ go {' '.join(args)}", file=log, flush=True)
     proc = subprocess.run(["go", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -125,12 +126,12 @@ def _build_missing(target: Path, log) -> None:
             + "".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"\n' for c in KUBE_COMMANDS)
             + '\t_ "go.etcd.io/etcd/server/v3"\n)\n'
         )
-        _go(["mod", "tidy", "-e"], kube_mod, log)
+        go(["mod", "tidy", "-e"], kube_mod, log)
         for name in missing_kube:
             pkg = "go.etcd.io/etcd/server/v3" if name == "etcd" else f"k8s.io/kubernetes/cmd/{name}"
             ldflags = "-s -w" if name == "etcd" else _version_ldflags()
             partial = target / f"{name}.partial"
-            _go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), pkg],
+            go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), pkg],
                 kube_mod, log)
             partial.rename(target / name)
 

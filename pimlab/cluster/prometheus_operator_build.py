@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pimlab.cluster.build import cache_root
+from pimlab.cluster.build import cache_root, go
 
 VERSION = "v0.85.0"
 MODULE = "github.com/prometheus-operator/prometheus-operator"
@@ -75,14 +74,6 @@ def _ldflags() -> str:
     return " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in values.items())])
 
 
-def _go(args: list[str], cwd: Path, log) -> None:
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
-    print(f"$ go {' '.join(args)}", file=log, flush=True)
-    proc = subprocess.run(["go", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"go {args[0]} failed in {cwd} (exit {proc.returncode}); see {log.name}")
-
-
 def build(log=sys.stderr) -> dict[str, Path]:
     """Compile whatever is missing into bin_dir(); return binaries()."""
     target = bin_dir()
@@ -117,12 +108,12 @@ def _build_missing(target: Path, log) -> None:
         + "".join(f'\t_ "{pkg}"\n' for pkg in COMMANDS.values())
         + ")\n"
     )
-    _go(["mod", "tidy", "-e"], work, log)
+    go(["mod", "tidy", "-e"], work, log)
     for name, pkg in COMMANDS.items():
         if (target / name).is_file():
             continue
         partial = target / f"{name}.partial"
-        _go(["build", "-trimpath", f"-ldflags={_ldflags()}", "-o", str(partial), pkg], work, log)
+        go(["build", "-trimpath", f"-ldflags={_ldflags()}", "-o", str(partial), pkg], work, log)
         partial.rename(target / name)
 
 
