@@ -92,6 +92,8 @@ def _lab_up(args) -> int:
           "  kubectl get pimlab -A\n"
           "The gateway from the host:\n"
           f"{lab.gateway_hint()}\n"
+          "Prometheus (prometheus-operator's, scraping the Lab's ServiceMonitor, evaluating the SLOs' rules):\n"
+          f"{lab.prometheus_hint()}\n"
           "Stop everything with `make lab-down`.")
     return 0
 

@@ -27,6 +27,8 @@ How each image is made:
     in at build time as build secrets.
   * coredns, local-path-provisioner: static Go binaries from the Go module proxy (CGO off), each
     alone in a rootfs tar, `podman import`.
+  * prometheus-operator: its two static binaries (pimlab.cluster.prometheus_operator_build) in
+    /bin, as upstream's image has them, `podman import`.
 
 Every image is rebuilt only when the sha256 of its inputs changes (the recipe, the files it
 reads); the hash and the podman image id are kept beside the archive in a JSON file. Podman runs
@@ -57,6 +59,8 @@ try:
 except ImportError:  # before the local-cluster code moved into this package
     from pimlab.controlplane_build import KUBERNETES_VERSION, cache_root  # type: ignore
 
+from pimlab.cluster import prometheus_operator_build
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PAUSE_VERSION = "3.10.1"  # build/pause/Makefile's TAG in k8s.io/kubernetes v1.34
@@ -76,8 +80,10 @@ PROJECT_IMAGE = f"localhost/pimlab/lab:{PROJECT_VERSION}"
 COREDNS_IMAGE = f"localhost/pimlab/coredns:{COREDNS_VERSION}"
 LOCAL_PATH_IMAGE = f"localhost/pimlab/local-path-provisioner:{LOCAL_PATH_VERSION}"
 BASE_IMAGE_NAME = "localhost/pimlab/base"  # tagged bookworm-<hash of its recipe>
+# prometheus-operator and its config reloader (pimlab.cluster.prometheus_operator_build)
+PROMETHEUS_OPERATOR_IMAGE = f"localhost/pimlab/prometheus-operator:{prometheus_operator_build.VERSION}"
 
-ALL_IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, LOCAL_PATH_IMAGE, PROJECT_IMAGE)
+ALL_IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, LOCAL_PATH_IMAGE, PROJECT_IMAGE, PROMETHEUS_OPERATOR_IMAGE)
 
 # The label on a containerd image that records the inputs it was built from.
 INPUTS_LABEL = "lab.pim-sre/inputs"
@@ -492,6 +498,25 @@ def _build_addon(ref: str, log) -> Built:
     return _save(ref, inputs, started, log, {"binary": str(binary)})
 
 
+def _build_prometheus_operator(log) -> Built:
+    """prometheus-operator's image as upstream lays it out (/bin/operator and
+    /bin/prometheus-config-reloader, both static): one image serves the operator's Deployment
+    and the config-reloader containers it adds to the Prometheus pods."""
+    from pimlab.cluster import monitoring
+
+    binaries = prometheus_operator_build.build(log)
+    inputs = _sha256("prometheus-operator/1", PROMETHEUS_OPERATOR_IMAGE,
+                     *(binaries[name].read_bytes() for name in sorted(binaries)))
+    if cached := _cached(PROMETHEUS_OPERATOR_IMAGE, inputs):
+        return cached
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=images_dir()) as work:
+        rootfs = monitoring.image_rootfs(Path(work) / "rootfs.tar", binaries)
+        _import_rootfs(rootfs.read_bytes(), PROMETHEUS_OPERATOR_IMAGE,
+                       ['ENTRYPOINT ["/bin/operator"]', "USER 65534:65534"], log)
+    return _save(PROMETHEUS_OPERATOR_IMAGE, inputs, started, log)
+
+
 # --------------------------------------------------------------------------- API
 
 _BUILDERS = {
@@ -499,6 +524,7 @@ _BUILDERS = {
     PROJECT_IMAGE: build_project,
     COREDNS_IMAGE: lambda log: _build_addon(COREDNS_IMAGE, log),
     LOCAL_PATH_IMAGE: lambda log: _build_addon(LOCAL_PATH_IMAGE, log),
+    PROMETHEUS_OPERATOR_IMAGE: _build_prometheus_operator,
 }
 
 

@@ -1,6 +1,8 @@
 """`pimlab lab up|down`: the whole lab on the local cluster.
 
-Up: the cluster, the CRDs, then the operator and the samples.
+Up: the cluster, the CRDs, the monitoring stack (pimlab.cluster.monitoring: prometheus-operator
+and a Prometheus on the real node; only the monitoring CRDs with kwok nodes), then the operator
+and the samples.
 - With a real node (pimlab.cluster.local): the operator runs as a pod of the project's image
   (clusters/local/operator: the base Deployment and RBAC with the local image, its namespace
   placed on the real node), and the samples' namespace is placed on the real node too, with
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from pimlab.cluster import monitoring
 from pimlab.cluster.local import LocalCluster
 from pimlab.cluster.procs import pid_alive
 from pimlab_operator.render import project_home
@@ -165,6 +168,13 @@ class LocalLab:
         self.say("installing the CRDs from crds/")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        if real:
+            url = monitoring.install(self.plane, self.out)
+            self.say(f"Prometheus is up: {url} from the host (the Lab names it as {monitoring.prometheus_url()})")
+        else:
+            self.say("installing the monitoring.coreos.com CRDs from crds/thirdparty/ "
+                     "(kwok runs no Prometheus pod: the SLOs' rules are made, not evaluated)")
+            monitoring.install_crds(self.plane)
         if real and not local_operator:
             self.operator.stop()
             self.say("installing the operator as a pod on the real node (clusters/local/operator)")
@@ -228,6 +238,17 @@ class LocalLab:
             hint = (f"  curl http://{spec['clusterIP']}:{port}/healthz   "
                     "# the ClusterIP answers from the host (kube-proxy runs here)\n" + hint)
         return hint
+
+    def prometheus_hint(self) -> str:
+        """How to open the lab's Prometheus from the host (real node only)."""
+        ns = monitoring.NAMESPACE
+        ip = self.plane.kubectl("get", "service", "prometheus", "-n", ns, "-o", "jsonpath={.spec.clusterIP}",
+                                check=False).stdout.strip()
+        if not self.plane.real_node or not ip:
+            return "  (no Prometheus runs: kwok nodes only)"
+        return (f"  curl 'http://{ip}:9090/api/v1/alerts'   # the ClusterIP answers from the host\n"
+                f"  kubectl -n {ns} port-forward service/prometheus 9090:9090 &   # then http://127.0.0.1:9090\n"
+                "  kubectl get slo -n lab   # Budget and Worst burn, read from it")
 
     def down(self) -> None:
         if self.operator.pid():

@@ -6,7 +6,11 @@ operator runs from (both binaries are static, so an image is just them in /bin).
     image_rootfs(dest)           -> a tar with /bin/operator and /bin/prometheus-config-reloader
                                     (podman import -> podman save -> ctr images import)
     crd_files()                  -> the monitoring.coreos.com CRD files, for server-side apply
+    install_crds(cluster)        -> apply them and wait until they are Established
     manifests(...)               -> ServiceAccounts, RBAC, Deployment, Services and the Prometheus
+    install(cluster, log)        -> on the real node: the CRDs, both images imported into the
+                                    node's containerd, the stack applied, Prometheus Ready;
+                                    returns the Prometheus URL the host reaches (its ClusterIP)
     prometheus_url(namespace)    -> what to put in Lab.spec.observability.prometheusUrl
 """
 
@@ -16,10 +20,23 @@ import io
 import tarfile
 from pathlib import Path
 
-from pimlab.cluster import prometheus_operator_build
+from typing import TYPE_CHECKING
 
-OPERATOR_IMAGE = f"localhost/pimlab/prometheus-operator:{prometheus_operator_build.VERSION}"
-PROMETHEUS_IMAGE = "localhost/pimlab/lab:0.1.0"
+import yaml
+
+from pimlab.cluster import images, prometheus_operator_build
+from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
+from pimlab.cluster.procs import ClusterError
+from pimlab.waiting import TimedOut, wait_for
+
+if TYPE_CHECKING:
+    from pimlab.cluster.local import LocalCluster
+
+OPERATOR_IMAGE = images.PROMETHEUS_OPERATOR_IMAGE
+PROMETHEUS_IMAGE = images.PROJECT_IMAGE
+NAMESPACE = "monitoring"
+PROMETHEUS_NAME = "lab"
+FIELD_MANAGER = "pimlab-cluster"
 #: Debian bookworm's prometheus in the project's image; prometheus-operator picks flags by it.
 PROMETHEUS_VERSION = "v2.42.0"
 LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "monitoring"}
@@ -52,8 +69,61 @@ def image_rootfs(dest: Path, binaries: dict[str, Path] | None = None) -> Path:
     return dest
 
 
-def manifests(namespace: str = "monitoring", operator_image: str = OPERATOR_IMAGE,
-              prometheus_image: str = PROMETHEUS_IMAGE, prometheus_name: str = "lab") -> list[dict]:
+def install_crds(cluster: "LocalCluster", timeout: float = 60) -> list[str]:
+    """The project's copy of the monitoring.coreos.com CRDs, applied server-side (the Prometheus
+    CRD is too large for client-side apply) and Established."""
+    files = crd_files()
+    names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
+                    *[f"-f={f}" for f in files])
+    established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    for name in names:  # `kubectl wait` errors on a CRD with no conditions yet: poll instead
+        try:
+            wait_for(lambda: cluster.kubectl("get", f"crd/{name}", "-o", established,
+                                             check=False).stdout == "True", timeout=timeout)
+        except TimedOut:
+            raise ClusterError(f"crd/{name} was not Established in {timeout:.0f} s") from None
+    return names
+
+
+def install(cluster: "LocalCluster", log=None, namespace: str = NAMESPACE, timeout: int = 180) -> str:
+    """The monitoring stack on the real node, as kube-prometheus-stack has it: the CRDs, then
+    prometheus-operator (a pod, its image built from the Go module proxy and imported into the
+    node's containerd), then the Prometheus object whose StatefulSet prometheus-operator makes.
+    Returns the URL of Prometheus from the host (its ClusterIP: kube-proxy runs on the host)."""
+    install_crds(cluster)
+    cluster.say(f"importing the monitoring images into the node's containerd: {OPERATOR_IMAGE}")
+    cluster.node.import_images([OPERATOR_IMAGE, PROMETHEUS_IMAGE], log)
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": namespace, "labels": LABELS, "annotations": REAL_NODE_NAMESPACE_ANNOTATIONS}}
+    cluster.say(f"installing prometheus-operator and Prometheus/{PROMETHEUS_NAME} in namespace {namespace}")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                    input=yaml.safe_dump_all([ns, *manifests(namespace)]))
+    proc = cluster.kubectl("rollout", "status", "deployment/prometheus-operator", "-n", namespace,
+                           f"--timeout={timeout}s", check=False, timeout=timeout + 10)
+    if proc.returncode != 0:
+        raise ClusterError(f"prometheus-operator did not become available: {proc.stderr.strip()}; see "
+                           f"`kubectl -n {namespace} logs deployment/prometheus-operator`")
+    statefulset = f"statefulset/prometheus-{PROMETHEUS_NAME}"
+    try:  # prometheus-operator creates the StatefulSet a moment after it starts
+        wait_for(lambda: cluster.kubectl("get", statefulset, "-n", namespace, check=False).returncode == 0,
+                 timeout=60, interval=1)
+    except TimedOut:
+        raise ClusterError(f"prometheus-operator made no {statefulset} in 60 s; see "
+                           f"`kubectl -n {namespace} logs deployment/prometheus-operator`") from None
+    proc = cluster.kubectl("rollout", "status", statefulset, "-n", namespace, f"--timeout={timeout}s",
+                           check=False, timeout=timeout + 10)
+    if proc.returncode != 0:
+        raise ClusterError(f"Prometheus did not become ready: {proc.stderr.strip()}; see "
+                           f"`kubectl -n {namespace} describe pods` and `kubectl -n {namespace} logs "
+                           f"{statefulset} -c prometheus`")
+    ip = cluster.kubectl("get", "service", "prometheus", "-n", namespace, "-o",
+                         "jsonpath={.spec.clusterIP}").stdout.strip()
+    return f"http://{ip}:9090"
+
+
+def manifests(namespace: str = NAMESPACE, operator_image: str = OPERATOR_IMAGE,
+              prometheus_image: str = PROMETHEUS_IMAGE, prometheus_name: str = PROMETHEUS_NAME) -> list[dict]:
     from pimlab_operator.render import render
 
     return render("monitoring/stack.yaml.j2", namespace=namespace, labels=LABELS, operator_image=operator_image,
@@ -61,5 +131,5 @@ def manifests(namespace: str = "monitoring", operator_image: str = OPERATOR_IMAG
                   prometheus_name=prometheus_name)
 
 
-def prometheus_url(namespace: str = "monitoring") -> str:
+def prometheus_url(namespace: str = NAMESPACE) -> str:
     return f"http://prometheus.{namespace}:9090"
