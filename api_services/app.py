@@ -7,12 +7,12 @@ import time
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
-from api_services import errors
+from api_services import errors, faults
 from api_services.catalog import NAMES, WORKERS
 from api_services.config import Settings, load_settings
 from api_services.edge import EdgeMiddleware
@@ -139,7 +139,9 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
             if rt.engines is not None:
                 rt.engines.dispose()
 
-    app = FastAPI(title=API_TITLE, version=API_VERSION, lifespan=lifespan,
+    # Fault injection for SLO drills exists only where PIM_FAULTS_FILE is set (api_services/faults.py).
+    injected = [Depends(faults.dependency(faults.Faults(settings.faults_file)))] if settings.faults_file else []
+    app = FastAPI(title=API_TITLE, version=API_VERSION, lifespan=lifespan, dependencies=injected,
                   description="Synthetic healthcare API run by the PIM SRE Lab. All data is synthetic.",
                   docs_url=None, redoc_url=None, openapi_url=None if gateway_proxy else "/openapi.json")
     app.state.runtime = rt

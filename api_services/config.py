@@ -43,6 +43,7 @@ class Settings:
     claim_max_cents: int = 5_000_000
     db_write_timeout_seconds: float = 5.0
     service_urls: dict[str, str] = field(default_factory=dict)
+    faults_file: Path | None = None
 
     @property
     def dev_issuer(self) -> str:
@@ -76,6 +77,7 @@ def load_settings() -> Settings:
         token_max_lifetime_seconds=int(_env("PIM_TOKEN_MAX_LIFETIME_SECONDS", "3600")),
         claim_max_cents=int(_env("PIM_CLAIM_MAX_CENTS", "5000000")),
         db_write_timeout_seconds=float(_env("PIM_DB_WRITE_TIMEOUT_SECONDS", "5")),
+        faults_file=Path(faults) if (faults := _env("PIM_FAULTS_FILE")) else None,
         service_urls={
             name: url.rstrip("/")
             for name in ROUTED

@@ -59,6 +59,7 @@ CODES: dict[str, tuple[int, str]] = {
     "shard_unavailable": (503, "the shard cannot be reached in time or cannot be opened (see `Retry-After`)"),
     "upstream_unavailable": (503, "gateway: the owning service did not answer"),
     "service_unconfigured": (503, "gateway: no URL for the owning service"),
+    "fault_injected": (503, "a fault an SRE injected on purpose (`PIM_FAULTS_FILE`, an SLO drill)"),
 }
 
 
