@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -40,7 +40,7 @@ controlplane: venv ## compile the control plane, kubelet, kube-proxy and add-ons
 image: deps venv ## build the node's images (pause, CoreDNS, local-path, the project's) if their inputs changed
 	$(PY) -m pimlab.cluster.images build
 
-prometheus-operator: venv ## compile prometheus-operator and its config reloader once into ~/.cache/pimlab (Go module proxy)
+prometheus-operator: venv ## compile prometheus-operator, its config reloader and Prometheus once into ~/.cache/pimlab (Go module proxy)
 	$(PY) -m pimlab.cluster.prometheus_operator_build
 
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
@@ -69,6 +69,9 @@ lab-down: venv ## stop the operator and the control plane
 
 test: deps controlplane prometheus-operator image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
+
+slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve
+	PIMLAB_NODE=real $(PY) -m pytest -q -p no:cacheprovider tests/cluster/test_slo_alerts_real_node.py
 
 bench: bench-booking bench-load bench-operator ## every benchmark, printed as figures and ratios against a baseline
 

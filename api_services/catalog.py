@@ -9,6 +9,9 @@ from dataclasses import dataclass
 CONTAINER_PORT = 8080
 #: The port of every component's Service (so `http://<lab>-gateway.<ns>.svc` needs no port).
 SERVICE_PORT = 80
+#: Where a Lab with `spec.faultInjection: true` has its services read injected faults
+#: (`PIM_FAULTS_FILE`, api_services/faults.py): the pods' writable /tmp.
+POD_FAULTS_FILE = "/tmp/pim-faults.json"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ How each image is made:
     alone in a rootfs tar, `podman import`.
   * prometheus-operator: its two static binaries (pimlab.cluster.prometheus_operator_build) in
     /bin, as upstream's image has them, `podman import`.
+  * prometheus: upstream's static binary from the same module, /bin/prometheus, workdir
+    /prometheus, as upstream's image (Debian's prometheus lacks Kubernetes service discovery).
 
 Every image is rebuilt only when the sha256 of its inputs changes (the recipe, the files it
 reads); the hash and the podman image id are kept beside the archive in a JSON file. Podman runs
@@ -82,8 +84,11 @@ LOCAL_PATH_IMAGE = f"localhost/pimlab/local-path-provisioner:{LOCAL_PATH_VERSION
 BASE_IMAGE_NAME = "localhost/pimlab/base"  # tagged bookworm-<hash of its recipe>
 # prometheus-operator and its config reloader (pimlab.cluster.prometheus_operator_build)
 PROMETHEUS_OPERATOR_IMAGE = f"localhost/pimlab/prometheus-operator:{prometheus_operator_build.VERSION}"
+# Prometheus from the Go module proxy (Debian's has no Kubernetes service discovery)
+PROMETHEUS_IMAGE = f"localhost/pimlab/prometheus:{prometheus_operator_build.PROMETHEUS_VERSION}"
 
-ALL_IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, LOCAL_PATH_IMAGE, PROJECT_IMAGE, PROMETHEUS_OPERATOR_IMAGE)
+ALL_IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, LOCAL_PATH_IMAGE, PROJECT_IMAGE, PROMETHEUS_OPERATOR_IMAGE,
+              PROMETHEUS_IMAGE)
 
 # The label on a containerd image that records the inputs it was built from.
 INPUTS_LABEL = "lab.pim-sre/inputs"
@@ -517,6 +522,19 @@ def _build_prometheus_operator(log) -> Built:
     return _save(PROMETHEUS_OPERATOR_IMAGE, inputs, started, log)
 
 
+def _build_prometheus(log) -> Built:
+    """Prometheus alone in an image, laid out as upstream's: /bin/prometheus, data in /prometheus."""
+    binary = prometheus_operator_build.build_prometheus(log)
+    changes = ['ENTRYPOINT ["/bin/prometheus"]', "WORKDIR /prometheus", "USER 65534:65534"]
+    inputs = _sha256("prometheus/1", PROMETHEUS_IMAGE, "\0".join(changes), binary.read_bytes())
+    if cached := _cached(PROMETHEUS_IMAGE, inputs):
+        return cached
+    started = time.monotonic()
+    _import_rootfs(_single_file_rootfs(binary, "bin/prometheus", ("bin", "tmp", "etc", "etc/prometheus", "prometheus")),
+                   PROMETHEUS_IMAGE, changes, log)
+    return _save(PROMETHEUS_IMAGE, inputs, started, log, {"binary": str(binary)})
+
+
 # --------------------------------------------------------------------------- API
 
 _BUILDERS = {
@@ -525,6 +543,7 @@ _BUILDERS = {
     COREDNS_IMAGE: lambda log: _build_addon(COREDNS_IMAGE, log),
     LOCAL_PATH_IMAGE: lambda log: _build_addon(LOCAL_PATH_IMAGE, log),
     PROMETHEUS_OPERATOR_IMAGE: _build_prometheus_operator,
+    PROMETHEUS_IMAGE: _build_prometheus,
 }
 
 

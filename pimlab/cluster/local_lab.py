@@ -58,8 +58,8 @@ class OperatorProcess:
     """`pimlab operator run` as a background process with a pid file and a log file."""
 
     def __init__(self, kubeconfig: Path, log: Path, pid_file: Path, *, metrics_port: int,
-                 health_port: int, namespaces: tuple[str, ...] = ()):
-        self.kubeconfig, self.log, self.pid_file = kubeconfig, log, pid_file
+                 health_port: int, namespaces: tuple[str, ...] = (), env: dict[str, str] | None = None):
+        self.kubeconfig, self.log, self.pid_file, self.env = kubeconfig, log, pid_file, env or {}
         self.metrics_port, self.health_port, self.namespaces = metrics_port, health_port, namespaces
 
     def pid(self) -> int | None:
@@ -71,7 +71,7 @@ class OperatorProcess:
 
     def start(self) -> int:
         self.stop()
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(project_home()))
+        env = dict(os.environ, **self.env, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(project_home()))
         args = [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
                 "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
         for namespace in self.namespaces:

@@ -1,6 +1,9 @@
 """The lab's in-cluster monitoring, for the cluster code to apply: the monitoring CRDs
 (`crds/thirdparty/`), prometheus-operator and one Prometheus object, and the image contents the
-operator runs from (both binaries are static, so an image is just them in /bin).
+operator runs from (both binaries are static, so an image is just them in /bin). Prometheus runs
+upstream's binary built from the Go module proxy (pimlab.cluster.images.PROMETHEUS_IMAGE):
+Debian's, in the project's image, has no Kubernetes service discovery, so it cannot load the
+scrape configuration prometheus-operator writes for a ServiceMonitor.
 
     build()                      -> {"prometheus-operator": path, "prometheus-config-reloader": path}
     image_rootfs(dest)           -> a tar with /bin/operator and /bin/prometheus-config-reloader
@@ -33,12 +36,12 @@ if TYPE_CHECKING:
     from pimlab.cluster.local import LocalCluster
 
 OPERATOR_IMAGE = images.PROMETHEUS_OPERATOR_IMAGE
-PROMETHEUS_IMAGE = images.PROJECT_IMAGE
+PROMETHEUS_IMAGE = images.PROMETHEUS_IMAGE
 NAMESPACE = "monitoring"
 PROMETHEUS_NAME = "lab"
 FIELD_MANAGER = "pimlab-cluster"
-#: Debian bookworm's prometheus in the project's image; prometheus-operator picks flags by it.
-PROMETHEUS_VERSION = "v2.42.0"
+#: prometheus-operator picks Prometheus's flags by it.
+PROMETHEUS_VERSION = prometheus_operator_build.PROMETHEUS_VERSION
 LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "monitoring"}
 
 

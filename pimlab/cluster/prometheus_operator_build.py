@@ -10,6 +10,15 @@ local directories. A wrapper module requires the operator module and points thos
 published versions of the same tag, which is what the replace directives mean upstream.
 (v0.86.1's checksum is not in the checksum database the proxy serves; v0.85.0 is.)
 
+Prometheus itself is built here too (`build_prometheus()`): Debian's prometheus, which the
+project's image carries for promtool and the loopback tests, is compiled without Kubernetes
+service discovery (no `discovery/kubernetes` in Debian's build: a `kubernetes_sd_configs` block,
+which is what prometheus-operator writes for every ServiceMonitor, is refused as an unknown
+field). Upstream's `cmd/prometheus` at the version prometheus-operator v0.85.0 defaults to
+(v3.5.0, Go module version v0.305.0) is built the same way, in a wrapper module (its go.mod has a
+replace directive, so `go install` refuses it). Its web UI is left out (the `builtinassets` tag
+needs the UI built with npm); the HTTP API, which is what the lab reads, is all there.
+
 `build()` is what the cluster code calls; `binaries()` names what it returns.
 """
 
@@ -32,6 +41,45 @@ COMMANDS = {
     "prometheus-operator": f"{MODULE}/cmd/operator",
     "prometheus-config-reloader": f"{MODULE}/cmd/prometheus-config-reloader",
 }
+
+
+PROMETHEUS_VERSION = "v3.5.0"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS_MODULE_VERSION = "v0.305.0"  # the module's tag of v3.5.0
+
+
+def prometheus_binary() -> Path:
+    return cache_root() / f"prometheus-{PROMETHEUS_VERSION}" / "bin" / "prometheus"
+
+
+def build_prometheus(log=sys.stderr) -> Path:
+    """Compile Prometheus once into prometheus_binary() (about 10 min cold on 2 cores)."""
+    target = prometheus_binary()
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        started = time.monotonic()
+        print(f"building prometheus {PROMETHEUS_VERSION} into {target} (once; ~10 min cold)", file=log, flush=True)
+        work = target.parent.parent / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "go.mod").write_text(f"module pimlab.local/prometheus\n\ngo 1.23.0\n\n"
+                                     f"require {PROMETHEUS_MODULE} {PROMETHEUS_MODULE_VERSION}\n")
+        (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{PROMETHEUS_MODULE}/cmd/prometheus"\n')
+        go(["mod", "tidy", "-e"], work, log)
+        pkg = "github.com/prometheus/common/version"
+        values = {"Version": PROMETHEUS_VERSION.lstrip("v"), "Revision": f"module-{PROMETHEUS_MODULE_VERSION}",
+                  "Branch": "module", "BuildUser": "pimlab", "BuildDate": "19700101-00:00:00"}
+        ldflags = " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in values.items())])
+        partial = target.with_suffix(".partial")
+        go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), f"{PROMETHEUS_MODULE}/cmd/prometheus"],
+           work, log)
+        partial.rename(target)
+        print(f"built prometheus {PROMETHEUS_VERSION} in {time.monotonic() - started:.0f} s", file=log, flush=True)
+    return target
 
 
 def bin_dir() -> Path:
@@ -120,3 +168,4 @@ def _build_missing(target: Path, log) -> None:
 if __name__ == "__main__":
     for name, path in build().items():
         print(name, path)
+    print("prometheus", build_prometheus())

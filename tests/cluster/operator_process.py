@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from contextlib import contextmanager
 
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+import pytest
+
+from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, sample_documents, write_operator_kubeconfig
+from pimlab.waiting import wait_for
 
 
 def free_port() -> int:
@@ -16,7 +20,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def operator_process(cluster, tmp_path_factory, prefix: str):
+def operator_process(cluster, tmp_path_factory, prefix: str, env: dict[str, str] | None = None):
     """The operator as a local process, as its own ServiceAccount (so its RBAC is what it is
     held to), watching one fresh namespace of its own; `.namespace` names it."""
     install_operator_rbac(cluster.plane)
@@ -26,7 +30,8 @@ def operator_process(cluster, tmp_path_factory, prefix: str):
     namespace = f"{prefix}-{int(time.time()) % 100000}"
     cluster.kubectl("create", "namespace", namespace)
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
+                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,),
+                              env=env)
     process.start()
     process.namespace = namespace
     try:
@@ -34,3 +39,50 @@ def operator_process(cluster, tmp_path_factory, prefix: str):
     finally:
         process.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def real_nodes(cluster) -> list[str]:
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return [n["metadata"]["name"] for n in nodes
+            if (n["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") != "fake"]
+
+
+def require_real_node(cluster) -> str:
+    found = real_nodes(cluster)
+    if not found:
+        pytest.skip("no real node in this cluster (every node is a kwok node annotated kwok.x-k8s.io/node=fake: "
+                    "pods would not run); PIMLAB_NODE=real asks for one, and another tree may hold it")
+    return found[0]
+
+
+@contextmanager
+def real_lab(cluster, tmp_path_factory, prefix: str, lab_spec: dict | None = None,
+             env: dict[str, str] | None = None):
+    """The sample lab as `make lab` runs it on the real node (`sample_documents(real_node=True)`:
+    PostgreSQL shards, the image built here, its namespace placed on the node), in a fresh
+    namespace with a local operator watching only it; `lab_spec` is merged into the Lab's spec.
+    Yields the operator process (`.namespace`) once the Lab and the Shards are Ready and seeded."""
+    with operator_process(cluster, tmp_path_factory, prefix, env=env) as process:
+        namespace = process.namespace
+        docs = [d for d in sample_documents(real_node=True) if d["kind"] in ("Namespace", "Lab", "Shard")]
+        for doc in docs:
+            if doc["kind"] == "Namespace":
+                doc["metadata"]["name"] = namespace
+            else:
+                doc["metadata"]["namespace"] = namespace
+            if doc["kind"] == "Lab":
+                doc["spec"].update(lab_spec or {})
+        cluster.apply(docs)
+        wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
+                 timeout=600, what="the sample Lab to become Ready on the real node")
+        cluster.kubectl("wait", "--for=condition=Ready", "shard", "--all", "-n", namespace, "--timeout=300s",
+                        timeout=310)
+        seeded = wait_for(lambda: (p := cluster.kubectl("exec", "-n", namespace, "deployment/pim-admin", "--",
+                                                        "pimlab", "seed", check=False, timeout=300)).returncode == 0
+                          and p.stdout, timeout=180, interval=5, what="the shards to take the seed")
+        assert '"seed": 42' in seeded, seeded
+        yield process
+
+
+def condition(obj: dict | None, ctype: str = "Ready") -> dict:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})

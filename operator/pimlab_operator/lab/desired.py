@@ -9,7 +9,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from api_services.catalog import COMPONENTS, CONTAINER_PORT, ROUTED, SERVICE_PORT
+from api_services.catalog import COMPONENTS, CONTAINER_PORT, POD_FAULTS_FILE, ROUTED, SERVICE_PORT
 from pimlab_operator.conditions import Condition
 from pimlab_operator.lab.model import LabSpec
 from pimlab_operator.objects import DEV_ISSUER_DIR, dev_issuer_secret, gateway_url
@@ -97,6 +97,7 @@ def desired_children(lab: dict, spec: LabSpec, shard_map_body: dict, with_servic
             downstreams=ROUTED,
             credential_secrets=secrets, shard_map_version=shard_map_body["version"],
             dev_issuer_secret=dev_issuer, dev_issuer_dir=DEV_ISSUER_DIR,
+            faults_file=POD_FAULTS_FILE if spec.get("faultInjection") else None,
         )
     if with_service_monitor and observability.get("serviceMonitor", True):
         children += render("lab/servicemonitor.yaml.j2", lab_name=name)

@@ -135,6 +135,10 @@ class LabSpec(ApiModel):
     observability: ObservabilitySpec = Field(
         default_factory=ObservabilitySpec, description="Telemetry endpoints and Prometheus/Grafana integration."
     )
+    fault_injection: bool = Field(
+        False, description="Let the services take injected faults for SLO drills (default false): each pod then reads"
+                           " added delays and 503s from /tmp/pim-faults.json, which only `kubectl exec` writes"
+                           " (docs/runbooks/slo-burn.md).")
 
 
 class ServiceStatus(StatusModel):
