@@ -89,6 +89,22 @@ def test_addon_images_hold_their_static_binary_alone(built):
         assert len(files) == 1, files
 
 
+def test_monitoring_images_run_their_upstream_binaries(built):
+    """prometheus-operator's image runs the operator (entrypoint) and holds the config reloader it
+    names for the Prometheus pods; Prometheus's image runs upstream's Prometheus, which (unlike
+    Debian's) knows Kubernetes service discovery."""
+    operator = podman_run(images.PROMETHEUS_OPERATOR_IMAGE, "--version")
+    assert operator.returncode == 0 and "0.85.0" in operator.stdout + operator.stderr, operator
+    reloader = podman_run(images.PROMETHEUS_OPERATOR_IMAGE, "--version",
+                          entrypoint="/bin/prometheus-config-reloader")
+    assert "0.85.0" in reloader.stdout + reloader.stderr, reloader
+    prometheus = podman_run(images.PROMETHEUS_IMAGE, "--version")
+    assert prometheus.returncode == 0 and "version 3.5.0" in prometheus.stdout + prometheus.stderr, prometheus
+    strings = subprocess.run(["grep", "-c", "kubernetes_sd_configs", str(built[images.PROMETHEUS_IMAGE].archive)],
+                             capture_output=True, text=True)
+    assert int(strings.stdout.strip() or 0) > 0, "Prometheus's image lacks Kubernetes service discovery"
+
+
 def test_unchanged_inputs_are_not_rebuilt(built):
     for ref, first in built.items():
         started = time.monotonic()
