@@ -100,8 +100,8 @@ def test_monitoring_images_run_their_upstream_binaries(built):
     assert "0.85.0" in reloader.stdout + reloader.stderr, reloader
     prometheus = podman_run(images.PROMETHEUS_IMAGE, "--version")
     assert prometheus.returncode == 0 and "version 3.5.0" in prometheus.stdout + prometheus.stderr, prometheus
-    strings = subprocess.run(["grep", "-c", "kubernetes_sd_configs", str(built[images.PROMETHEUS_IMAGE].archive)],
-                             capture_output=True, text=True)
+    archive = str(built[images.PROMETHEUS_IMAGE].archive)
+    strings = subprocess.run(["grep", "-c", "prometheus/discovery/kubernetes", archive], capture_output=True, text=True)
     assert int(strings.stdout.strip() or 0) > 0, "Prometheus's image lacks Kubernetes service discovery"
 
 
