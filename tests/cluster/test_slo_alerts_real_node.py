@@ -3,11 +3,11 @@
 the real-node sample lab scraped through the Lab's ServiceMonitor, and the persona engine (a
 PersonaLoad's Job) driving bookings and clinical notes through the gateway.
 
-Short-window variants of two sample SLOs, booking availability and notes latency (window 1h, one page tier 2m/1m at 10x, `for: 15s`):
-- at normal load, no alert fires and the budget stays whole;
+Short-window variants of two sample SLOs, booking availability and notes latency (window 1h, one page tier 2m/1m at 20x, `for: 15s`):
+- at normal load, no alert fires and the booking budget stays whole;
 - with faults injected into the encounter pods (api_services/faults.py: half the bookings
   answered 503, every note saved 800 ms late), Prometheus's alerts API shows both page alerts
-  firing, and each SLO's status shows it with the budget falling and the burn above 10;
+  firing, and each SLO's status shows it with the budget falling and the burn above 20;
 - once the faults are cleared, both alerts resolve and the status says so.
 
 Without a real node (kwok only) nothing runs in the pods, so the test skips, saying so."""
@@ -27,7 +27,10 @@ from pimlab.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "SLOErrorBudgetBurnPage"
-ALERTING = {"page": {"for": "15s", "tiers": [{"longWindow": "2m", "shortWindow": "1m", "burnRate": 10}]},
+#: The page tier's factor: objective 99 %, so 20 % bad requests over both windows. The faults make
+#: 50 % (bookings) and 100 % (notes) bad; a busy 2-core machine alone stays well below 20 %.
+BURN = 20
+ALERTING = {"page": {"for": "15s", "tiers": [{"longWindow": "2m", "shortWindow": "1m", "burnRate": BURN}]},
             "ticket": {"enabled": False}}
 FAULTS = {"faults": [{"method": "POST", "path": "/encounters", "errorRatio": 0.5},
                      {"method": "PATCH", "path": "/encounters/*/notes", "delay": "800ms"}]}
@@ -103,12 +106,14 @@ def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab)
         wait_for(lambda: _rule_slos(prom, ns) == set(names.values()), timeout=120, interval=3,
                  what="both SLOs' rules loaded by Prometheus (PrometheusRule -> prometheus-operator -> rule file)")
 
-        # Normal load: budgets read live, whole, nothing firing.
+        # Normal load: budgets read live, nothing firing, the booking budget whole (a busy 2-core
+        # machine may well spend some of the notes' latency budget: 1 % of notes over 500 ms).
         for name in names.values():
-            whole = wait_for(lambda n=name: (b := _budget(cluster, n, ns)).get("burnRates")
-                             and all(r.get("value") is not None for r in b["burnRates"]) and b,
-                             timeout=180, interval=3, what=f"{name}: live burn rates under normal load")
-            assert whole["firingAlerts"] == [] and whole["remaining"] > 0.9, whole
+            normal = wait_for(lambda n=name: (b := _budget(cluster, n, ns)).get("burnRates")
+                              and all(r.get("value") is not None for r in b["burnRates"]) and b,
+                              timeout=180, interval=3, what=f"{name}: live burn rates under normal load")
+            assert normal["firingAlerts"] == [] and normal["worstBurnRate"] < BURN, normal
+        assert _budget(cluster, names["booking"], ns)["remaining"] > 0.9
         assert _alerts(prom, ns) == {}
 
         # Faults: half the bookings fail, every note is 800 ms late.
@@ -120,7 +125,7 @@ def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab)
             burning = wait_for(lambda n=name: (b := _budget(cluster, n, ns)).get("firingAlerts") and b,
                                timeout=60, interval=2, what=f"{name}: the page alert in status")
             assert burning["firingAlerts"][0]["alert"] == PAGE
-            assert burning["remaining"] < 1 and burning["worstBurnRate"] > 10, burning
+            assert burning["remaining"] < 1 and burning["worstBurnRate"] > BURN, burning
 
         # Faults cleared: the alerts resolve, in Prometheus and in status.
         _set_faults(cluster, ns, None)
