@@ -72,39 +72,52 @@ def summary(values: list[float]) -> dict:
             "min": round(min(values), 2)}
 
 
+def measure(lab: FailoverLab, cluster, runs: int) -> list[dict]:
+    """`runs` failovers, alternately kill -9 of the primary's postmaster and its pod deleted."""
+    faults = {"kill -9": lab.kill9,
+              "pod delete": lambda pod: cluster.kubectl("delete", "pod", pod, "-n", lab.namespace, "--wait=false")}
+    rows = []
+    for i in range(runs):
+        name = list(faults)[i % 2]
+        f = lab.fail_over(faults[name])
+        lost = f.writers.acknowledged() - lab.stored(f.new)
+        row = {"run": i + 1, "fault": name, "from": f.old, "to": f.new,
+               "clientOutageSeconds": round(f.client_outage, 2), "outageSeconds": f.record["outageSeconds"],
+               "durationSeconds": f.record["durationSeconds"], "acknowledged": len(f.writers.acknowledged()),
+               "lost": len(lost)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict]) -> dict:
+    client = [r["clientOutageSeconds"] for r in rows]
+    out = {
+        "runs": len(rows), "unhealthyAfterSeconds": UNHEALTHY_AFTER,
+        "clientOutageSeconds": summary(client),
+        "outageSeconds": summary([r["outageSeconds"] for r in rows]),
+        "durationSeconds": summary([r["durationSeconds"] for r in rows]),
+        "overheadOverThresholdSeconds": summary([v - UNHEALTHY_AFTER for v in client]),
+        "ratioToNocentinoThreshold": round(statistics.median(client) / NOCENTINO_THRESHOLD_S, 2),
+        "lostAcknowledged": sum(r["lost"] for r in rows),
+    }
+    print(f"FAILOVER primary loss -> first acknowledged write (client): median {out['clientOutageSeconds']['median']} s, "
+          f"max {out['clientOutageSeconds']['max']} s over {len(rows)} runs; threshold {UNHEALTHY_AFTER} s, overhead "
+          f"median {out['overheadOverThresholdSeconds']['median']} s; {out['ratioToNocentinoThreshold']}x nocentino's "
+          f"30 s threshold alone; acknowledged writes lost: {out['lostAcknowledged']}", flush=True)
+    return out
+
+
 def main(runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp, cluster_with_real_node() as cluster, \
             operator_process(cluster, _Dirs(Path(tmp)), "bench-ha") as operator:
         lab = FailoverLab(cluster, operator.namespace, Path(tmp))
-        lab.up()
-        faults = {"kill -9": lab.kill9,
-                  "pod delete": lambda pod: cluster.kubectl("delete", "pod", pod, "-n", lab.namespace, "--wait=false")}
-        rows = []
-        for i in range(runs):
-            name = list(faults)[i % 2]
-            f = lab.fail_over(faults[name])
-            lost = f.writers.acknowledged() - lab.stored(f.new)
-            row = {"run": i + 1, "fault": name, "from": f.old, "to": f.new, "clientOutageSeconds": round(f.client_outage, 2),
-                   "outageSeconds": f.record["outageSeconds"], "durationSeconds": f.record["durationSeconds"],
-                   "acknowledged": len(f.writers.acknowledged()), "lost": len(lost)}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    first = [r["clientOutageSeconds"] for r in rows]
-    report = {
-        "runs": runs, "unhealthyAfterSeconds": UNHEALTHY_AFTER,
-        "clientOutageSeconds": summary(first),
-        "outageSeconds": summary([r["outageSeconds"] for r in rows]),
-        "durationSeconds": summary([r["durationSeconds"] for r in rows]),
-        "overheadOverThresholdSeconds": summary([v - UNHEALTHY_AFTER for v in first]),
-        "ratioToNocentinoThreshold": round(statistics.median(first) / NOCENTINO_THRESHOLD_S, 2),
-        "lostAcknowledged": sum(r["lost"] for r in rows),
-    }
-    print(f"FAILOVER primary loss -> first acknowledged write: median {report['clientOutageSeconds']['median']} s, "
-          f"max {report['clientOutageSeconds']['max']} s over {runs} runs (threshold {UNHEALTHY_AFTER} s: "
-          f"overhead median {report['overheadOverThresholdSeconds']['median']} s); "
-          f"{report['ratioToNocentinoThreshold']}x nocentino's 30 s threshold alone; "
-          f"acknowledged writes lost: {report['lostAcknowledged']}", flush=True)
-    return report
+        try:
+            lab.up()
+            rows = measure(lab, cluster, runs)
+        finally:
+            lab.down()
+    return report(rows)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,16 @@ class FailoverLab:
                  timeout=180, interval=5, what="the shard to take the seed")
         self.patients = [self._patient(c) for c in "ABC"]
 
+    def down(self) -> None:
+        """Keep the shard's pod logs (in the work directory), then delete the Lab and the Shard
+        while the operator still runs (it holds their finalizers): the pods go, and the
+        namespace is not left Terminating."""
+        for pod in PODS:
+            proc = self.cluster.kubectl("logs", pod, "-n", self.namespace, check=False)
+            (self.workdir / f"{pod}.log").write_text(proc.stdout + proc.stderr)
+        self.cluster.kubectl("delete", "lab,shard", "--all", "-n", self.namespace, "--timeout=90s",
+                             check=False, timeout=100)
+
     def _patient(self, tag: str) -> str:
         resp = wait_for(lambda: (r := httpx.post(self.url + "/patients", timeout=10, json={
             "pseudonym": f"Failover Person {tag}", "birth_year": 1980, "sex": "F"},
@@ -255,17 +265,22 @@ class FailoverLab:
         return set(out.split())
 
     def audit_verify(self) -> dict:
-        resp = httpx.post(self.url + "/admin/audit/verify", timeout=60,
-                          headers={"Authorization": f"Bearer {self.token('sre', 'sre-1')}"})
-        assert resp.status_code == 200, resp.text
-        return resp.json()
+        """The services' audit check, retried as a client should on 503 + Retry-After (the admin
+        pod takes a few readiness probes to rejoin its Service after the shard recovers)."""
+        def ask():
+            resp = httpx.post(self.url + "/admin/audit/verify", timeout=60,
+                              headers={"Authorization": f"Bearer {self.token('sre', 'sre-1')}"})
+            assert resp.status_code in (200, 503) and (resp.status_code == 200 or resp.headers.get("Retry-After")), \
+                resp.text
+            return resp.status_code == 200 and resp
+        return wait_for(ask, timeout=60, interval=2, what="the audit check to answer").json()
 
     # -- faults, from the host ------------------------------------------------------------------
     def pod_uid(self, pod: str) -> str:
         return self.cluster.get("pod", pod, self.namespace)["metadata"]["uid"]
 
     def postgres_pids(self, pod: str) -> list[int]:
-        """The pod's postgres processes (postmaster first), found by the pod's cgroup."""
+        """The pod's live postgres processes (postmaster first), found by the pod's cgroup."""
         uid = self.pod_uid(pod)
         marks = (f"pod{uid}", f"pod{uid.replace('-', '_')}")
         found = []
@@ -276,11 +291,12 @@ class FailoverLab:
                 if (entry / "comm").read_text().strip() != "postgres" or \
                         not any(m in (entry / "cgroup").read_text() for m in marks):
                     continue
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
                 parent_comm = Path(f"/proc/{parent}/comm").read_text().strip()
             except (OSError, ValueError, IndexError):
                 continue
-            found.append((parent_comm == "postgres", int(entry.name)))
+            if state != "Z":  # a zombie is dead already: killing or stopping it does nothing
+                found.append((parent_comm == "postgres", int(entry.name)))
         return [pid for _, pid in sorted(found)]
 
     def kill9(self, pod: str) -> int:

@@ -33,10 +33,13 @@ def operator(cluster, crds_installed, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lab(cluster, operator, tmp_path_factory) -> FailoverLab:
+def lab(cluster, operator, tmp_path_factory):
     lab = FailoverLab(cluster, operator.namespace, tmp_path_factory.mktemp("failover-lab"))
-    lab.up()
-    return lab
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
 
 
 def check_writes(lab: FailoverLab, writers: Writers, primary: str) -> None:

@@ -288,3 +288,32 @@ def test_pyodbc_driver_copies_the_certificate_as_binary_and_keeps_the_password_o
     with pytest.raises(sqlserver.DriverError) as failure:
         driver.export_certificate("c", password)
     assert password not in str(failure.value)
+
+
+def test_a_pass_that_fences_goes_straight_on_to_promote():
+    """The fence returns once the old primary is demoted: positions are compared in the same
+    pass, not a timer tick later."""
+    ag = _ag()
+    labels = {"shard-00-0": "primary", "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    result = run_pass(ag, PODS, labels, lambda p, r: labels.__setitem__(p, r), Policy(planned_primary="shard-00-1"),
+                      Memory("shard-00-0"), 1, now=lambda: T0)
+    assert ag.log[:4] == ["demote shard-00-0", "detach shard-00-1", "detach shard-00-2", "promote shard-00-1"]
+    assert labels["shard-00-1"] == "primary" and result.decision.reason in ("Promoting", "ConfirmingWrites")
+    assert "Fencing" in [e.reason for e in result.events]
+
+
+def test_the_old_primary_is_brought_back_only_after_the_new_primary_proved_itself():
+    """A crashed primary comes back as a standby that may need a rewind or a fresh clone: that
+    must not delay the first acknowledged write, even though it reports `standby`."""
+    class Probed(InMemoryAvailabilityGroup):
+        def write_probe(self, pod):
+            self.log.append(f"probe {pod}")
+            return super().write_probe(pod)
+    ag = Probed({"shard-00-0": Replica("standby", 9, True, True, None),   # restarted after a crash
+                 "shard-00-1": Replica("standby", 10, True, True, None), "shard-00-2": Replica("standby", 10, True, True, None)})
+    memory = Memory("shard-00-0", unhealthy_since=T0, failover_started_at=T0, failover_from="shard-00-0",
+                    failover_reason="PrimaryUnhealthy")
+    labels = {"shard-00-0": None, "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    result = run_pass(ag, PODS, labels, lambda p, r: labels.__setitem__(p, r), Policy(), memory, 1, now=lambda: T0)
+    assert result.completed and ag.log == ["promote shard-00-1", "follow shard-00-2 shard-00-1", "probe shard-00-1",
+                                           "follow shard-00-0 shard-00-1"]
