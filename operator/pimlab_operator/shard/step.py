@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import threading
 from datetime import datetime, timezone
 
 from pimlab_operator import kube, reconcile
@@ -144,8 +145,37 @@ def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
 
 
+#: One failover pass per Shard at a time. The 2 s timer, the resync and spec changes all run
+#: the step, each in a thread: two passes at once acted on the same instances, the slower one's
+#: status write lost to the other's (409), and its retry read a failover half done (a planned
+#: switchover was recorded as a PrimaryUnhealthy failover on the real node).
+_PASSES: dict[str, threading.Lock] = {}
+_PASSES_GUARD = threading.Lock()
+
+
+def _pass_lock(body: dict) -> threading.Lock:
+    key = body["metadata"].get("uid") or f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    with _PASSES_GUARD:
+        return _PASSES.setdefault(key, threading.Lock())
+
+
 def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
                    credentials_missing: bool) -> None:
+    """Skipped while another pass runs for this Shard (the next tick decides again); otherwise
+    decided from the Shard as it is now, not as the event that started this step saw it."""
+    lock = _pass_lock(body)
+    if not lock.acquire(blocking=False):
+        return
+    try:
+        fresh = kube.get(body.get("apiVersion", "pim-sre.lab/v1alpha1"), "Shard", body["metadata"]["name"],
+                         body["metadata"]["namespace"])
+        _locked_pass(fresh or body, spec, driver, pods, statefulset, credentials_missing)
+    finally:
+        lock.release()
+
+
+def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
+                 credentials_missing: bool) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     now = datetime.now(timezone.utc)
     labels = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(desired.ROLE_LABEL) for p in pods}
