@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-booking: deps venv ## the booking write path against /healthz on the same 
 
 bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk
 	$(PY) tests/benchmarks/bench_load_engine.py
+
+bench-failover: deps controlplane image ## shard failover on the real node: primary loss -> first acknowledged write, median/max of 5 (PIMLAB_NODE=real)
+	$(PY) tests/benchmarks/bench_failover.py
 
 bench-operator: deps controlplane ## 300 objects through the operator against the floor (direct apply) on kwok; RSS, idle CPU
 	$(PY) tests/benchmarks/bench_operator.py

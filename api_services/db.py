@@ -195,7 +195,12 @@ def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> U
 
 
 def postgres_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
-    """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service."""
+    """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service.
+
+    The primary's asks libpq for a read-write session: after a crash the old primary comes back
+    as a standby on the same pod IP while the `-primary` Service still routes to it for a few
+    seconds (until the operator removes its label); a connection made then would stay in the
+    pool, pass every pre-ping, and fail every write long after the failover."""
     endpoint = shard.readonly if readonly and shard.readonly else shard.primary
     if endpoint is None or not shard.credentials_secret:
         raise ValueError(f"shard {shard.name} has no PostgreSQL endpoint or credentialsSecret")
@@ -206,7 +211,8 @@ def postgres_url(shard: Shard, credentials_root: Path, readonly: bool = False) -
         host=endpoint.host,
         port=endpoint.port,
         database=shard.database,
-        query={"connect_timeout": "3", "application_name": "pim-services"},
+        query={"connect_timeout": "3", "application_name": "pim-services",
+               "target_session_attrs": "any" if readonly else "read-write"},
     )
 
 

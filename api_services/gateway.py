@@ -88,7 +88,10 @@ def install(app: FastAPI, rt) -> None:
                 upstream = await app.state.proxy_client.request(
                     request.method, base + full, params=request.query_params, content=body, headers=headers)
             except httpx.HTTPError as exc:
-                raise Unavailable(f"{service} service unreachable", "upstream_unavailable") from exc
+                # as retryable as a shard's 503: the service's pods are restarting or dropped out of
+                # their Service while their shard fails over
+                raise Unavailable(f"{service} service unreachable", "upstream_unavailable",
+                                  headers={"Retry-After": "1"}) from exc
         passthrough = {k: v for k, v in upstream.headers.items()
                        if k.lower() in ("location", "retry-after", "idempotent-replayed")}
         if upstream.headers.get("content-type", "").startswith("application/json"):

@@ -71,10 +71,13 @@ FAILOVER_PASS_SECONDS = 2.0
 
 
 def _register_failover_timer(kind: Kind) -> None:
-    """engine: postgres Shards get a failover pass every few seconds, besides the resync."""
+    """engine: postgres Shards, and sqlserver ones once their availability group exists (status
+    .engine is written only by a failover pass, never on kwok), get a failover pass every few
+    seconds, besides the resync."""
 
     def failover(body, **_):
         reconcile.run(kind, dict(body), "failover")
 
     kopf.timer(GROUP, VERSION, kind.plural, id="shard-failover", interval=FAILOVER_PASS_SECONDS,
-               when=lambda spec, **_: (spec or {}).get("engine") == "postgres")(failover)
+               when=lambda spec, status, **_: (spec or {}).get("engine") == "postgres"
+               or (status or {}).get("engine") == "sqlserver")(failover)

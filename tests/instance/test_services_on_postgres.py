@@ -174,3 +174,29 @@ def test_writes_with_every_standby_gone_are_503_not_acknowledged(stack):
     retry = httpx.post(url + "/encounters", json=booking(patient), timeout=30,
                        headers={"Authorization": f"Bearer {token('clinician', 'prv-0001')}", "Idempotency-Key": "lonely-1"})
     assert retry.status_code == 202, retry.text
+
+
+def test_the_write_engine_never_connects_to_a_standby(stack):
+    """A pooled connection to a demoted primary would fail every write after the failover: the
+    primary's URL refuses a server in recovery at connect time (libpq target_session_attrs)."""
+    import sqlalchemy as sa
+
+    from api_services.db import postgres_url
+    from api_services.sharding import Shard
+
+    shard, _, _, workdir = stack
+    standby = next(pod for pod in shard.members if pod != shard.primary())
+
+    def engine(pod: str, readonly: bool = False):
+        host, port = shard.url(pod).split(":")
+        entry = Shard(name="shard-00", ordinal=0, engine="postgres", slots={"start": 0, "end": 1023},
+                      primary={"host": host, "port": int(port)}, readonly={"host": host, "port": int(port)},
+                      credentialsSecret="shard-00-credentials")
+        return sa.create_engine(postgres_url(entry, workdir / "credentials", readonly=readonly))
+
+    with engine(shard.primary()).connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar() is False
+    with pytest.raises(sa.exc.OperationalError, match="session is read-only"):
+        engine(standby).connect()
+    with engine(standby, readonly=True).connect() as conn:  # the -readonly Service takes any
+        assert conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar() is True

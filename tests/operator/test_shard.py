@@ -118,7 +118,7 @@ def test_status_reports_replicas_and_says_the_ag_is_not_bootstrapped():
     assert status["replicas"][1] == {"pod": "shard-00-1", "role": "secondary", "ready": True}
     ready = conditions[0]
     assert (ready.type, ready.status, ready.reason) == ("Ready", False, "AvailabilityGroupNotBootstrapped")
-    assert status["phase"] == "Bootstrapping" and "later issue" in ready.message
+    assert status["phase"] == "Bootstrapping" and "not bootstrapped yet" in ready.message
     assert "password" not in repr(status).lower().replace("credentialssecretname", "")
 
 

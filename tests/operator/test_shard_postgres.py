@@ -42,6 +42,8 @@ def test_postgres_children_run_the_instance_manager_in_the_project_image():
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/pim-sre/lab:0.1.0"
     assert container["command"] == ["pimlab", "instance", "run"]
+    # pause reaps the backends a crashed postmaster leaves (the instance manager never does)
+    assert sts["spec"]["template"]["spec"]["shareProcessNamespace"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PIMLAB_PEERS"] == ",".join(f"shard-00-{i}=shard-00-{i}.shard-00.lab.svc:5432:8008" for i in range(3))
     assert env["PIMLAB_SYNCHRONOUS"] == "1" and env["PIMLAB_BOOTSTRAP_PRIMARY"] == "shard-00-0"

@@ -16,7 +16,8 @@ from pimlab_operator.render import project_home
 from pimlab_operator.shard.drivers import sqlserver
 from pimlab_operator.shard.drivers.sqlserver import (
     InMemoryAvailabilityGroup, Replica, SqlServerDriver, Target, batches, observation, tsql)
-from pimlab_operator.shard.failover import Memory, Policy
+from pimlab_operator.shard.bootstrap import BootstrapStep, bootstrap_steps, carry_out
+from pimlab_operator.shard.failover import Memory, Observation, Policy
 from pimlab_operator.shard.manager import run_pass
 
 from cr_samples import sample, spec_of
@@ -25,7 +26,7 @@ from pimlab_operator.shard import desired as shard
 #: Statements sqlglot keeps as opaque commands (it has no grammar for HADR DDL); anything else
 #: must parse into a real expression.
 HADR_COMMANDS = ("ALTER AVAILABILITY GROUP", "CREATE AVAILABILITY GROUP", "ALTER ENDPOINT", "CREATE ENDPOINT",
-                 "ALTER DATABASE", "BACKUP DATABASE")
+                 "ALTER DATABASE", "BACKUP DATABASE", "CREATE MASTER KEY", "CREATE CERTIFICATE")
 
 
 def _scripts() -> dict[str, str]:
@@ -37,9 +38,12 @@ def _scripts() -> dict[str, str]:
            "promote-forced": tsql("promote.sql.j2", ag_name="shard-00", force=True),
            "demote": tsql("demote.sql.j2", ag_name="shard-00"),
            "resume": tsql("resume.sql.j2", database="pim"),
-           "heartbeat": tsql("heartbeat.sql.j2", instance="shard-00-1")}
+           "heartbeat": tsql("heartbeat.sql.j2", instance="shard-00-1"),
+           "certificate-export": tsql("certificate-export.sql.j2", ag_name="shard-00", password="Pw-1"),
+           "certificate-import": tsql("certificate-import.sql.j2", password="Pw-1", certificate="0x3082", private_key="0x1eab")}
     assert {p.name for p in (project_home() / "templates/shard/sqlserver").iterdir()} == {
-        "observe.sql.j2", "promote.sql.j2", "demote.sql.j2", "resume.sql.j2", "heartbeat.sql.j2"}
+        "observe.sql.j2", "promote.sql.j2", "demote.sql.j2", "resume.sql.j2", "heartbeat.sql.j2",
+        "certificate-export.sql.j2", "certificate-import.sql.j2"}
     return out
 
 
@@ -180,3 +184,136 @@ def test_in_memory_ag_demotes_a_second_primary():
     ag = _ag(**{"shard-00-2": Replica("primary", 11)})
     labels, _, _ = _drive(ag, Policy(), passes=1)
     assert "demote shard-00-2" in ag.log and ag.replicas["shard-00-0"].role == "primary"
+
+
+# --------------------------------------------------------------------------- the AG's bootstrap
+
+def _seen(pod, role="unknown", reachable=True):
+    return Observation(pod, reachable, role, reachable)
+
+
+def test_bootstrap_creates_the_group_on_the_initial_primary_first_then_joins_the_others():
+    fresh = [_seen("shard-00-0"), _seen("shard-00-1"), _seen("shard-00-2", reachable=False)]
+    assert bootstrap_steps(fresh, "shard-00-0") == [BootstrapStep("shard-00-0", "primary"),
+                                                    BootstrapStep("shard-00-1", "secondary")]
+    # the group is never created anywhere but on the initial primary
+    assert bootstrap_steps(fresh, "shard-00-2") == []
+
+
+def test_bootstrap_joins_late_replicas_and_never_makes_a_second_group():
+    existing = [_seen("shard-00-0", "primary"), _seen("shard-00-1", "standby"), _seen("shard-00-2")]
+    assert bootstrap_steps(existing, "shard-00-0") == [BootstrapStep("shard-00-2", "secondary")]
+    # a secondary without a primary in sight is a failover, not a bootstrap
+    orphaned = [_seen("shard-00-0", reachable=False), _seen("shard-00-1", "standby"), _seen("shard-00-2")]
+    assert bootstrap_steps(orphaned, "shard-00-1") == []
+    assert bootstrap_steps([_seen("shard-00-0", "primary"), _seen("shard-00-1", "standby")], "shard-00-0") == []
+
+
+def _outside_ag():
+    return InMemoryAvailabilityGroup({p: Replica("outside", 0, True, False, None) for p in PODS}, required=1)
+
+
+def test_in_memory_ag_is_bootstrapped_then_fails_over_through_the_same_manager():
+    ag, password = _outside_ag(), "S3cret-pw"
+    body = sample("Shard", "shard-00")
+    steps = bootstrap_steps(ag.observe(PODS, {}), "shard-00-0")
+    done, errors = carry_out(ag, steps, password, lambda role: shard.ag_sql(body, spec_of(body), role), None)
+    assert errors == [] and [s.role for s in done] == ["primary", "secondary", "secondary"]
+    assert ag.log == ["create shard-00-0", "certificate shard-00-1", "join shard-00-1",
+                      "certificate shard-00-2", "join shard-00-2"]
+    labels: dict[str, str | None] = {}
+    result = run_pass(ag, PODS, labels, lambda p, r: labels.__setitem__(p, r), Policy(), Memory(), 1, now=lambda: T0)
+    assert result.decision.reason == "Bootstrapped" and result.memory.current_primary == "shard-00-0"
+    assert labels == {"shard-00-0": "primary", "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    ag.replicas["shard-00-0"].role = "down"
+    _, completed, _ = _drive(ag, Policy(unhealthy_after_seconds=15))
+    assert completed and completed[0]["to"] in ("shard-00-1", "shard-00-2")
+
+
+def test_bootstrap_stops_when_the_group_cannot_be_created_and_a_wrong_key_cannot_join():
+    ag = _outside_ag()
+    ag.replicas["shard-00-0"].role = "primary"  # someone else's group already: creation refused
+    ag.replicas["shard-00-1"].role = "outside"
+    steps = [BootstrapStep("shard-00-1", "primary"), BootstrapStep("shard-00-2", "secondary")]
+    done, errors = carry_out(ag, steps, "pw", lambda role: "CREATE AVAILABILITY GROUP x", None)
+    assert done == [] and len(errors) == 1 and errors[0].startswith("primary shard-00-1")
+
+    class WrongKey(InMemoryAvailabilityGroup):
+        def export_certificate(self, pod, password):
+            cert, _ = super().export_certificate(pod, password)
+            return cert, b"key:another"
+    ag = WrongKey({p: Replica("outside") for p in PODS})
+    ag.replicas["shard-00-0"] = Replica("primary", 3)
+    done, errors = carry_out(ag, [BootstrapStep("shard-00-1", "secondary")], "pw",
+                             lambda role: "ALTER AVAILABILITY GROUP [x] JOIN WITH (CLUSTER_TYPE = EXTERNAL);", "shard-00-0")
+    assert done == [] and "does not decrypt" in errors[0] and ag.replicas["shard-00-1"].role == "outside"
+
+
+class CertificateCursor:
+    def __init__(self, log):
+        self.log, self.description = log, None
+
+    def execute(self, sql):
+        self.log.append(sql)
+        self.description = [("certificate",), ("private_key",)] if "CERTPRIVATEKEY" in sql else None
+
+    def fetchall(self):
+        return [(b"\x30\x82", b"\x1e\xab")]
+
+
+def test_pyodbc_driver_copies_the_certificate_as_binary_and_keeps_the_password_out_of_errors():
+    log = []
+    password = "Quote'd-Pw-123"
+
+    class Conn:
+        def __init__(self, target):
+            self.target = target
+
+        def cursor(self):
+            if self.target.host == "down":
+                raise RuntimeError(f"login failed for PWD={password}")
+            return CertificateCursor(log)
+
+        def close(self):
+            pass
+
+    driver = SqlServerDriver({"a": Target("p0"), "b": Target("p1"), "c": Target("down")}, "shard-00", connect=Conn)
+    cert, key = driver.export_certificate("a", password)
+    assert (cert, key) == (b"\x30\x82", b"\x1e\xab") and "N'Quote''d-Pw-123'" in log[-1]
+    driver.import_certificate("b", password, cert, key)
+    assert "FROM BINARY = 0x3082" in log[-1] and "BINARY = 0x1eab" in log[-1]
+    body = sample("Shard", "shard-00")
+    driver.run_script("b", shard.ag_sql(body, spec_of(body), "secondary"))
+    assert [line.split()[0] for line in log[-2:]] == ["IF", "ALTER"] and "JOIN WITH (CLUSTER_TYPE = EXTERNAL)" in log[-2]
+    with pytest.raises(sqlserver.DriverError) as failure:
+        driver.export_certificate("c", password)
+    assert password not in str(failure.value)
+
+
+def test_a_pass_that_fences_goes_straight_on_to_promote():
+    """The fence returns once the old primary is demoted: positions are compared in the same
+    pass, not a timer tick later."""
+    ag = _ag()
+    labels = {"shard-00-0": "primary", "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    result = run_pass(ag, PODS, labels, lambda p, r: labels.__setitem__(p, r), Policy(planned_primary="shard-00-1"),
+                      Memory("shard-00-0"), 1, now=lambda: T0)
+    assert ag.log[:4] == ["demote shard-00-0", "detach shard-00-1", "detach shard-00-2", "promote shard-00-1"]
+    assert labels["shard-00-1"] == "primary" and result.decision.reason in ("Promoting", "ConfirmingWrites")
+    assert "Fencing" in [e.reason for e in result.events]
+
+
+def test_the_old_primary_is_brought_back_only_after_the_new_primary_proved_itself():
+    """A crashed primary comes back as a standby that may need a rewind or a fresh clone: that
+    must not delay the first acknowledged write, even though it reports `standby`."""
+    class Probed(InMemoryAvailabilityGroup):
+        def write_probe(self, pod):
+            self.log.append(f"probe {pod}")
+            return super().write_probe(pod)
+    ag = Probed({"shard-00-0": Replica("standby", 9, True, True, None),   # restarted after a crash
+                 "shard-00-1": Replica("standby", 10, True, True, None), "shard-00-2": Replica("standby", 10, True, True, None)})
+    memory = Memory("shard-00-0", unhealthy_since=T0, failover_started_at=T0, failover_from="shard-00-0",
+                    failover_reason="PrimaryUnhealthy")
+    labels = {"shard-00-0": None, "shard-00-1": "secondary", "shard-00-2": "secondary"}
+    result = run_pass(ag, PODS, labels, lambda p, r: labels.__setitem__(p, r), Policy(), memory, 1, now=lambda: T0)
+    assert result.completed and ag.log == ["promote shard-00-1", "follow shard-00-2 shard-00-1", "probe shard-00-1",
+                                           "follow shard-00-0 shard-00-1"]

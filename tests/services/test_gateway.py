@@ -43,6 +43,12 @@ def test_gateway_forwards_to_separate_services_and_rate_limits(tmp_path):
         assert gw_line["shard"] == svc_line["shard"] != "none"
         assert gateway.client().get("/openapi.json").json()["info"]["title"].startswith("PIM")
         assert relay.client().get("/readyz").json()["checks"]["outbox-relay"] == "ok"
+        encounter.stop()  # unreachable (as when its pods drop out of their Service): retryable
+        time.sleep(3)  # the rate limiter's bucket refills
+        with gateway.client("clinician", "prv-0001") as c:
+            gone = c.post("/encounters", json=booking(pid))
+        assert gone.status_code == 503 and gone.json()["code"] == "upstream_unavailable", gone.text
+        assert gone.headers["retry-after"] == "1"
     finally:
         for srv in (gateway, relay, encounter, patient):
             srv.stop()

@@ -2,8 +2,9 @@
 
 The handler gathers the inputs (whether the credentials Secret exists, the StatefulSet and its
 pods), calls `desired_children`/`role_assignments`, applies them and writes `shard_status`.
-The availability group itself is bootstrapped by a later engine: until then the status says
-so instead of pretending the database is up.
+A sqlserver Shard's status says its availability group is not bootstrapped until the operator
+has created it (step.py, bootstrap.py); from then on, as for postgres, status comes from a
+failover pass (`failover_status`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ SWITCHOVER_ANNOTATION = "pim-sre.lab/switchover-to"
 DATABASE = "pim"
 ROLE_LABEL = "pim-sre.lab/role"
 DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
-AG_NOT_BOOTSTRAPPED = ("the availability group is not bootstrapped yet: the SQL Server AG "
-                       "engine (bootstrap, health, failover) is a later issue")
+AG_NOT_BOOTSTRAPPED = ("the availability group is not bootstrapped yet: the operator creates it once it "
+                       "can log in to the pods (pods on simulated kwok nodes run nothing)")
 
 
 def selector(name: str, engine: str = "sqlserver") -> dict[str, str]:
@@ -257,7 +258,7 @@ def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
 
 
 # --------------------------------------------------------------------------------------------
-# engine: postgres — status from one failover pass (shard/manager.py)
+# status from one failover pass (shard/manager.py): postgres, and sqlserver once its AG exists
 # --------------------------------------------------------------------------------------------
 
 def _iso(value) -> str | None:
@@ -273,7 +274,8 @@ def memory_from_status(shard: dict) -> Memory:
 
     def parse(value):
         return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-    return Memory(current_primary=status.get("currentPrimary") if status.get("engine") == "postgres" else None,
+    # status.engine is written only by a failover pass: before that, currentPrimary is a guess
+    return Memory(current_primary=status.get("currentPrimary") if status.get("engine") == engine_of(shard) else None,
                   unhealthy_since=parse(status.get("primaryUnhealthySince")),
                   failover_started_at=parse(progress.get("startedAt")),
                   failover_from=progress.get("from"), failover_reason=progress.get("reason"))
@@ -295,7 +297,8 @@ def synchronous_members(typed: ShardSpec) -> int:
 def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], result: PassResult | None,
                     details: dict[str, dict], now: datetime, credentials_missing: bool = False,
                     unreachable_reason: str | None = None) -> tuple[dict, list[Condition]]:
-    """Status of a postgres Shard after a failover pass (None: no pass could run)."""
+    """Status of a Shard after a failover pass (None: no pass could run): every postgres Shard,
+    and a sqlserver one once its availability group exists."""
     name = shard["metadata"]["name"]
     previous = shard.get("status") or {}
     wanted = shard["spec"].get("replicas", 3)
@@ -357,7 +360,7 @@ def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], res
                   message if degraded else f"{ready}/{wanted} replicas ready"),
     ]
     status = {
-        "engine": "postgres",
+        "engine": engine_of(shard),
         "phase": phase,
         "phaseReason": (message or reason)[:1024],
         "currentPrimary": current,

@@ -21,8 +21,10 @@ The rules, each covered by tests/operator/test_failover.py:
 * otherwise refuse with a reason, unless `allowDataLoss`, which promotes the most advanced
   replica that answers (and records that data may be lost);
 * at most one primary: a second reachable primary is fenced; labels follow the decision;
-* a planned switchover (`spec.primary` or the annotation) goes through the same fencing, and
-  promotes the target only once it holds the old primary's last position.
+* a planned switchover (`spec.primary` or the annotation) starts only when the target streams
+  from the primary, goes through the same fencing, and promotes the target only if it holds the
+  most advanced position; if it does not, the most advanced safe replica is promoted instead
+  (never no primary at all), and the switchover is tried again once the target has caught up.
 """
 
 from __future__ import annotations
@@ -295,8 +297,13 @@ def _failover(observations, policy, memory, now, members, actions, old, since, r
         if target is not None and target.position == chosen.position and target.synchronous:
             chosen = target
         else:
-            chosen, why = None, "SwitchoverTargetBehind"
-            message = f"{planned_target} is not the most advanced synchronous replica; switchover refused"
+            # the old primary is fenced already: refusing now would leave the shard without a
+            # primary for as long as the target lags. Promote the safe candidate instead; the
+            # switchover is tried again (from it) once the target streams and has caught up.
+            message = (f"{planned_target} is behind {chosen.pod} after fencing {old}: promoting {chosen.pod} "
+                       f"instead (no data loss); the switchover to {planned_target} follows once it has caught up")
+            actions = actions + [Action("event", planned_target, reason="SwitchoverTargetBehind", warning=True,
+                                        message=message)]
     if chosen is None:
         return Decision(actions + fence + [Action("event", old, reason="FailoverRefused", warning=True, message=message)],
                         phase="Degraded", reason=why, message=message, target_primary=None, refused=True, **base)
@@ -314,8 +321,9 @@ def _failover(observations, policy, memory, now, members, actions, old, since, r
 def _switchover(observations, policy, memory, now, members, actions, current, target):
     """Planned: same fencing, then promote the target once it holds the old primary's last position."""
     t = next(o for o in observations if o.pod == target)
-    if not (t.reachable and t.healthy and t.role == "standby" and t.synchronous):
-        message = f"switchover to {target} waits: it is not a healthy synchronous standby"
+    # streaming from the current primary: its clean stop then hands the target every last commit
+    if not (t.reachable and t.healthy and t.role == "standby" and t.synchronous and t.streaming and t.upstream == current):
+        message = f"switchover to {target} waits: it is not a healthy synchronous standby streaming from {current}"
         return Decision(actions, phase="Ready", reason="SwitchoverWaiting", message=message, target_primary=target)
     return _failover(observations, policy, memory, now, members, actions, current, None,
                      reason="PlannedSwitchover", planned_target=target)

@@ -46,16 +46,23 @@ def _iso(value: datetime) -> str:
 
 def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
              set_label: Callable[[str, str | None], None], policy: Policy, memory: Memory,
-             synchronous_members: int, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> PassResult:
+             synchronous_members: int, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+             _after_fence: bool = False) -> PassResult:
+    """Observe, decide, act. A pass that only fenced is followed at once by one more: the fence
+    and detach calls return once the old primary is stopped and the standbys have stopped
+    receiving, so positions can be compared now rather than a timer tick later."""
     observations = driver.observe(pods, labels)
     decision = decide(observations, policy, memory, now(), synchronous_members)
     current = memory.current_primary or (decision.target_primary if decision.reason == "Bootstrapped" else None)
     result = PassResult(decision, observations, memory)
     promoted = None
     by_pod = {o.pod: o for o in observations}
-    # re-pointing a standby is quick; rewinding a returning old primary is not: it waits until
-    # the new primary has proved itself with a write, so it never lengthens the outage
-    slow = [a for a in decision.actions if a.kind == "follow" and (by_pod.get(a.pod) and by_pod[a.pod].role != "standby")]
+    # re-pointing a standby is quick; bringing back the old primary is not (a pg_rewind, or a
+    # fresh clone, even when it restarted as a standby after a crash): it waits until the new
+    # primary has proved itself with a write, so it never lengthens the outage
+    old = decision.failover_from or memory.failover_from
+    slow = [a for a in decision.actions if a.kind == "follow" and (
+        a.pod == old or (by_pod.get(a.pod) and by_pod[a.pod].role != "standby"))]
     quick = [a for a in decision.actions if a not in slow]
     for action in quick + [None] + slow:
         if action is None:
@@ -69,8 +76,10 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
                 result.events.append(action)
             elif action.kind == "unlabel":
                 set_label(action.pod, None)
+                labels[action.pod] = None
             elif action.kind == "label":
                 set_label(action.pod, action.role)
+                labels[action.pod] = action.role
             elif action.kind == "fence":
                 driver.fence(action.pod)
             elif action.kind == "detach":
@@ -90,6 +99,11 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
         result.memory = Memory(current_primary=current, unhealthy_since=decision.unhealthy_since,
                                failover_started_at=decision.failover_started_at,
                                failover_from=decision.failover_from, failover_reason=decision.failover_reason)
+    if decision.reason == "Fencing" and not result.errors and not _after_fence:
+        after = run_pass(driver, pods, labels, set_label, policy, result.memory, synchronous_members, now,
+                         _after_fence=True)
+        after.events[:0] = result.events
+        return after
     return result
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import threading
 from datetime import datetime, timezone
 
 from pimlab_operator import kube, reconcile
-from pimlab_operator.objects import label_selector
+from pimlab_operator.objects import label_selector, pod_ready
 from pimlab_operator.reconcile import ChildKind
 from pimlab_operator.shard import desired
+from pimlab_operator.shard.bootstrap import bootstrap_steps, carry_out
 from pimlab_operator.shard.drivers.postgres import Endpoint, PostgresDriver
+from pimlab_operator.shard.drivers.sqlserver import SqlServerDriver, Target, pyodbc_connect
 from pimlab_operator.shard.manager import run_pass
 from pimlab_operator.shard.model import ShardSpec
 
@@ -55,15 +58,7 @@ def step(body: dict, spec: ShardSpec) -> None:
     reconcile.apply_children(body, desired.desired_children(body, spec, password, token), prune=CHILDREN, keep=keep)
     if spec.engine == "postgres":
         return _postgres(body, spec, credentials_missing)
-    pods = _pods(body)
-    assignments = desired.role_assignments(body, pods)
-    for pod, role in assignments.items():
-        kube.patch_labels("v1", "Pod", pod, namespace, {desired.ROLE_LABEL: role})
-    if assignments:
-        pods = _pods(body)
-    statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
-    fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
-    reconcile.write_status(body, fields, wanted)
+    return _sqlserver(body, spec, credentials_missing)
 
 
 def _real_node(pod: dict, nodes: dict[str, dict | None]) -> bool:
@@ -76,10 +71,60 @@ def _real_node(pod: dict, nodes: dict[str, dict | None]) -> bool:
     return nodes[node] is not None and annotations.get(FAKE_NODE_ANNOTATION[0]) != FAKE_NODE_ANNOTATION[1]
 
 
-def _manager_token(body: dict) -> str | None:
+def _secret_value(body: dict, key: str) -> str | None:
     secret = kube.get("v1", "Secret", desired.credentials_secret_name(body), body["metadata"]["namespace"])
-    value = ((secret or {}).get("data") or {}).get("manager-token")
+    value = ((secret or {}).get("data") or {}).get(key)
     return base64.b64decode(value).decode() if value else None
+
+
+def _reachable(pods: list[dict], ready_only: bool = False) -> dict[str, str]:
+    """pod -> IP for the pods the operator can talk to: not leaving, on a real node (kwok's
+    pods run nothing), and for SQL Server also Ready (its readiness probe is a login)."""
+    nodes: dict[str, dict | None] = {}
+    return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
+            if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
+            and _real_node(p, nodes) and (not ready_only or pod_ready(p))}
+
+
+def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
+    """Until the availability group exists: role labels by ordinal, and its bootstrap once the
+    pods answer (certificate, endpoint, CREATE AVAILABILITY GROUP on the initial primary, JOIN
+    on the others). From then on the same failover pass as postgres, over pyodbc."""
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    memory = desired.memory_from_status(body)
+    pods = _pods(body)
+    if memory.current_primary is None:
+        assignments = desired.role_assignments(body, pods)
+        for pod, role in assignments.items():
+            kube.patch_labels("v1", "Pod", pod, namespace, {desired.ROLE_LABEL: role})
+        if assignments:
+            pods = _pods(body)
+    statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
+    addresses = _reachable(pods, ready_only=True)
+    username, password = _secret_value(body, "username"), _secret_value(body, "password")
+    if not addresses or not password or credentials_missing:
+        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
+        reconcile.write_status(body, fields, wanted)
+        return
+    driver = SqlServerDriver({pod: Target(ip, desired.SQL_PORT) for pod, ip in addresses.items()}, name,
+                             connect=lambda target: pyodbc_connect(target, username, password),
+                             allow_data_loss=spec.failover.allow_data_loss)
+    labels = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(desired.ROLE_LABEL) for p in pods}
+    observations = driver.observe(desired.pod_names(name, spec.replicas), labels)
+    steps = bootstrap_steps(observations, desired.initial_primary(body))
+    group_primary = next((o.pod for o in observations if o.reachable and o.role == "primary"), None)
+    done, errors = carry_out(driver, steps, password, lambda role: desired.ag_sql(body, spec, role), group_primary)
+    for step_ in done:
+        kube.post_event(body, "Normal", "AvailabilityGroupCreated" if step_.role == "primary" else "ReplicaJoined",
+                        f"{step_.pod} {'created availability group ' + name if step_.role == 'primary' else 'joined ' + name}")
+    for error in errors:
+        log.warning("shard %s/%s: bootstrap: %s", namespace, name, error)
+        kube.post_event(body, "Warning", "BootstrapFailed", error)
+    if memory.current_primary is None and not group_primary and not any(s.role == "primary" for s in done):
+        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
+        reconcile.write_status(body, fields, wanted)
+        return
+    _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
 
 
 def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
@@ -87,19 +132,52 @@ def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     apiserver, the rest through the managers), then write what happened into status."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     pods = _pods(body)
-    nodes: dict[str, dict | None] = {}
-    endpoints = {p["metadata"]["name"]: Endpoint(p["status"]["podIP"], desired.MANAGER_PORT) for p in pods
-                 if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
-                 and _real_node(p, nodes)}
+    endpoints = {pod: Endpoint(ip, desired.MANAGER_PORT) for pod, ip in _reachable(pods).items()}
     statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
-    now = datetime.now(timezone.utc)
     if not endpoints:
         reason = ("the pods run on simulated (kwok) nodes or have no IP yet: no instance manager to ask"
                   if pods else None)
-        fields, wanted = desired.failover_status(body, statefulset, pods, None, {}, now, credentials_missing, reason)
+        fields, wanted = desired.failover_status(body, statefulset, pods, None, {}, datetime.now(timezone.utc),
+                                                 credentials_missing, reason)
         reconcile.write_status(body, fields, wanted)
         return
-    driver = PostgresDriver(endpoints, token=_manager_token(body))
+    driver = PostgresDriver(endpoints, token=_secret_value(body, "manager-token"))
+    _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
+
+
+#: One failover pass per Shard at a time. The 2 s timer, the resync and spec changes all run
+#: the step, each in a thread: two passes at once acted on the same instances, the slower one's
+#: status write lost to the other's (409), and its retry read a failover half done (a planned
+#: switchover was recorded as a PrimaryUnhealthy failover on the real node).
+_PASSES: dict[str, threading.Lock] = {}
+_PASSES_GUARD = threading.Lock()
+
+
+def _pass_lock(body: dict) -> threading.Lock:
+    key = body["metadata"].get("uid") or f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    with _PASSES_GUARD:
+        return _PASSES.setdefault(key, threading.Lock())
+
+
+def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
+                   credentials_missing: bool) -> None:
+    """Skipped while another pass runs for this Shard (the next tick decides again); otherwise
+    decided from the Shard as it is now, not as the event that started this step saw it."""
+    lock = _pass_lock(body)
+    if not lock.acquire(blocking=False):
+        return
+    try:
+        fresh = kube.get(body.get("apiVersion", "pim-sre.lab/v1alpha1"), "Shard", body["metadata"]["name"],
+                         body["metadata"]["namespace"])
+        _locked_pass(fresh or body, spec, driver, pods, statefulset, credentials_missing)
+    finally:
+        lock.release()
+
+
+def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
+                 credentials_missing: bool) -> None:
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    now = datetime.now(timezone.utc)
     labels = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(desired.ROLE_LABEL) for p in pods}
 
     def set_label(pod: str, role: str | None) -> None:

@@ -24,6 +24,11 @@ def tsql(template: str, **context) -> str:
     return render_text(f"shard/sqlserver/{template}", **context).strip()
 
 
+def tsql_string(value: str) -> str:
+    """A value for inside N'...': quotes doubled (the generated password has none; a user's may)."""
+    return value.replace("'", "''")
+
+
 def batches(script: str) -> list[str]:
     """Split a script on `GO` lines (a client-side separator, never sent to the server)."""
     return [b.strip() for b in re.split(r"^\s*GO\s*$", script, flags=re.MULTILINE | re.IGNORECASE) if b.strip()]
@@ -95,6 +100,29 @@ class SqlServerDriver:
         self._run(pod, tsql("demote.sql.j2", ag_name=self.ag_name))
         self._run(pod, tsql("resume.sql.j2", database=self.database))
 
+    def replica_details(self, primary: str | None) -> dict[str, dict]:
+        """Nothing beyond the observations: each replica reports its own synchronization state."""
+        return {}
+
+    # -- the availability group's bootstrap (bootstrap.py decides who) ---------------------
+    def export_certificate(self, pod: str, password: str) -> tuple[bytes, bytes]:
+        """The endpoints' certificate and its private key (encrypted with `password`), created
+        on `pod` first if missing."""
+        rows = self._run(pod, tsql("certificate-export.sql.j2", ag_name=self.ag_name, password=tsql_string(password)),
+                         fetch=True)
+        if not rows or not rows[0].get("certificate") or not rows[0].get("private_key"):
+            raise DriverError(f"{pod}: no endpoint certificate to export")
+        return bytes(rows[0]["certificate"]), bytes(rows[0]["private_key"])
+
+    def import_certificate(self, pod: str, password: str, certificate: bytes, private_key: bytes) -> None:
+        self._run(pod, tsql("certificate-import.sql.j2", password=tsql_string(password),
+                            certificate="0x" + certificate.hex(), private_key="0x" + private_key.hex()))
+
+    def run_script(self, pod: str, script: str) -> None:
+        """A script of `GO`-separated batches (ag-bootstrap.sql), one batch at a time."""
+        for batch in batches(script):
+            self._run(pod, batch)
+
     def write_probe(self, pod: str) -> bool:
         try:
             self._run(pod, f"USE [{self.database}];\n" + tsql("heartbeat.sql.j2", instance=pod))
@@ -118,7 +146,7 @@ def observation(pod: str, row: dict, labelled: str | None) -> Observation:
 
 @dataclass
 class Replica:
-    role: str = "standby"              # primary | standby | down
+    role: str = "standby"              # primary | standby | down | outside (in no availability group)
     sequence: int = 0
     synchronous_commit: bool = True
     synchronized: bool = True
@@ -136,6 +164,7 @@ class InMemoryAvailabilityGroup:
     required: int = 1
     allow_data_loss: bool = False
     log: list[str] = field(default_factory=list)
+    certificates: dict[str, bytes] = field(default_factory=dict)   # pod -> its endpoint certificate
 
     def observe(self, pods: list[str], labels: dict[str, str | None]) -> list[Observation]:
         out = []
@@ -143,6 +172,9 @@ class InMemoryAvailabilityGroup:
             r = self.replicas.get(pod)
             if r is None or r.role == "down":
                 out.append(Observation(pod, False, labelled_role=labels.get(pod)))
+                continue
+            if r.role == "outside":  # observe.sql returns no row: reachable, in no group
+                out.append(Observation(pod, True, "unknown", labelled_role=labels.get(pod)))
                 continue
             primary = self._primary()
             streaming = r.role == "standby" and r.primary is not None and r.primary == primary
@@ -186,6 +218,38 @@ class InMemoryAvailabilityGroup:
         r.role, r.primary, r.synchronized = "standby", primary, True
         r.sequence = self.replicas[primary].sequence
         self.log.append(f"follow {pod} {primary}")
+
+    def export_certificate(self, pod: str, password: str) -> tuple[bytes, bytes]:
+        self._alive(pod)
+        cert = self.certificates.setdefault(pod, f"cert-of-{pod}".encode())
+        return cert, b"key:" + password.encode()
+
+    def import_certificate(self, pod: str, password: str, certificate: bytes, private_key: bytes) -> None:
+        self._alive(pod)
+        if private_key != b"key:" + password.encode():
+            raise DriverError(f"{pod}: the private key does not decrypt with this password")
+        self.certificates.setdefault(pod, certificate)
+        self.log.append(f"certificate {pod}")
+
+    def run_script(self, pod: str, script: str) -> None:
+        """ag-bootstrap.sql: CREATE AVAILABILITY GROUP makes `pod` the primary; JOIN makes it a
+        secondary of the group's primary, refused (as the endpoint handshake would fail) unless
+        both replicas hold the same certificate."""
+        r = self._alive(pod)
+        if "CREATE AVAILABILITY GROUP" in script:
+            if self._primary() not in (None, pod):
+                raise DriverError(f"{pod}: the availability group exists already")
+            r.role, r.primary, r.sequence = "primary", None, max(r.sequence, 1)
+            self.log.append(f"create {pod}")
+        elif "JOIN WITH (CLUSTER_TYPE = EXTERNAL)" in script:
+            primary = self._primary()
+            if primary is None or self.certificates.get(pod) != self.certificates.get(primary):
+                raise DriverError(f"{pod}: cannot join (no primary, or the endpoint certificates differ)")
+            r.role, r.primary, r.synchronized = "standby", primary, True
+            r.sequence = self.replicas[primary].sequence
+            self.log.append(f"join {pod}")
+        else:
+            raise DriverError(f"{pod}: not an availability-group bootstrap script")
 
     def write_probe(self, pod: str) -> bool:
         r = self.replicas.get(pod)

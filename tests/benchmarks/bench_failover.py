@@ -1,0 +1,129 @@
+"""Shard failover time on the real node: `python tests/benchmarks/bench_failover.py [--runs 5]`.
+
+The small failover lab of tests/cluster/failover_lab.py (one 3-replica PostgreSQL Shard,
+`unhealthyAfterSeconds: 5`, the gateway/patient/encounter/admin services), two clients booking
+encounters through the gateway. Each run loses the primary (alternately `kill -9` of its
+postmaster from the host and `kubectl delete pod`) and measures, from the loss:
+  - client: the first booking acknowledged (202) that was sent after the loss;
+  - status: lastFailover.outageSeconds (primary lost -> the new primary's first quorum write)
+    and durationSeconds (failover started -> that write).
+Every run also checks that no acknowledged booking is missing on the new primary.
+
+The floor in the same run is the detection threshold itself (`unhealthyAfterSeconds`, the time
+the manager waits on purpose before failing over): "overhead" is what the failover adds to it.
+Anchors: nocentino/sql-on-k8s-operator waits a 30 s health threshold before it even starts;
+CloudNativePG documents failovers in seconds.
+
+Needs a real node (`PIMLAB_NODE=real`); starts the cluster if none runs and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
+
+from conftest import Cluster, _install_crds  # noqa: E402
+from failover_lab import UNHEALTHY_AFTER, FailoverLab  # noqa: E402
+from operator_process import operator_process  # noqa: E402
+
+from pimlab.cluster.local import LocalCluster  # noqa: E402
+
+NOCENTINO_THRESHOLD_S = 30.0
+
+
+class _Dirs:
+    """tmp_path_factory's one method, for the shared test helpers."""
+
+    def __init__(self, base: Path):
+        self.base = base
+
+    def mktemp(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.base))
+
+
+@contextmanager
+def cluster_with_real_node():
+    plane = LocalCluster(ROOT)
+    started = not plane.healthy()
+    if started:
+        plane.up()
+    try:
+        cluster = Cluster(plane, started)
+        if not plane.real_node:
+            sys.exit(f"bench-failover needs a real node; this cluster's node mode: {plane.node_mode()} "
+                     "(PIMLAB_NODE=real; another tree may hold it: /run/pimlab/real-node.owner)")
+        _install_crds(cluster, ROOT / "crds")
+        yield cluster
+    finally:
+        if started:
+            plane.down(quiet=True)
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 2), "max": round(max(values), 2),
+            "min": round(min(values), 2)}
+
+
+def measure(lab: FailoverLab, cluster, runs: int) -> list[dict]:
+    """`runs` failovers, alternately kill -9 of the primary's postmaster and its pod deleted."""
+    faults = {"kill -9": lab.kill9,
+              "pod delete": lambda pod: cluster.kubectl("delete", "pod", pod, "-n", lab.namespace, "--wait=false")}
+    rows = []
+    for i in range(runs):
+        name = list(faults)[i % 2]
+        f = lab.fail_over(faults[name])
+        lost = f.writers.acknowledged() - lab.stored(f.new)
+        row = {"run": i + 1, "fault": name, "from": f.old, "to": f.new,
+               "clientOutageSeconds": round(f.client_outage, 2), "outageSeconds": f.record["outageSeconds"],
+               "durationSeconds": f.record["durationSeconds"], "acknowledged": len(f.writers.acknowledged()),
+               "lost": len(lost)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict]) -> dict:
+    client = [r["clientOutageSeconds"] for r in rows]
+    out = {
+        "runs": len(rows), "unhealthyAfterSeconds": UNHEALTHY_AFTER,
+        "clientOutageSeconds": summary(client),
+        "outageSeconds": summary([r["outageSeconds"] for r in rows]),
+        "durationSeconds": summary([r["durationSeconds"] for r in rows]),
+        "overheadOverThresholdSeconds": summary([v - UNHEALTHY_AFTER for v in client]),
+        "ratioToNocentinoThreshold": round(statistics.median(client) / NOCENTINO_THRESHOLD_S, 2),
+        "lostAcknowledged": sum(r["lost"] for r in rows),
+    }
+    print(f"FAILOVER primary loss -> first acknowledged write (client): median {out['clientOutageSeconds']['median']} s, "
+          f"max {out['clientOutageSeconds']['max']} s over {len(rows)} runs; threshold {UNHEALTHY_AFTER} s, overhead "
+          f"median {out['overheadOverThresholdSeconds']['median']} s; {out['ratioToNocentinoThreshold']}x nocentino's "
+          f"30 s threshold alone; acknowledged writes lost: {out['lostAcknowledged']}", flush=True)
+    return out
+
+
+def main(runs: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp, cluster_with_real_node() as cluster, \
+            operator_process(cluster, _Dirs(Path(tmp)), "bench-ha") as operator:
+        lab = FailoverLab(cluster, operator.namespace, Path(tmp))
+        try:
+            lab.up()
+            rows = measure(lab, cluster, runs)
+        finally:
+            lab.down()
+    return report(rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    report = main(args.runs)
+    print(json.dumps(report, indent=2))
+    sys.exit(1 if report["lostAcknowledged"] else 0)

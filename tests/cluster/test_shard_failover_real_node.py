@@ -1,0 +1,183 @@
+"""Shard high availability proven on the real node, with Debian's PostgreSQL in the project's
+image: a 3-replica Shard (one primary, two synchronous standbys, `ANY 1`) behind the Lab's
+services, while clients book encounters through the gateway.
+
+One lab for the whole module (tests/cluster/failover_lab.py); the cases run in file order and
+each leaves the shard Ready again. kwok nodes run nothing, so without a real node this module
+skips, saying so."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+from failover_lab import PODS, SHARD, UNHEALTHY_AFTER, FailoverLab, Writers, condition
+from operator_process import operator_process
+
+from pimlab.waiting import wait_for
+
+#: a failover's detection is `unhealthyAfterSeconds`; the rest (one 2 s pass to notice, fencing,
+#: promotion, the probe write) must fit in this, on a 2-core machine shared with other work
+SLACK = 12
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, crds_installed, tmp_path_factory):
+    if not cluster.plane.real_node:
+        pytest.skip(f"no real node in this cluster (node mode: {cluster.plane.node_mode()}): PostgreSQL pods "
+                    "would not run on kwok nodes, so there is nothing to fail over")
+    with operator_process(cluster, tmp_path_factory, "ha") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def lab(cluster, operator, tmp_path_factory):
+    lab = FailoverLab(cluster, operator.namespace, tmp_path_factory.mktemp("failover-lab"))
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def check_writes(lab: FailoverLab, writers: Writers, primary: str) -> None:
+    """Only 202 or 503-with-Retry-After answers; every acknowledged booking on the primary; the
+    audit chain verifies."""
+    codes = Counter(r.status for r in writers.results)
+    assert set(codes) <= {202, 503}, f"answers other than 202/503: {codes}"
+    assert all(r.retry_after for r in writers.results if r.status == 503), "a 503 without Retry-After"
+    lost = writers.acknowledged() - lab.stored(primary)
+    assert not lost, f"{len(lost)} of {len(writers.acknowledged())} acknowledged bookings missing on {primary}"
+    report = lab.audit_verify()
+    assert report["ok"], report
+
+
+def fail_over(lab: FailoverLab, fault) -> None:
+    """`fault` on the primary under write load: a promotion within unhealthyAfterSeconds plus
+    SLACK, recorded with its duration; the old primary back as a standby; nothing lost."""
+    f = lab.fail_over(fault)
+    last = f.record
+    assert last["from"] == f.old and last["to"] == f.new != f.old, last
+    assert last["reason"] == "PrimaryUnhealthy" and not last.get("dataLoss"), last
+    assert 0 < last["durationSeconds"] <= last["outageSeconds"] <= UNHEALTHY_AFTER + SLACK, last
+    assert UNHEALTHY_AFTER <= f.client_outage <= UNHEALTHY_AFTER + SLACK, \
+        f"first acknowledged write {f.client_outage:.1f}s after the first failed one"
+    roles = {r["pod"]: r["role"] for r in f.status["replicas"]}
+    assert roles[f.old] == "secondary" and roles[f.new] == "primary", roles
+    check_writes(lab, f.writers, f.new)
+    events = lab.cluster.kubectl("get", "events", "-n", lab.namespace, "-o", "json").stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"Promoted", "FailoverCompleted"} <= reasons, reasons
+    print(f"failover {f.old} -> {f.new}: first acknowledged write {f.client_outage:.2f}s after the first failed one; "
+          f"status durationSeconds {last['durationSeconds']}, outageSeconds {last['outageSeconds']}")
+
+
+def test_shard_is_ready_with_one_primary_and_two_synchronous_standbys(lab):
+    # a standby shows async for a moment after it starts streaming: wait for both to be in the quorum
+    status = wait_for(lambda: (s := lab.wait_ready()["status"]) and all(
+        r.get("synchronizationState") == "streaming/quorum" for r in s["replicas"] if r["pod"] != s["currentPrimary"])
+        and s, timeout=60, what="both standbys in the synchronous quorum")
+    primary = status["currentPrimary"]
+    assert primary in PODS and status["targetPrimary"] == primary
+    standbys = [r for r in status["replicas"] if r["pod"] != primary]
+    assert [r["role"] for r in standbys] == ["secondary", "secondary"]
+    # from the primary's pg_stat_replication: both stream, both in the quorum (ANY 1 of the two)
+    assert all(r["synchronousCommit"] and r["synchronizationState"] == "streaming/quorum" for r in standbys), standbys
+    assert condition(lab.shard(), "Ready")["status"] == "True"
+
+
+def test_deleting_the_primary_pod_promotes_a_standby_and_loses_nothing(lab):
+    fail_over(lab, lambda pod: lab.cluster.kubectl("delete", "pod", pod, "-n", lab.namespace, "--wait=false"))
+
+
+def test_kill_9_of_the_primary_postgres_promotes_a_standby_and_loses_nothing(lab):
+    fail_over(lab, lab.kill9)
+
+
+def test_killing_one_standby_does_not_interrupt_writes(lab):
+    lab.wait_ready()
+    with Writers(lab) as writers:
+        writers.wait_acks()
+        start = time.monotonic()
+        lab.kill9(lab.standbys()[0])
+        time.sleep(8)
+        end = time.monotonic()
+    during = writers.between(start, end)
+    assert len(during) >= 10 and Counter(r.status for r in during) == {202: len(during)}, \
+        Counter(r.status for r in during)
+    lab.wait_ready()
+    check_writes(lab, writers, lab.primary())
+
+
+def test_every_standby_gone_writes_get_503_shard_degraded_then_recovers(lab):
+    lab.wait_ready()
+    primary = lab.primary()
+    frozen = []
+    with Writers(lab) as writers:
+        writers.wait_acks()
+        try:
+            for pod in lab.standbys():
+                frozen += lab.freeze(pod)
+            start = time.monotonic()  # every write sent from now on waits for a standby that cannot answer
+            degraded = wait_for(lambda: condition(s := lab.shard(), "Degraded").get("status") == "True" and s,
+                                timeout=30, what="the Shard to report Degraded")
+            time.sleep(6)
+            end = time.monotonic()
+        finally:
+            lab.thaw(frozen)
+        lab.wait_ready(timeout=120)
+        writers.wait_acks()
+    during = [r for r in writers.results if r.started > start and r.ended < end]
+    assert during and {r.status for r in during} == {503}, Counter(r.status for r in during)
+    assert degraded["status"]["phase"] == "Degraded" and degraded["status"]["currentPrimary"] == primary
+    assert lab.primary() == primary  # no failover: the primary never stopped
+    check_writes(lab, writers, primary)
+
+
+def test_no_safe_standby_refuses_promotion_with_a_reason_then_fails_over_when_one_returns(lab):
+    lab.wait_ready()
+    old = lab.primary()
+    frozen = []
+    with Writers(lab) as writers:
+        writers.wait_acks()
+        try:
+            for pod in lab.standbys():
+                frozen += lab.freeze(pod)
+            lab.kill9(old)
+            refused = wait_for(lambda: (c := condition(lab.shard(), "Degraded")).get("reason") in (
+                "NoSafeStandby", "QuorumNotObserved") and c, timeout=UNHEALTHY_AFTER + 40, what="a refusal")
+            assert refused["status"] == "True" and "refusing to promote" in refused["message"], refused
+            assert lab.primary() == old  # nobody was promoted
+        finally:
+            lab.thaw(frozen)
+        wait_for(lambda: lab.primary() not in (None, old), timeout=60, what="a promotion once the standbys answer")
+        lab.wait_ready(timeout=180)
+        writers.wait_acks()
+    check_writes(lab, writers, lab.primary())
+
+
+def test_planned_switchover_loses_nothing(lab):
+    lab.wait_ready()
+    old = lab.primary()
+    target = lab.standbys()[-1]
+    with Writers(lab) as writers:
+        writers.wait_acks()
+        lab.cluster.kubectl("patch", "shard", SHARD, "-n", lab.namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"primary": target}}))
+        wait_for(lambda: lab.primary() == target, timeout=60, what=f"the switchover to {target}")
+        lab.wait_ready(timeout=180)
+        writers.wait_acks()
+    last = lab.shard()["status"]["lastFailover"]
+    assert (last["from"], last["to"], last["reason"], last["planned"]) == (old, target, "PlannedSwitchover", True)
+    check_writes(lab, writers, target)
+    lab.cluster.kubectl("patch", "shard", SHARD, "-n", lab.namespace, "--type=json",
+                        "-p", json.dumps([{"op": "remove", "path": "/spec/primary"}]))
+
+
+def test_the_generated_password_appears_nowhere_outside_its_secret(lab, operator):
+    password = lab.password()
+    assert len(password) >= 16
+    places = lab.places_showing(password, operator.log)
+    assert places == [], f"the generated password shows in: {places}"
