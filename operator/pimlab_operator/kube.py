@@ -125,6 +125,35 @@ def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
         return None
 
 
+def patch_annotations(api_version: str, kind: str, name: str, namespace: str | None,
+                      annotations: dict[str, str | None]) -> dict | None:
+    """Merge-patch only the given annotations (None removes one); None when the object is gone."""
+    try:
+        return resource(api_version, kind).patch(
+            body={"metadata": {"annotations": annotations}}, name=name, namespace=namespace,
+            content_type="application/merge-patch+json", serializer=_as_dict)
+    except NotFoundError:
+        return None
+
+
+def set_finalizer(body: dict, finalizer: str, present: bool) -> dict | None:
+    """Add or remove one finalizer, keeping the others; a JSON patch guarded by the list it
+    read (`test`), so a concurrent change of the list is a 409 and nothing is lost."""
+    meta = body["metadata"]
+    current = list(meta.get("finalizers") or [])
+    if (finalizer in current) == present:
+        return body
+    wanted = [*current, finalizer] if present else [f for f in current if f != finalizer]
+    ops = ([{"op": "test", "path": "/metadata/finalizers", "value": current}] if "finalizers" in meta else []) + \
+        [{"op": "add", "path": "/metadata/finalizers", "value": wanted}]
+    try:
+        return resource(body["apiVersion"], body["kind"]).patch(
+            body=ops, name=meta["name"], namespace=meta["namespace"],
+            content_type="application/json-patch+json", serializer=_as_dict)
+    except NotFoundError:
+        return None
+
+
 def post_event(body: dict, type_: str, reason: str, message: str) -> None:
     """A core/v1 Event about `body`, from the operator (what `kubectl describe` shows)."""
     meta = body["metadata"]
