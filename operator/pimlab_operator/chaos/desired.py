@@ -144,7 +144,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
     """The first step of a new run (new object, new generation, or a scheduled run that is due).
 
     `refusal` is governance's verdict (namespace, kill switch, SLO already burning) and wins
-    over everything but the plan's own refusal; `carry` keeps the schedule's fields."""
+    over the plan's own (blast radius, no targets); `carry` keeps the schedule's fields."""
     at = at or now()
     targets = the_plan.targets
     base = {**(carry or {}), "plannedTargets": targets, "startedAt": at,
@@ -157,7 +157,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
             status["completedAt"] = at
         return Step(status, _conditions(phase, reason, message))
 
-    refused = the_plan.refusal or refusal
+    refused = refusal or the_plan.refusal
     if refused:
         reason, message = refused
         base["timeline"].append(_event("Aborted", message, at))

@@ -51,8 +51,11 @@ def _container_id(pod: dict, container: str | None) -> str:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     wanted = container or (pod["spec"]["containers"][0]["name"])
     found = next((s for s in statuses if s["name"] == wanted), None)
-    if not found or not found.get("containerID"):
-        raise InjectionError("ContainerNotRunning", f"pod {pod['metadata']['name']} has no running container {wanted}")
+    if not found:
+        raise InjectionError("NoContainer", f"pod {pod['metadata']['name']} has no container {wanted}")
+    if not found.get("containerID"):
+        raise InjectionError("NoContainer", f"container {wanted} of pod {pod['metadata']['name']} has no runtime "
+                             "behind it (a pod on a kwok node runs nothing to kill)")
     runtime, _, cid = found["containerID"].partition("://")
     if runtime != "containerd":
         raise InjectionError("UnsupportedRuntime", f"container {wanted} runs on {runtime}: containerKill speaks to containerd")
@@ -68,9 +71,6 @@ def kill_containers(pods: list[dict], container: str | None) -> str:
                              "(`make lab` with --local-operator, or mount the socket)")
     killed = []
     for pod in pods:
-        if ((pod.get("metadata") or {}).get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake" \
-                or not (pod.get("status") or {}).get("containerStatuses"):
-            raise InjectionError("NoContainer", f"pod {pod['metadata']['name']} runs no container (a kwok pod?)")
         cid = _container_id(pod, container)
         proc = subprocess.run(["ctr", "--address", str(socket), "--namespace", "k8s.io", "tasks", "kill",
                                "--signal", "SIGKILL", cid], capture_output=True, text=True, timeout=CTR_TIMEOUT_SECONDS)
