@@ -62,8 +62,8 @@ def test_shard_target_is_its_current_primary():
 
 
 def _shard(primary: str = "shard-00-0", last: dict | None = None) -> dict:
-    replicas = [{"name": f"shard-00-{i}", "role": "primary" if f"shard-00-{i}" == primary else "secondary",
-                 "streaming": True, "lagBytes": i} for i in range(3)]
+    replicas = [{"pod": f"shard-00-{i}", "role": "primary" if f"shard-00-{i}" == primary else "secondary",
+                 "ready": True, "streaming": True, "synchronousCommit": True, "lagBytes": i} for i in range(3)]
     return {"metadata": {"name": "shard-00"},
             "status": {"currentPrimary": primary, "replicas": replicas, **({"lastFailover": last} if last else {})}}
 
@@ -77,7 +77,9 @@ def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
     assert step.action == "requestSwitchover" and step.status["phase"] == "Injecting"
     assert step.status["affectedTargets"] == ["shard-00-0", "shard-00-1"]
     assert chaos.needs_cleanup(spec_of(body))  # the Shard's switchover annotation must go again
-    lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [{"name": "shard-00-0", "role": "primary"}]}}
+    lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [
+        {"pod": "shard-00-0", "role": "primary", "ready": True},
+        {"pod": "shard-00-1", "role": "secondary", "ready": False, "streaming": True}]}}
     refused = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, lonely), True, shard=lonely)
     assert refused.action is None and refused.status["phase"] == "Failed"
     assert refused.conditions[0].reason == "NoSwitchoverTarget"

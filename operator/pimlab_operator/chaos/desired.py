@@ -130,12 +130,13 @@ def _failover_mode(spec: ChaosExperimentSpec) -> str:
 
 
 def switchover_target(shard: dict | None, primary: str) -> str | None:
-    """The secondary a switchover promotes: a streaming one with the least lag (ties by name)."""
+    """The secondary a switchover promotes: a Ready, streaming one, synchronous first, then the
+    least lag (ties by name)."""
     replicas = ((shard or {}).get("status") or {}).get("replicas") or []
-    candidates = [r for r in replicas if r.get("name") != primary and r.get("role") == "secondary"
-                  and r.get("streaming") is not False]
-    candidates.sort(key=lambda r: (r.get("lagBytes") or 0, r.get("name")))
-    return candidates[0]["name"] if candidates else None
+    candidates = [r for r in replicas if r.get("pod") != primary and r.get("role") == "secondary"
+                  and r.get("ready") and r.get("streaming") is not False]
+    candidates.sort(key=lambda r: (not r.get("synchronousCommit"), r.get("lagBytes") or 0, r["pod"]))
+    return candidates[0]["pod"] if candidates else None
 
 
 def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_installed: bool,
