@@ -7,6 +7,9 @@ kills real processes."""
 
 from __future__ import annotations
 
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -53,13 +56,18 @@ def condition(obj: dict, ctype: str = "Ready") -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
+def operator(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
     with operator_process(cluster, tmp_path_factory, "chaos") as process:
-        ns = process.namespace
-        cluster.kubectl("label", "namespace", ns, OPT_IN)
-        cluster.apply([bare_pod(f"victim-{i}", ns) for i in range(4)])
-        wait_for(lambda: len(pod_uids(cluster, ns)) == 4, what="the victim pods")
-        yield ns
+        yield process
+
+
+@pytest.fixture(scope="module")
+def lab(cluster, operator):
+    ns = operator.namespace
+    cluster.kubectl("label", "namespace", ns, OPT_IN)
+    cluster.apply([bare_pod(f"victim-{i}", ns) for i in range(4)])
+    wait_for(lambda: len(pod_uids(cluster, ns)) == 4, what="the victim pods")
+    return ns
 
 
 @pytest.fixture
@@ -192,3 +200,50 @@ def test_a_scheduled_experiment_waits_for_its_minute_then_runs(cluster, lab):
                    and o["status"].get("runs") == 1 and o, timeout=90, what="the first scheduled run")
     status = ran["status"]
     assert status["phase"] == "Planned" and status["lastScheduleTime"] == due and status["nextRunAt"] > due
+
+
+def test_an_experiment_deleted_while_the_operator_is_down_is_cleaned_up_when_it_returns(cluster, lab, operator):
+    _shard_with_pods(cluster, lab)
+    cluster.apply(_switchover("orphan", lab))
+    settled(cluster, "orphan", lab, phases=("Recovering",))
+    operator.stop()
+    try:
+        cluster.kubectl("delete", "chaosexperiment", "orphan", "-n", lab, "--wait=false")
+        time.sleep(2)
+        held = cluster.get("chaosexperiment", "orphan", lab)
+        assert held and held["metadata"].get("deletionTimestamp"), "the finalizer holds it while nobody cleans up"
+        assert _annotations(cluster, lab)["pim-sre.lab/switchover-to"] == "shard-00-1"
+    finally:
+        operator.start()
+    wait_for(lambda: cluster.get("chaosexperiment", "orphan", lab) is None, timeout=60,
+             what="the restarted operator to clean up and release the experiment")
+    assert "pim-sre.lab/switchover-to" not in _annotations(cluster, lab)
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failing_probe_aborts_a_running_experiment(cluster, lab):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+        cluster.apply(experiment("probed", lab, probes=[{"name": "gateway", "url": url, "failureThreshold": 2}]))
+        running = settled(cluster, "probed", lab, phases=("Recovering",))  # a bare pod is never replaced
+        assert running["status"]["probes"] == [{"name": "gateway", "consecutiveFailures": 0}]
+        _Health.status = 503
+        aborted = settled(cluster, "probed", lab, phases=("Aborted",), timeout=40)
+        assert condition(aborted, "Degraded")["reason"] == "ProbeFailed"
+        assert "probe gateway failed 2 time(s) in a row" in aborted["status"]["abortReason"]
+        assert "HTTP 503" in aborted["status"]["abortReason"]
+    finally:
+        _Health.status = 200
+        server.shutdown()

@@ -80,3 +80,16 @@ def test_next_run_follows_cron(schedule, after, expected):
 def test_bad_schedules_are_refused_with_the_field(schedule):
     with pytest.raises(gov.CronError):
         gov.next_run(schedule, dt.datetime(2025, 1, 1, tzinfo=UTC))
+
+
+def test_a_probe_aborts_after_its_failure_threshold_in_a_row():
+    probes = [{"name": "gateway", "url": "http://x", "failureThreshold": 2}, {"name": "admin", "url": "http://y"}]
+    states, breach = gov.probe_verdict(probes, {"gateway": "HTTP 503", "admin": None}, None)
+    assert breach is None and states[0] == {"name": "gateway", "consecutiveFailures": 1, "lastError": "HTTP 503"}
+    states, breach = gov.probe_verdict(probes, {"gateway": None, "admin": None}, states)
+    assert breach is None and states[0]["consecutiveFailures"] == 0  # a pass resets the count
+    states, _ = gov.probe_verdict(probes, {"gateway": "timeout", "admin": None}, states)
+    states, breach = gov.probe_verdict(probes, {"gateway": "HTTP 503", "admin": None}, states)
+    assert breach == ("ProbeFailed", "probe gateway failed 2 time(s) in a row (failureThreshold 2): HTTP 503")
+    _, breach = gov.probe_verdict(probes, {"gateway": None, "admin": "connection refused"}, None)
+    assert breach[0] == "ProbeFailed" and "probe admin failed 1" in breach[1]

@@ -85,6 +85,23 @@ def slo_summary(readings: dict[str, dict | str]) -> str:
     return "; ".join(parts)
 
 
+def probe_verdict(probes: list[dict], results: dict[str, str | None],
+                  previous: list[dict] | None) -> tuple[list[dict], tuple[str, str] | None]:
+    """(each probe's state, (reason, message) when one failed `failureThreshold` times in a row).
+    `results[name]` is None for a pass, else what went wrong."""
+    before = {p["name"]: p.get("consecutiveFailures", 0) for p in previous or []}
+    states, breach = [], None
+    for probe in probes:
+        name, error = probe["name"], results.get(probe["name"])
+        failures = 0 if error is None else before.get(name, 0) + 1
+        states.append({"name": name, "consecutiveFailures": failures, **({"lastError": error[:1024]} if error else {})})
+        threshold = probe.get("failureThreshold", 1)
+        if error is not None and failures >= threshold and breach is None:
+            breach = ("ProbeFailed", f"probe {name} failed {failures} time(s) in a row "
+                      f"(failureThreshold {threshold}): {error}")
+    return states, breach
+
+
 # --- cron ----------------------------------------------------------------------------------
 
 _MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",

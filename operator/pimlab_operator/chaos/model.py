@@ -16,6 +16,7 @@ from pimlab_operator.schema import (
     CronSchedule,
     CrdInfo,
     Duration,
+    HttpUrl,
     LabelSelector,
     ObjectName,
     ObjectRef,
@@ -136,6 +137,24 @@ class AbortCondition(ApiModel):
         if self.burn_rate_above is None and self.budget_remaining_below is None:
             raise ValueError("abortIf entries need burnRateAbove or budgetRemainingBelow (or both)")
         return self
+
+
+class Probe(ApiModel):
+    """A steady-state check: an HTTP GET the operator makes before injecting and on every resync
+    while the run recovers; `failureThreshold` failures in a row abort the run."""
+
+    name: ObjectName = Field(description="Names the probe in the timeline and the abort reason.")
+    url: HttpUrl = Field(description="GET from the operator's network; any 2xx/3xx passes.")
+    timeout_seconds: float = Field(2, gt=0, le=30, description="Per request (default 2).")
+    failure_threshold: int = Field(1, ge=1, le=20, description="Consecutive failures that abort (default 1).")
+
+
+class ProbeState(StatusModel):
+    """A probe's consecutive failures in the current run."""
+
+    name: ObjectName = Field(description="The probe.")
+    consecutive_failures: int = Field(ge=0, description="Failures in a row.")
+    last_error: Text | None = Field(None, description="What the last failure was.")
 
 
 class ChaosParameters(ApiModel):
@@ -261,6 +280,10 @@ class ChaosExperimentSpec(ApiModel):
     abort_if: list[AbortCondition] | None = Field(
         None, max_length=8, description="SLO burn rates that abort the run.", json_schema_extra=list_map("sloRef")
     )
+    probes: list[Probe] | None = Field(
+        None, max_length=8, json_schema_extra=list_map("name"),
+        description="HTTP steady-state probes; failing one (failureThreshold times in a row) aborts the run.",
+    )
     parameters: ChaosParameters | None = Field(None, description="Action-specific knobs.")
     schedule: CronSchedule | None = Field(
         None, description="Cron schedule (UTC, 5 fields or @hourly/@daily/...) for recurring runs; empty: run once."
@@ -329,6 +352,7 @@ class ChaosExperimentStatus(StatusBase):
     affected_targets: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(
         None, max_length=1000, description="Pods (or the Shard) the fault was actually injected into."
     )
+    probes: list[ProbeState] | None = Field(None, max_length=8, description="Each probe's failures in a row, this run.")
     runs: int | None = Field(None, ge=0, description="Runs started so far (a scheduled experiment runs many times).")
     last_schedule_time: datetime | None = Field(None, description="When the last scheduled run was due.")
     next_run_at: datetime | None = Field(None, description="When the next scheduled run is due.")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import httpx
+
 from pimlab_operator import kube, reconcile
 from pimlab_operator.chaos import desired, governance, inject
 from pimlab_operator.chaos.model import ChaosExperimentSpec
@@ -61,6 +63,18 @@ def slo_readings(body: dict, spec: ChaosExperimentSpec, at: dt.datetime) -> dict
     return readings
 
 
+def probe_results(spec: ChaosExperimentSpec) -> dict[str, str | None]:
+    """Each probe's GET now: None for a 2xx/3xx answer, else what went wrong."""
+    results: dict[str, str | None] = {}
+    for probe in spec.probes or []:
+        try:
+            resp = httpx.get(probe.url, timeout=probe.timeout_seconds)
+            results[probe.name] = None if resp.status_code < 400 else f"HTTP {resp.status_code} from {probe.url}"
+        except httpx.HTTPError as error:
+            results[probe.name] = f"{type(error).__name__} from {probe.url}: {error}"[:300]
+    return results
+
+
 def _write(body: dict, step: desired.Step) -> dict:
     return reconcile.write_status(body, step.status, step.conditions)
 
@@ -109,6 +123,12 @@ def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None, carry: dic
         breach = governance.slo_breach([c.to_k8s() for c in spec.abort_if], readings)
         if breach:
             refusal = (breach[0], f"not injected: {breach[1]}")
+    if not refusal and spec.probes and not spec.dry_run:
+        states, _ = governance.probe_verdict([p.to_k8s() for p in spec.probes], probe_results(spec), None)
+        failing = [s for s in states if s["consecutiveFailures"]]
+        carry = {**(carry or {}), "probes": states}
+        if failing:  # the steady state must hold before anything is injected
+            refusal = ("ProbeFailed", f"not injected: probe {failing[0]['name']} fails: {failing[0]['lastError']}")
     first = desired.start(body, spec, desired.plan(body, spec, pods, shard), installed, refusal=refusal,
                           shard=shard, slo_checked=checked, carry=carry)
     if first.action and desired.needs_cleanup(spec):
@@ -217,6 +237,13 @@ def step(body: dict, spec: ChaosExperimentSpec) -> None:
 
 
 def _recovering(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
+    if spec.probes:
+        states, breach = governance.probe_verdict([p.to_k8s() for p in spec.probes], probe_results(spec),
+                                                  status.get("probes"))
+        status = {**status, "probes": states}
+        if breach:
+            _write(body, desired.abort(desired.run_fields(status), *breach))
+            return
     if spec.abort_if:
         readings = slo_readings(body, spec, dt.datetime.now(dt.timezone.utc))
         breach = governance.slo_breach([c.to_k8s() for c in spec.abort_if], readings)
