@@ -94,11 +94,12 @@ def plan(body: dict, spec: ChaosExperimentSpec, pods: list[dict], shard: dict | 
     return Plan(targets, matched)
 
 
-def _event(event: str, detail: str, at: str) -> dict:
-    return {"time": at, "event": event, "detail": detail[:1024]}
+def event(name: str, detail: str, at: str) -> dict:
+    """One timeline entry."""
+    return {"time": at, "event": name, "detail": detail[:1024]}
 
 
-def _parse(stamp: str) -> dt.datetime:
+def parse_time(stamp: str) -> dt.datetime:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
@@ -149,7 +150,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
     at = at or now()
     targets = the_plan.targets
     base = {**(carry or {}), "plannedTargets": targets, "startedAt": at,
-            "timeline": [_event("Planned", f"{spec.action} on {', '.join(targets) or 'nothing'} "
+            "timeline": [event("Planned", f"{spec.action} on {', '.join(targets) or 'nothing'} "
                                 f"({len(targets)} of {the_plan.matched} matching pods)", at)]}
 
     def finish(phase: str, reason: str, message: str, verdict: str = "Inconclusive", **extra) -> Step:
@@ -161,14 +162,14 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
     refused = refusal or the_plan.refusal
     if refused:
         reason, message = refused
-        base["timeline"].append(_event("Aborted", message, at))
+        base["timeline"].append(event("Aborted", message, at))
         return finish("Aborted", reason, message, abortReason=message)
     limit = spec.blast_radius
-    base["timeline"].append(_event("Validated", f"namespace {target_namespace(body)} opted in, kill switch off, "
+    base["timeline"].append(event("Validated", f"namespace {target_namespace(body)} opted in, kill switch off, "
                                    f"{len(targets)} of {the_plan.matched} pods within the blast radius "
                                    f"({limit.max_pods} pods, {limit.max_percent}%)", at))
     if slo_checked:
-        base["timeline"].append(_event("SLOChecked", slo_checked, at))
+        base["timeline"].append(event("SLOChecked", slo_checked, at))
     if spec.dry_run:
         return finish("Planned", "DryRun", f"dry run: would {spec.action} {', '.join(targets)}; nothing injected")
     if spec.action in CHAOS_MESH and not chaos_mesh_installed:
@@ -182,7 +183,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
                           f"no streaming secondary of {body['spec']['target']['shardRef']} to switch over to "
                           f"(primary {targets[0]})")
         extra["affectedTargets"] = [targets[0], wanted]
-    base["timeline"].append(_event("Injecting", f"about to {spec.action} {', '.join(targets)}", at))
+    base["timeline"].append(event("Injecting", f"about to {spec.action} {', '.join(targets)}", at))
     step = finish("Injecting", "Injecting", f"injecting {spec.action} into {len(targets)} pods", **extra)
     if spec.action == "sqlFailover":
         step.action = "requestSwitchover" if _failover_mode(spec) == "switchover" else "deletePods"
@@ -202,7 +203,7 @@ def abort(status: dict, reason: str, message: str, at: str | None = None, phase:
     """Stop a run where it stands: Aborted (or Failed), verdict Failed; the step then cleans up."""
     at = at or now()
     fields = {**status, "phase": phase, "phaseReason": message, "verdict": "Failed", "abortReason": message,
-              "completedAt": at, "timeline": [*status.get("timeline", []), _event("Aborted", message, at)]}
+              "completedAt": at, "timeline": [*status.get("timeline", []), event("Aborted", message, at)]}
     return Step(fields, _conditions(phase, reason, message))
 
 
@@ -215,7 +216,7 @@ def kept_conditions(status: dict) -> list[Condition]:
 def cleaned(body: dict, detail: str, at: str | None = None) -> Step:
     """Record the cleanup of a finished run (its conditions stay what they were)."""
     status = run_fields(body.get("status") or {})
-    fields = {**status, "timeline": [*status.get("timeline", []), _event("CleanedUp", detail, at or now())][-100:]}
+    fields = {**status, "timeline": [*status.get("timeline", []), event("CleanedUp", detail, at or now())][-100:]}
     return Step(fields, kept_conditions(body.get("status") or {}))
 
 
@@ -224,14 +225,14 @@ def injected(status: dict, detail: str, at: str | None = None, affected: list[st
     at = at or now()
     fields = {**status, "phase": "Recovering", "phaseReason": detail,
               "affectedTargets": affected if affected is not None else status.get("affectedTargets", []),
-              "timeline": [*status.get("timeline", []), _event("Injected", detail, at)]}
+              "timeline": [*status.get("timeline", []), event("Injected", detail, at)]}
     return Step(fields, _conditions("Recovering", "Injected", detail))
 
 
 def _injecting_time(status: dict) -> dt.datetime:
     stamp = next((e["time"] for e in status.get("timeline", []) if e["event"] == "Injecting"),
                  status.get("startedAt"))
-    return _parse(stamp)
+    return parse_time(stamp)
 
 
 def _ready_since(pod: dict) -> dt.datetime | None:
@@ -239,22 +240,22 @@ def _ready_since(pod: dict) -> dt.datetime | None:
     for condition in (pod.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Ready" and condition.get("status") == "True":
             stamp = condition.get("lastTransitionTime")
-            return _parse(stamp) if stamp else None
+            return parse_time(stamp) if stamp else None
     return None
 
 
 def _killed_at(pod: dict) -> dt.datetime | None:
     """When a container of the pod last died (its lastState.terminated.finishedAt)."""
-    stamps = [_parse(s["lastState"]["terminated"]["finishedAt"])
+    stamps = [parse_time(s["lastState"]["terminated"]["finishedAt"])
               for s in (pod.get("status") or {}).get("containerStatuses") or []
               if ((s.get("lastState") or {}).get("terminated") or {}).get("finishedAt")]
     return max(stamps) if stamps else None
 
 
-def _recovered(status: dict, detail: str, seconds: float, at: str, event: str = "TargetRecovered") -> Step:
+def _recovered(status: dict, detail: str, seconds: float, at: str, name: str = "TargetRecovered") -> Step:
     fields = {**status, "phase": "Completed", "phaseReason": detail, "verdict": "Passed",
               "recoverySeconds": round(seconds, 3), "completedAt": at,
-              "timeline": [*status.get("timeline", []), _event(event, detail, at)]}
+              "timeline": [*status.get("timeline", []), event(name, detail, at)]}
     return Step(fields, _conditions("Completed", "Recovered", detail))
 
 
@@ -267,8 +268,8 @@ def _pod_kill_progress(body: dict, status: dict, pods: list[dict], since: dt.dat
             or (target.get("selector") and selector_matches(target["selector"], p["metadata"].get("labels")))
             or (target.get("shardRef") and p["metadata"]["name"].rsplit("-", 1)[0] == target["shardRef"])]
     # a StatefulSet's replacement keeps the name: a pod is new when it was created after the kill
-    originals = [p for p in pool if p["metadata"]["name"] in planned and _parse(p["metadata"]["creationTimestamp"]) < since]
-    replacements = [p for p in pool if _parse(p["metadata"]["creationTimestamp"]) >= since and pod_ready(p)]
+    originals = [p for p in pool if p["metadata"]["name"] in planned and parse_time(p["metadata"]["creationTimestamp"]) < since]
+    replacements = [p for p in pool if parse_time(p["metadata"]["creationTimestamp"]) >= since and pod_ready(p)]
     if not originals and len(replacements) >= len(planned):
         ready = [_ready_since(p) or at for p in replacements]  # no transition time: seen Ready now
         return max([0.0, *((r - since).total_seconds() for r in ready)]), ""
@@ -295,7 +296,7 @@ def failover_record(status: dict, shard: dict | None) -> dict | None:
     last = ((shard or {}).get("status") or {}).get("lastFailover") or {}
     old_primary = (status.get("plannedTargets") or [None])[0]
     if last.get("completedAt") and last.get("from") == old_primary and \
-            _parse(last["startedAt"]) >= _injecting_time(status) - dt.timedelta(seconds=2):
+            parse_time(last["startedAt"]) >= _injecting_time(status) - dt.timedelta(seconds=2):
         return last
     return None
 
@@ -321,20 +322,20 @@ def recover(body: dict, spec: ChaosExperimentSpec, status: dict, pods: list[dict
     over. Times out (verdict Failed) after the duration."""
     at = at or now()
     since = _injecting_time(status)
-    elapsed = (_parse(at) - since).total_seconds()
+    elapsed = (parse_time(at) - since).total_seconds()
     timeline = list(status.get("timeline", []))
     if spec.action in CHAOS_MESH:
         if elapsed >= duration_seconds(spec.duration):
             detail = f"fault ended after {spec.duration}"
             fields = {**status, "phase": "Completed", "phaseReason": detail, "verdict": "Passed",
-                      "completedAt": at, "timeline": [*timeline, _event("Completed", detail, at)]}
+                      "completedAt": at, "timeline": [*timeline, event("Completed", detail, at)]}
             return Step(fields, _conditions("Completed", "FaultEnded", detail))
         return Step({**status, "phaseReason": f"fault active for {elapsed:.0f}s of {spec.duration}"},
                     _conditions("Recovering", "FaultActive", f"fault active for {elapsed:.0f}s of {spec.duration}"))
     if spec.action == "sqlFailover":
         seconds, waiting, record = _failover_progress(status, shard, since, write_at)
         if record and not any(e["event"] == "FailoverRecorded" for e in timeline):
-            timeline.append(_event("FailoverRecorded", f"Shard {body['spec']['target']['shardRef']}: {record['from']} -> "
+            timeline.append(event("FailoverRecorded", f"Shard {body['spec']['target']['shardRef']}: {record['from']} -> "
                                    f"{record['to']} ({record.get('reason')}) in {record.get('durationSeconds')}s, "
                                    f"writes out for {record.get('outageSeconds')}s", at))
             status = {**status, "timeline": timeline}
@@ -347,14 +348,14 @@ def recover(body: dict, spec: ChaosExperimentSpec, status: dict, pods: list[dict
             return _recovered(status, f"{len(status.get('affectedTargets') or [])} pods Ready again "
                               f"{seconds:.1f}s after their container was killed", seconds, at)
     else:
-        seconds, waiting = _pod_kill_progress(body, status, pods, since, _parse(at))
+        seconds, waiting = _pod_kill_progress(body, status, pods, since, parse_time(at))
         if seconds is not None:
             return _recovered(status, f"{len(status.get('plannedTargets', []))} replacement pods Ready "
-                              f"{seconds:.0f}s after the kill", seconds, at, event="Recovered")
+                              f"{seconds:.0f}s after the kill", seconds, at, name="Recovered")
     if elapsed >= duration_seconds(spec.duration):
         detail = f"not recovered within {spec.duration}: {waiting}"
         fields = {**status, "phase": "Completed", "phaseReason": detail, "verdict": "Failed", "completedAt": at,
-                  "timeline": [*timeline, _event("RecoveryTimedOut", detail, at)]}
+                  "timeline": [*timeline, event("RecoveryTimedOut", detail, at)]}
         return Step(fields, _conditions("Completed", "RecoveryTimedOut", detail))
     return Step({**status, "phaseReason": waiting}, _conditions("Recovering", "Recovering", waiting))
 
@@ -368,3 +369,36 @@ def is_new_run(body: dict) -> bool:
 def run_fields(status: dict) -> dict:
     """The run's own fields of a status (conditions and observedGeneration are rewritten)."""
     return {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def scheduled(schedule: str, status: dict, next_at: dt.datetime, at: str | None = None) -> Step:
+    """A scheduled experiment (new, or changed) waiting for its next run."""
+    at = at or now()
+    message = f"next run at {_iso(next_at)}"
+    fields = {"phase": "Scheduled", "runs": status.get("runs", 0), "nextRunAt": _iso(next_at), "phaseReason": message,
+              "timeline": [event("Scheduled", f"{schedule} (UTC): {message}", at)]}
+    return Step(fields, _conditions("Scheduled", "Scheduled", message))
+
+
+def skipped(status: dict, next_at: dt.datetime, at: str | None = None) -> Step:
+    """concurrencyPolicy Forbid: the due run is skipped while the last one is still active."""
+    fields = {**run_fields(status), "nextRunAt": _iso(next_at),
+              "timeline": [*status.get("timeline", []), event(
+                  "Skipped", f"run due at {status['nextRunAt']} skipped: the last run is still active "
+                  "(concurrencyPolicy Forbid)", at or now())][-100:]}
+    return Step(fields, kept_conditions(status))
+
+
+def next_run_fields(status: dict, next_at: dt.datetime) -> dict:
+    """The schedule's fields of a run that starts now."""
+    return {"runs": status.get("runs", 0) + 1, "lastScheduleTime": status["nextRunAt"], "nextRunAt": _iso(next_at)}
+
+
+def withevent(step: Step, name: str, detail: str, at: str | None = None) -> Step:
+    """`step` with an entry put before its last one (e.g. what the SLOs read, before Aborted)."""
+    step.status["timeline"].insert(-1, event(name, detail, at or now()))
+    return step

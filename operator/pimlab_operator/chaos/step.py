@@ -6,18 +6,14 @@ finalizer until it is)."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 import httpx
 
 from pimlab_operator import kube, reconcile
 from pimlab_operator.chaos import desired, governance, inject
 from pimlab_operator.chaos.model import ChaosExperimentSpec
-from pimlab_operator.conditions import now
 from pimlab_operator.objects import label_selector
 from pimlab_operator.schema import API_VERSION
-
-log = logging.getLogger("pimlab.chaos")
 
 #: Chaos Mesh objects are applied once, at injection, and removed by `inject.cleanup`: they
 #: are not re-declared on every reconcile, so nothing is pruned here.
@@ -55,7 +51,7 @@ def slo_readings(body: dict, spec: ChaosExperimentSpec, at: dt.datetime) -> dict
             readings[condition.slo_ref] = f"no error budget in its status ({why or 'no Prometheus named'})"
             continue
         stamp = budget.get("evaluatedAt")
-        age = (at - desired._parse(stamp)).total_seconds() if stamp else None
+        age = (at - desired.parse_time(stamp)).total_seconds() if stamp else None
         if age is None or age > SLO_MAX_AGE_SECONDS:
             readings[condition.slo_ref] = f"its error budget was last read {stamp or 'never'}"
             continue
@@ -138,7 +134,7 @@ def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None, carry: dic
         _act(body, spec, first)
 
 
-def _replan(body: dict, spec: ChaosExperimentSpec, status: dict, paused: str | None) -> None:
+def _replan(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
     """A dry run's plan follows the pods (e.g. a Shard whose pods appeared after it) and the
     namespace's opt-in; written only when the targets or the outcome change."""
     pods, shard = _pods_and_shard(body)
@@ -178,37 +174,20 @@ def _schedule(body: dict, spec: ChaosExperimentSpec, status: dict, paused: str |
     """A scheduled experiment: (re)schedule on a new generation, start a run when one is due
     (Forbid: skip while a run is active; Replace: abort it first). True when it acted."""
     at = dt.datetime.now(dt.timezone.utc)
-    stamp = now()
     if desired.is_new_run(body):
-        nxt = governance.next_run(spec.schedule, at)
-        fields = {"phase": "Scheduled", "runs": status.get("runs", 0), "nextRunAt": _iso(nxt),
-                  "phaseReason": f"next run at {_iso(nxt)}",
-                  "timeline": [desired._event("Scheduled", f"{spec.schedule} (UTC): next run at {_iso(nxt)}", stamp)]}
-        _write(body, desired.Step(fields, desired._conditions("Scheduled", "Scheduled", fields["phaseReason"])))
+        _write(body, desired.scheduled(spec.schedule, status, governance.next_run(spec.schedule, at)))
         return True
-    due = status.get("nextRunAt") and desired._parse(status["nextRunAt"]) <= at
-    if not due:
+    if not status.get("nextRunAt") or desired.parse_time(status["nextRunAt"]) > at:
         return False
     if status.get("phase") in desired.ACTIVE:
         if (spec.concurrency_policy or "Forbid") == "Replace":
             _write(body, desired.abort(desired.run_fields(status), "Replaced",
                                        "the next scheduled run replaces this one (concurrencyPolicy Replace)"))
         else:
-            nxt = governance.next_run(spec.schedule, at)
-            skipped = {**desired.run_fields(status), "nextRunAt": _iso(nxt),
-                       "timeline": [*status.get("timeline", []), desired._event(
-                           "Skipped", f"run due at {status['nextRunAt']} skipped: the last run is still active "
-                           "(concurrencyPolicy Forbid)", stamp)][-100:]}
-            _write(body, desired.Step(skipped, desired.kept_conditions(status)))
+            _write(body, desired.skipped(status, governance.next_run(spec.schedule, at)))
         return True
-    carry = {"runs": status.get("runs", 0) + 1, "lastScheduleTime": status["nextRunAt"],
-             "nextRunAt": _iso(governance.next_run(spec.schedule, at))}
-    _start(body, spec, paused, carry)
+    _start(body, spec, paused, desired.next_run_fields(status, governance.next_run(spec.schedule, at)))
     return True
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def step(body: dict, spec: ChaosExperimentSpec) -> None:
@@ -228,7 +207,7 @@ def step(body: dict, spec: ChaosExperimentSpec) -> None:
         _start(body, spec, paused, carry={"runs": 1})
         return
     if spec.dry_run and phase in ("Planned", "Aborted"):
-        _replan(body, spec, status, paused)
+        _replan(body, spec, status)
     elif phase == "Injecting":  # interrupted between intention and record
         _write(body, desired.injected(desired.run_fields(status),
                                       "operator restarted during injection: not repeated"))
@@ -249,8 +228,7 @@ def _recovering(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
         breach = governance.slo_breach([c.to_k8s() for c in spec.abort_if], readings)
         if breach:
             aborted = desired.abort(desired.run_fields(status), breach[0], breach[1])
-            aborted.status["timeline"].insert(-1, desired._event("SLOChecked", governance.slo_summary(readings), now()))
-            _write(body, aborted)
+            _write(body, desired.with_event(aborted, "SLOChecked", governance.slo_summary(readings)))
             return
     pods, shard = _pods_and_shard(body)
     write_at = None
@@ -259,6 +237,5 @@ def _recovering(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
     result = desired.recover(body, spec, desired.run_fields(status), pods, shard=shard, write_at=write_at)
     if result.status.get("phase") == "Completed" and spec.abort_if:
         readings = slo_readings(body, spec, dt.datetime.now(dt.timezone.utc))
-        result.status["timeline"].insert(-1, desired._event("SLOChecked", f"after recovery: "
-                                                            f"{governance.slo_summary(readings)}", now()))
+        desired.with_event(result, "SLOChecked", f"after recovery: {governance.slo_summary(readings)}")
     _write(body, result)
