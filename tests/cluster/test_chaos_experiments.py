@@ -247,3 +247,17 @@ def test_a_failing_probe_aborts_a_running_experiment(cluster, lab):
     finally:
         _Health.status = 200
         server.shutdown()
+
+
+def test_a_network_fault_ends_with_its_duration_and_its_chaos_mesh_object_is_removed(cluster, lab):
+    cluster.apply(experiment("short-delay", lab, action="networkDelay", duration="5s",
+                             parameters={"latency": "100ms", "jitter": "10ms"}))
+    running = settled(cluster, "short-delay", lab, phases=("Recovering", "Completed"))
+    (generated,) = running["status"]["generatedObjects"]
+    done = wait_for(lambda: (o := cluster.get("chaosexperiment", "short-delay", lab))
+                    and o["status"]["timeline"][-1]["event"] == "CleanedUp" and o, timeout=40,
+                    what="the fault's end and its cleanup")
+    assert done["status"]["phase"] == "Completed" and done["status"]["verdict"] == "Passed"
+    assert f"NetworkChaos/{generated['name']}" in done["status"]["timeline"][-1]["detail"]
+    assert cluster.get("networkchaos", generated["name"], lab) is None
+    assert "pim-sre.lab/chaos-cleanup" not in (done["metadata"].get("finalizers") or [])
