@@ -203,3 +203,10 @@ def test_spec_change_is_a_new_run_and_a_finished_run_is_not():
     assert not chaos.is_new_run(body)
     body["metadata"]["generation"] = 2
     assert chaos.is_new_run(body)
+
+
+def test_what_the_slos_read_goes_before_the_abort_in_the_timeline():
+    running = chaos.injected({"timeline": [], "startedAt": "2025-01-01T01:00:00Z"}, "deleted", at="2025-01-01T01:00:01Z").status
+    aborted = chaos.with_event(chaos.abort(running, "SLOBurnRateExceeded", "burns", at="2025-01-01T01:00:09Z"),
+                               "SLOChecked", "booking: burn 30x", at="2025-01-01T01:00:09Z")
+    assert [e["event"] for e in aborted.status["timeline"]] == ["Injected", "SLOChecked", "Aborted"]

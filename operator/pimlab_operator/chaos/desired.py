@@ -398,7 +398,7 @@ def next_run_fields(status: dict, next_at: dt.datetime) -> dict:
     return {"runs": status.get("runs", 0) + 1, "lastScheduleTime": status["nextRunAt"], "nextRunAt": _iso(next_at)}
 
 
-def withevent(step: Step, name: str, detail: str, at: str | None = None) -> Step:
+def with_event(step: Step, name: str, detail: str, at: str | None = None) -> Step:
     """`step` with an entry put before its last one (e.g. what the SLOs read, before Aborted)."""
     step.status["timeline"].insert(-1, event(name, detail, at or now()))
     return step
