@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import kubernetes
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError, UnprocessibleEntityError
 
 FIELD_MANAGER = "pimlab-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
@@ -123,6 +123,43 @@ def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
             content_type="application/merge-patch+json", serializer=_as_dict)
     except NotFoundError:
         return None
+
+
+def patch_annotations(api_version: str, kind: str, name: str, namespace: str | None,
+                      annotations: dict[str, str | None]) -> dict | None:
+    """Merge-patch only the given annotations (None removes one); None when the object is gone."""
+    try:
+        return resource(api_version, kind).patch(
+            body={"metadata": {"annotations": annotations}}, name=name, namespace=namespace,
+            content_type="application/merge-patch+json", serializer=_as_dict)
+    except NotFoundError:
+        return None
+
+
+def set_finalizer(body: dict, finalizer: str, present: bool, attempts: int = 3) -> dict | None:
+    """Add or remove one finalizer, keeping the others (kopf's own among them): a JSON patch
+    that first tests the list it read, so a concurrent change is never overwritten; a failed
+    test is read again and retried. None when the object is gone."""
+    res = resource(body["apiVersion"], body["kind"])
+    meta = body["metadata"]
+    for _ in range(attempts):
+        current = list(meta.get("finalizers") or [])
+        if (finalizer in current) == present:
+            return body
+        wanted = [*current, finalizer] if present else [f for f in current if f != finalizer]
+        ops = ([{"op": "test", "path": "/metadata/finalizers", "value": current}] if "finalizers" in meta else []) + \
+            [{"op": "add", "path": "/metadata/finalizers", "value": wanted}]
+        try:
+            return res.patch(body=ops, name=meta["name"], namespace=meta["namespace"],
+                             content_type="application/json-patch+json", serializer=_as_dict)
+        except NotFoundError:
+            return None
+        except UnprocessibleEntityError:  # the list changed since it was read
+            body = get(body["apiVersion"], body["kind"], meta["name"], meta["namespace"])
+            if body is None:
+                return None
+            meta = body["metadata"]
+    raise RuntimeError(f"the finalizers of {meta['name']} kept changing under {attempts} attempts")
 
 
 def post_event(body: dict, type_: str, reason: str, message: str) -> None:

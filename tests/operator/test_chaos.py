@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 
 from cr_samples import sample, spec_of
 
@@ -60,12 +61,95 @@ def test_shard_target_is_its_current_primary():
     assert chaos.plan(FAILOVER, spec_of(FAILOVER), shard_pods, None).targets == ["shard-00-0"]
 
 
-def test_sql_failover_for_real_waits_for_the_shard_engine():
+def _shard(primary: str = "shard-00-0", last: dict | None = None) -> dict:
+    replicas = [{"pod": f"shard-00-{i}", "role": "primary" if f"shard-00-{i}" == primary else "secondary",
+                 "ready": True, "streaming": True, "synchronousCommit": True, "lagBytes": i} for i in range(3)]
+    return {"metadata": {"name": "shard-00"},
+            "status": {"currentPrimary": primary, "replicas": replicas, **({"lastFailover": last} if last else {})}}
+
+
+def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), [pod(f"shard-00-{i}", {}) for i in range(3)], None), True)
-    assert step.action is None and step.status["phase"] == "Pending"
-    assert step.conditions[0].reason == "AwaitingShardFailoverSupport"
+    shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
+    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
+                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    assert step.action == "requestSwitchover" and step.status["phase"] == "Injecting"
+    assert step.status["affectedTargets"] == ["shard-00-0", "shard-00-1"]
+    assert chaos.needs_cleanup(spec_of(body))  # the Shard's switchover annotation must go again
+    lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [
+        {"pod": "shard-00-0", "role": "primary", "ready": True},
+        {"pod": "shard-00-1", "role": "secondary", "ready": False, "streaming": True}]}}
+    refused = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, lonely), True, shard=lonely)
+    assert refused.action is None and refused.status["phase"] == "Failed"
+    assert refused.conditions[0].reason == "NoSwitchoverTarget"
+
+
+def test_sql_failover_recovers_when_the_shard_recorded_it_and_the_primary_service_took_a_write():
+    body = copy.deepcopy(FAILOVER)
+    body["spec"]["dryRun"] = False
+    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), [], _shard()), True,
+                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    assert step.status["phase"] == "Aborted"  # no running pod: nothing to fail over
+    shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
+    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
+                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    after = chaos.injected(step.status, "asked", at="2025-01-01T01:00:01Z").status
+    waiting = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:03Z", shard=_shard())
+    assert waiting.status["phase"] == "Recovering" and "fail over away from shard-00-0" in waiting.status["phaseReason"]
+    record = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PlannedSwitchover", "startedAt": "2025-01-01T01:00:02Z",
+              "completedAt": "2025-01-01T01:00:04Z", "durationSeconds": 2.0, "outageSeconds": 2.0}
+    moved = _shard("shard-00-1", record)
+    assert chaos.failover_record(after, moved) == record
+    old = _shard("shard-00-1", {**record, "startedAt": "2024-12-31T00:00:00Z"})
+    assert chaos.failover_record(after, old) is None  # an earlier failover is not this run's
+    no_write = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:05Z", shard=moved)
+    assert "waiting for a write" in no_write.status["phaseReason"]
+    assert [e["event"] for e in no_write.status["timeline"]][-1] == "FailoverRecorded"
+    done = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:06Z", shard=moved,
+                         write_at=dt.datetime(2025, 1, 1, 1, 0, 4, 500000, tzinfo=dt.timezone.utc)).status
+    assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 4.5
+    assert [e["event"] for e in done["timeline"]][-2:] == ["FailoverRecorded", "TargetRecovered"]
+
+
+def test_container_kill_recovers_when_the_same_pod_restarted_its_container_and_is_ready():
+    body = copy.deepcopy(POD_KILL)
+    body["spec"].update(action="containerKill", dryRun=False)
+    planned = chaos.plan(body, spec_of(body), PODS, None)
+    step = chaos.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
+    assert step.action == "killContainers" and not chaos.needs_cleanup(spec_of(body))
+    after = chaos.injected(step.status, "killed", at="2025-01-01T01:00:01Z", affected=planned.targets).status
+    (name,) = planned.targets
+    same = pod(name, TARGET_LABELS)
+    waiting = chaos.recover(body, spec_of(body), after, [same], at="2025-01-01T01:00:02Z")
+    assert waiting.status["phase"] == "Recovering"  # not seen dying yet
+    same["status"]["containerStatuses"] = [{"name": "app", "restartCount": 1,
+                                            "lastState": {"terminated": {"finishedAt": "2025-01-01T01:00:01Z"}}}]
+    same["status"]["conditions"][0]["lastTransitionTime"] = "2025-01-01T01:00:07Z"
+    done = chaos.recover(body, spec_of(body), after, [same], at="2025-01-01T01:00:09Z").status
+    assert done["phase"] == "Completed" and done["recoverySeconds"] == 7 and done["verdict"] == "Passed"
+
+
+def test_governance_refusal_and_slo_check_shape_the_first_step():
+    body = copy.deepcopy(POD_KILL)
+    body["spec"]["dryRun"] = False
+    planned = chaos.plan(body, spec_of(body), PODS, None)
+    refused = chaos.start(body, spec_of(body), planned, True, refusal=("NamespaceNotOptedIn", "not opted in"))
+    assert refused.action is None and refused.status["phase"] == "Aborted"
+    assert refused.conditions[0].reason == "NamespaceNotOptedIn" and refused.status["abortReason"] == "not opted in"
+    ok = chaos.start(body, spec_of(body), planned, True, slo_checked="before injection: fine", at="2025-01-01T01:00:00Z")
+    assert [e["event"] for e in ok.status["timeline"]] == ["Planned", "Validated", "SLOChecked", "Injecting"]
+
+
+def test_abort_stops_a_running_experiment_with_its_reason():
+    body = copy.deepcopy(POD_KILL)
+    body["spec"]["dryRun"] = False
+    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), PODS, None), True, at="2025-01-01T01:00:00Z")
+    running = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
+    aborted = chaos.abort(running, "KillSwitchEngaged", "the chaos kill switch is engaged", at="2025-01-01T01:00:02Z")
+    assert aborted.status["phase"] == "Aborted" and aborted.status["verdict"] == "Failed"
+    assert aborted.status["timeline"][-1]["event"] == "Aborted"
+    assert {c.type: (c.status, c.reason) for c in aborted.conditions}["Degraded"] == (True, "KillSwitchEngaged")
 
 
 def test_pod_kill_records_intention_then_recovers_with_measured_time():
@@ -74,7 +158,7 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     planned = chaos.plan(body, spec_of(body), PODS, None)
     step = chaos.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
     assert step.action == "deletePods" and step.status["phase"] == "Injecting"
-    assert [e["event"] for e in step.status["timeline"]] == ["Planned", "Injecting"]
+    assert [e["event"] for e in step.status["timeline"]] == ["Planned", "Validated", "Injecting"]
     after = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
     assert after["phase"] == "Recovering" and after["timeline"][-1]["event"] == "Injected"
     survivors = [p for p in PODS if p["metadata"]["name"] not in planned.targets]
@@ -83,6 +167,9 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     replacement = pod("pim-patient-new", TARGET_LABELS, created="2025-01-01T01:00:02Z")
     done = chaos.recover(body, spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
     assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 12
+    replacement["status"]["conditions"][0]["lastTransitionTime"] = "2025-01-01T01:00:04Z"  # the kubelet's own time
+    exact = chaos.recover(body, spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
+    assert exact["recoverySeconds"] == 4
     assert done["timeline"][-1]["event"] == "Recovered"
 
 
@@ -116,3 +203,10 @@ def test_spec_change_is_a_new_run_and_a_finished_run_is_not():
     assert not chaos.is_new_run(body)
     body["metadata"]["generation"] = 2
     assert chaos.is_new_run(body)
+
+
+def test_what_the_slos_read_goes_before_the_abort_in_the_timeline():
+    running = chaos.injected({"timeline": [], "startedAt": "2025-01-01T01:00:00Z"}, "deleted", at="2025-01-01T01:00:01Z").status
+    aborted = chaos.with_event(chaos.abort(running, "SLOBurnRateExceeded", "burns", at="2025-01-01T01:00:09Z"),
+                               "SLOChecked", "booking: burn 30x", at="2025-01-01T01:00:09Z")
+    assert [e["event"] for e in aborted.status["timeline"]] == ["Injected", "SLOChecked", "Aborted"]

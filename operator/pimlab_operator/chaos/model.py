@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
+from pimlab_operator.chaos.governance import parse_cron
 from pimlab_operator.schema import (
     AGE_COLUMN,
     MESSAGE_COLUMN,
@@ -15,6 +16,7 @@ from pimlab_operator.schema import (
     CronSchedule,
     CrdInfo,
     Duration,
+    HttpUrl,
     LabelSelector,
     ObjectName,
     ObjectRef,
@@ -28,7 +30,9 @@ from pimlab_operator.schema import (
     rules,
 )
 
-Action = Literal["podKill", "sqlFailover", "networkDelay", "networkLoss", "networkPartition", "cpuStress"]
+Action = Literal["podKill", "containerKill", "sqlFailover", "networkDelay", "networkLoss", "networkPartition", "cpuStress"]
+#: Actions the operator carries out itself (the rest are Chaos Mesh objects).
+OWN_ACTIONS = ("podKill", "containerKill", "sqlFailover")
 REFERENCE_PATTERN = r"^$|^(ADR-[0-9]+|[A-Z][A-Z0-9]+-[0-9]+|https?://\S+)$"
 PERCENT_PATTERN = r"^(100|[0-9]{1,2})(\.[0-9]+)?$"
 #: Parameters that only network and stress faults use (Chaos Mesh renders them).
@@ -106,10 +110,51 @@ class BlastRadius(ApiModel):
 
 
 class AbortCondition(ApiModel):
-    """Stop injecting and recover when an SLO burns its budget this fast."""
+    """Stop injecting, clean up and abort when an SLO burns its budget this fast, or has this
+    little left. Read from Prometheus while the run lasts; unreadable during a real run aborts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            cel(
+                "has(self.burnRateAbove) || has(self.budgetRemainingBelow)",
+                "abortIf entries need burnRateAbove or budgetRemainingBelow (or both)",
+            )
+        )
+    )
 
     slo_ref: ObjectName = Field(description="Name of an SLO in this namespace.")
-    burn_rate_above: float = Field(gt=0, le=1000, description="1h burn rate that aborts the run (14.4 = a 30d budget gone in ~2 days).")
+    burn_rate_above: float | None = Field(
+        None, gt=0, le=1000,
+        description="Aborts when the SLO's worst burn rate over its alert windows (5m..6h; 14.4 = a 30d budget"
+        " gone in ~2 days) exceeds this.",
+    )
+    budget_remaining_below: float | None = Field(
+        None, ge=-10, le=1, description="Aborts when the share of the error budget left (1 = untouched) drops below this."
+    )
+
+    @model_validator(mode="after")
+    def _has_threshold(self) -> AbortCondition:
+        if self.burn_rate_above is None and self.budget_remaining_below is None:
+            raise ValueError("abortIf entries need burnRateAbove or budgetRemainingBelow (or both)")
+        return self
+
+
+class Probe(ApiModel):
+    """A steady-state check: an HTTP GET the operator makes before injecting and on every resync
+    while the run recovers; `failureThreshold` failures in a row abort the run."""
+
+    name: ObjectName = Field(description="Names the probe in the timeline and the abort reason.")
+    url: HttpUrl = Field(description="GET from the operator's network; any 2xx/3xx passes.")
+    timeout_seconds: float = Field(2, gt=0, le=30, description="Per request (default 2).")
+    failure_threshold: int = Field(1, ge=1, le=20, description="Consecutive failures that abort (default 1).")
+
+
+class ProbeState(StatusModel):
+    """A probe's consecutive failures in the current run."""
+
+    name: ObjectName = Field(description="The probe.")
+    consecutive_failures: int = Field(ge=0, description="Failures in a row.")
+    last_error: Text | None = Field(None, description="What the last failure was.")
 
 
 class ChaosParameters(ApiModel):
@@ -133,6 +178,16 @@ class ChaosParameters(ApiModel):
     cpu_load: int | None = Field(None, ge=1, le=100, description="cpuStress: load per worker, percent.")
     grace_period_seconds: int | None = Field(
         None, ge=0, le=300, description="podKill: termination grace period; unset: 0 (a hard kill)."
+    )
+    container: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        None, description="containerKill: the container whose main process is killed; unset: the pod's first container."
+    )
+    failover_mode: Literal["switchover", "fencedFailover"] | None = Field(
+        None, description="sqlFailover: switchover (planned, the Shard's manager promotes a caught-up secondary;"
+        " default) or fencedFailover (the primary pod is killed and the manager fences it and promotes)."
+    )
+    switchover_to: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        None, description="sqlFailover switchover: the secondary pod to promote; unset: the first streaming secondary."
     )
 
     @model_validator(mode="after")
@@ -173,9 +228,9 @@ class ChaosExperimentSpec(ApiModel):
             _requires("networkLoss", "loss"),
             _requires("cpuStress", "cpuLoad"),
             cel(
-                f"!(self.action in ['podKill', 'sqlFailover']) || !has(self.parameters) || ({_NO_FAULT_PARAMETERS})",
+                f"!(self.action in ['podKill', 'containerKill', 'sqlFailover']) || !has(self.parameters) || ({_NO_FAULT_PARAMETERS})",
                 "parameters latency, jitter, loss, direction, cpuWorkers and cpuLoad apply only to network and"
-                " cpuStress actions: remove them for podKill and sqlFailover",
+                " cpuStress actions: remove them for podKill, containerKill and sqlFailover",
                 field_path=".parameters",
             ),
             cel(
@@ -183,11 +238,34 @@ class ChaosExperimentSpec(ApiModel):
                 "parameters.gracePeriodSeconds applies only to podKill",
                 field_path=".parameters",
             ),
+            cel(
+                "self.action == 'containerKill' || !has(self.parameters) || !has(self.parameters.container)",
+                "parameters.container applies only to containerKill",
+                field_path=".parameters",
+            ),
+            cel(
+                "self.action == 'sqlFailover' || !has(self.parameters) ||"
+                " (!has(self.parameters.failoverMode) && !has(self.parameters.switchoverTo))",
+                "parameters.failoverMode and parameters.switchoverTo apply only to sqlFailover",
+                field_path=".parameters",
+            ),
+            cel(
+                "!has(self.parameters) || !has(self.parameters.switchoverTo) ||"
+                " !has(self.parameters.failoverMode) || self.parameters.failoverMode == 'switchover'",
+                "parameters.switchoverTo applies only to failoverMode switchover",
+                field_path=".parameters.switchoverTo",
+            ),
+            cel(
+                "!has(self.concurrencyPolicy) || (has(self.schedule) && self.schedule != '')",
+                "concurrencyPolicy applies only to a scheduled experiment (set schedule)",
+                field_path=".concurrencyPolicy",
+            ),
         )
     )
 
     action: Action = Field(
-        description="podKill and sqlFailover are done by the operator; networkDelay, networkLoss,"
+        description="podKill (API delete), containerKill (SIGKILL of the main process through the node's CRI)"
+        " and sqlFailover are done by the operator; networkDelay, networkLoss,"
         " networkPartition and cpuStress become Chaos Mesh objects (when its CRDs exist)."
     )
     target: ChaosTarget = Field(description="What to hit: exactly one of shardRef or selector.")
@@ -202,8 +280,18 @@ class ChaosExperimentSpec(ApiModel):
     abort_if: list[AbortCondition] | None = Field(
         None, max_length=8, description="SLO burn rates that abort the run.", json_schema_extra=list_map("sloRef")
     )
+    probes: list[Probe] | None = Field(
+        None, max_length=8, json_schema_extra=list_map("name"),
+        description="HTTP steady-state probes; failing one (failureThreshold times in a row) aborts the run.",
+    )
     parameters: ChaosParameters | None = Field(None, description="Action-specific knobs.")
-    schedule: CronSchedule | None = Field(None, description="Cron schedule for recurring runs; empty: run once.")
+    schedule: CronSchedule | None = Field(
+        None, description="Cron schedule (UTC, 5 fields or @hourly/@daily/...) for recurring runs; empty: run once."
+    )
+    concurrency_policy: Literal["Forbid", "Replace"] | None = Field(
+        None, description="With schedule: when a run is due while the last one still runs, Forbid skips the new run"
+        " (default), Replace aborts the running one (cleaning up) and starts the new one."
+    )
 
     @model_validator(mode="after")
     def _action_fits(self) -> ChaosExperimentSpec:
@@ -216,10 +304,20 @@ class ChaosExperimentSpec(ApiModel):
         for action, parameter in (("networkDelay", "latency"), ("networkLoss", "loss"), ("cpuStress", "cpuLoad")):
             if self.action == action and parameter not in set_fields:
                 raise ValueError(f"parameters.{parameter} is required when action is {action}")
-        if self.action in ("podKill", "sqlFailover") and set(set_fields) & set(FAULT_PARAMETERS):
+        if self.action in OWN_ACTIONS and set(set_fields) & set(FAULT_PARAMETERS):
             raise ValueError("network and cpuStress parameters apply only to those actions")
         if self.action != "podKill" and "gracePeriodSeconds" in set_fields:
             raise ValueError("parameters.gracePeriodSeconds applies only to podKill")
+        if self.action != "containerKill" and "container" in set_fields:
+            raise ValueError("parameters.container applies only to containerKill")
+        if self.action != "sqlFailover" and set(set_fields) & {"failoverMode", "switchoverTo"}:
+            raise ValueError("parameters.failoverMode and parameters.switchoverTo apply only to sqlFailover")
+        if params.switchover_to and params.failover_mode not in (None, "switchover"):
+            raise ValueError("parameters.switchoverTo applies only to failoverMode switchover")
+        if self.schedule:
+            parse_cron(self.schedule)  # a CronError is a ValueError: the field and why
+        if self.concurrency_policy is not None and not self.schedule:
+            raise ValueError("concurrencyPolicy applies only to a scheduled experiment (set schedule)")
         return self
 
 
@@ -251,6 +349,13 @@ class ChaosExperimentStatus(StatusBase):
     )
     abort_reason: Text | None = Field(None, description="Why the run was aborted, when it was.")
     generated_objects: list[ObjectRef] | None = Field(None, max_length=16, description="Chaos Mesh objects created for the run.")
+    affected_targets: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(
+        None, max_length=1000, description="Pods (or the Shard) the fault was actually injected into."
+    )
+    probes: list[ProbeState] | None = Field(None, max_length=8, description="Each probe's failures in a row, this run.")
+    runs: int | None = Field(None, ge=0, description="Runs started so far (a scheduled experiment runs many times).")
+    last_schedule_time: datetime | None = Field(None, description="When the last scheduled run was due.")
+    next_run_at: datetime | None = Field(None, description="When the next scheduled run is due.")
 
 
 class ChaosExperiment(Resource):

@@ -1,0 +1,108 @@
+"""ChaosExperiments against the real-node sample lab (`sample_documents(real_node=True)`: the
+Lab's services and PostgreSQL Shards running the project's image on a real kubelet): a podKill
+deletes exactly one real pod and its replacement's readiness is timed; a containerKill SIGKILLs
+the main process of one container through containerd, the same pod restarts it and the time to
+Ready is recorded; an sqlFailover asks shard-00's failover manager for a switchover, the Shard
+records it, the `-primary` Service takes a write on the new primary and no committed row is
+lost. Without a real node (kwok nodes run nothing) the module skips, saying so."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import psycopg
+
+from pimlab.waiting import wait_for
+from test_chaos_experiments import condition, experiment, settled
+from test_personaload_real_node import lab, real_node  # noqa: F401 - the sample lab on the real node
+
+PATIENT = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "patient"}
+
+
+def pods(cluster, namespace: str, labels: dict) -> dict[str, dict]:
+    selector = ",".join(f"{k}={v}" for k, v in labels.items())
+    items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
+    return {p["metadata"]["name"]: p for p in items if not p["metadata"].get("deletionTimestamp")}
+
+
+def restarts(pod: dict) -> int:
+    return sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses") or [])
+
+
+def _drill(name: str, namespace: str, **spec) -> dict:
+    return experiment(name, namespace, duration="3m", target={"selector": {"matchLabels": PATIENT}, "mode": "one"},
+                      blastRadius={"maxPods": 1, "maxPercent": 100}, **spec)
+
+
+def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):  # noqa: F811
+    before = pods(cluster, lab, PATIENT)
+    cluster.apply(_drill("real-pod-kill", lab))
+    obj = settled(cluster, "real-pod-kill", lab, phases=("Completed", "Aborted", "Failed"), timeout=180)
+    status = obj["status"]
+    assert status["verdict"] == "Passed", status
+    (killed,) = status["plannedTargets"]
+    after = pods(cluster, lab, PATIENT)
+    assert killed in before and killed not in after and len(after) == len(before)
+    assert {n: p["metadata"]["uid"] for n, p in after.items() if n in before} == \
+        {n: p["metadata"]["uid"] for n, p in before.items() if n != killed}, "only the planned pod was killed"
+    assert 0 < status["recoverySeconds"] < 180
+    assert [e["event"] for e in status["timeline"]][-2:] == ["Injected", "Recovered"]
+
+
+def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):  # noqa: F811
+    before = pods(cluster, lab, PATIENT)
+    cluster.apply(_drill("real-container-kill", lab, action="containerKill"))
+    obj = settled(cluster, "real-container-kill", lab, phases=("Completed", "Aborted", "Failed"), timeout=180)
+    status = obj["status"]
+    assert status["verdict"] == "Passed", (status, condition(obj))
+    (target,) = status["affectedTargets"]
+    after = pods(cluster, lab, PATIENT)
+    assert after[target]["metadata"]["uid"] == before[target]["metadata"]["uid"], "the same pod, not a new one"
+    assert restarts(after[target]) == restarts(before[target]) + 1
+    terminated = after[target]["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert terminated["exitCode"] == 137 or terminated.get("signal") == 9, terminated  # SIGKILL
+    assert 0 < status["recoverySeconds"] < 180
+    injected = next(e for e in status["timeline"] if e["event"] == "Injected")
+    assert "SIGKILL" in injected["detail"] and "containerd" in injected["detail"]
+
+
+def _primary_connection(cluster, namespace: str) -> psycopg.Connection:
+    service = cluster.get("service", "shard-00-primary", namespace)
+    secret = cluster.get("secret", "shard-00-credentials", namespace)
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return psycopg.connect(host=service["spec"]["clusterIP"], port=service["spec"]["ports"][0]["port"], dbname="pim",
+                           user=data["username"], password=data["password"], connect_timeout=5, autocommit=True)
+
+
+def test_sql_failover_switches_over_records_it_on_both_objects_and_loses_nothing(cluster, lab):  # noqa: F811
+    shard = cluster.get("shard", "shard-00", lab)
+    old_primary = shard["status"]["currentPrimary"]
+    history = len(shard["status"].get("failoverHistory") or [])
+    with _primary_connection(cluster, lab) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS chaos_acknowledged (n int PRIMARY KEY)")
+        conn.execute("TRUNCATE chaos_acknowledged")
+        for n in range(200):
+            conn.execute("INSERT INTO chaos_acknowledged VALUES (%s)", (n,))  # each commit acknowledged
+    cluster.apply(experiment("real-switchover", lab, action="sqlFailover", target={"shardRef": "shard-00"},
+                             duration="3m", blastRadius={"maxPods": 1, "maxPercent": 34}))
+    obj = settled(cluster, "real-switchover", lab, phases=("Completed", "Aborted", "Failed"), timeout=200)
+    status = obj["status"]
+    assert status["verdict"] == "Passed", (status, condition(obj))
+    assert status["plannedTargets"] == [old_primary] and status["affectedTargets"][0] == old_primary
+    new_primary = status["affectedTargets"][1]
+    shard = cluster.get("shard", "shard-00", lab)
+    record = shard["status"]["lastFailover"]
+    assert (record["from"], record["to"], record["reason"]) == (old_primary, new_primary, "PlannedSwitchover")
+    assert len(shard["status"]["failoverHistory"]) == history + 1 and shard["status"]["currentPrimary"] == new_primary
+    events = [e["event"] for e in status["timeline"]]
+    assert events[-3:] == ["Injected", "FailoverRecorded", "TargetRecovered"]
+    assert 0 < status["recoverySeconds"] < 200
+    cleaned = wait_for(lambda: (o := cluster.get("chaosexperiment", "real-switchover", lab))
+                       and o["status"]["timeline"][-1]["event"] == "CleanedUp" and o, timeout=30,
+                       what="the switchover request removed")
+    assert "pim-sre.lab/chaos-cleanup" not in (cleaned["metadata"].get("finalizers") or [])
+    assert "pim-sre.lab/switchover-to" not in (cluster.get("shard", "shard-00", lab)["metadata"].get("annotations") or {})
+    with _primary_connection(cluster, lab) as conn:
+        assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        assert conn.execute("SELECT count(*), min(n), max(n) FROM chaos_acknowledged").fetchone() == (200, 0, 199)
