@@ -3,9 +3,10 @@
 In one run, on the same machine:
 - the floor: a bare FastAPI GET (tests/benchmarks/floor_app.py) at a fixed rate: server CPU per request;
 - `/healthz` of `pimlab serve --service all` at the same rate: CPU per request, ratio to the floor;
-- bookings (POST /encounters) stepped up in rate until a step misses p99 < 50 ms, has an error or
-  falls behind: the highest rate sustained, and server CPU per booking (everything the process
-  spends, relay and projection included) with its ratio to the floor;
+- bookings (POST /encounters) stepped up in rate until a step has an error or falls behind
+  (achieved < 95 % of the rate, or p99 over a second): the highest rate sustained with p99 < 50 ms,
+  the highest rate kept up with, and server CPU per booking at each step (everything the process
+  spends, relay, projection and fsyncs included) with its ratio to the floor;
 - with `--baseline REF` the same steps against that git revision's code (same venv, same data,
   same client), so a change is measured against the unchanged code in the same run.
 
@@ -91,8 +92,13 @@ def drive(port: int, pid: int, rate: float, seconds: float, requests: list[str],
     return step
 
 
+def keeps_up(step: dict) -> bool:
+    """Served the whole rate without errors and without a runaway queue (p99 under a second)."""
+    return step["errors"] == 0 and step["achieved_rps"] >= 0.95 * step["target_rps"] and step["p99_ms"] < 1000
+
+
 def sustained(step: dict) -> bool:
-    return step["errors"] == 0 and step["achieved_rps"] >= 0.95 * step["target_rps"] and step["p99_ms"] < BAR_P99_MS
+    return keeps_up(step) and step["p99_ms"] < BAR_P99_MS
 
 
 def wait_idle(url: str, limit_s: float = 60.0) -> None:
@@ -170,10 +176,13 @@ def measure(label: str, tree: Path | None, rates: list[float], seconds: float, h
             step = drive(server.port, pid, rate, seconds, bookings, workdir)
             steps.append(step)
             print(json.dumps({label: {"booking": step}}), flush=True)
-            if not sustained(step):
+            if sustained(step):
+                best = step
+            if not keeps_up(step):
                 break
-            best = step
-        return {"idle_cpu_pct_of_core": idle_pct, "healthz": health, "best_booking": best, "booking_steps": steps}
+        kept = [s for s in steps if keeps_up(s)]
+        return {"idle_cpu_pct_of_core": idle_pct, "healthz": health, "best_booking": best,
+                "highest_kept_up": kept[-1] if kept else None, "booking_steps": steps}
     finally:
         server.stop()
 
@@ -205,19 +214,19 @@ def main() -> None:
     for label, tree in trees:
         run = measure(label, tree, rates, args.seconds, args.healthz_rate)
         f = floor["server_cpu_ms_per_request"]
-        best = run["best_booking"]
+        top = run["highest_kept_up"]
         run["ratios_to_floor"] = {
             "healthz_cpu": round(run["healthz"]["server_cpu_ms_per_request"] / f, 2),
-            "booking_cpu": round(best["server_cpu_ms_per_request"] / f, 2) if best else None}
+            "booking_cpu": round(top["server_cpu_ms_per_request"] / f, 2) if top else None}
         report["runs"][label] = run
     for label, run in report["runs"].items():
-        best = run["best_booking"] or {}
-        print(f"{label}: bookings sustained {best.get('achieved_rps')}/s (p99 {best.get('p99_ms')} ms), "
-              f"{best.get('server_cpu_ms_per_request')} ms server CPU/booking "
-              f"({run['ratios_to_floor']['booking_cpu']}x floor), /healthz "
-              f"{run['healthz']['server_cpu_ms_per_request']} ms ({run['ratios_to_floor']['healthz_cpu']}x floor), "
-              f"client {best.get('client_cpu_ms_per_request')} ms/booking, idle {run['idle_cpu_pct_of_core']} % "
-              f"of a core, load avg {best.get('load_avg_1m')}", flush=True)
+        best, top = run["best_booking"] or {}, run["highest_kept_up"] or {}
+        print(f"{label}: p99 < {BAR_P99_MS:g} ms sustained up to {best.get('achieved_rps')}/s; kept up to "
+              f"{top.get('achieved_rps')}/s (p99 {top.get('p99_ms')} ms) at {top.get('server_cpu_ms_per_request')} ms "
+              f"server CPU/booking ({run['ratios_to_floor']['booking_cpu']}x floor); /healthz "
+              f"{run['healthz']['server_cpu_ms_per_request']} ms ({run['ratios_to_floor']['healthz_cpu']}x floor); "
+              f"client {top.get('client_cpu_ms_per_request')} ms/booking; idle {run['idle_cpu_pct_of_core']} % "
+              f"of a core; load avg {top.get('load_avg_1m')}", flush=True)
     print(f"floor: {floor['server_cpu_ms_per_request']} ms server CPU/request at {floor['achieved_rps']}/s", flush=True)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
