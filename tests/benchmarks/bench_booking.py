@@ -4,7 +4,7 @@ In one run, on the same machine:
 - the floor: a bare FastAPI GET (tests/benchmarks/floor_app.py) at a fixed rate: server CPU per request;
 - `/healthz` of `pimlab serve --service all` at the same rate: CPU per request, ratio to the floor;
 - bookings (POST /encounters) stepped up in rate until a step has an error or falls behind
-  (achieved < 95 % of the rate, or p99 over a second): the highest rate sustained with p99 < 50 ms,
+  (achieved < 95 % of the rate, or p99 over 5 s): the highest rate sustained with p99 < 50 ms,
   the highest rate kept up with, and server CPU per booking at each step (everything the process
   spends, relay, projection and fsyncs included) with its ratio to the floor;
 - with `--baseline REF` the same steps against that git revision's code (same venv, same data,
@@ -93,8 +93,9 @@ def drive(port: int, pid: int, rate: float, seconds: float, requests: list[str],
 
 
 def keeps_up(step: dict) -> bool:
-    """Served the whole rate without errors and without a runaway queue (p99 under a second)."""
-    return step["errors"] == 0 and step["achieved_rps"] >= 0.95 * step["target_rps"] and step["p99_ms"] < 1000
+    """Served the whole rate without errors and without a runaway queue (p99 under 5 s: on a
+    shared machine other processes' bursts alone can stall a server for a second)."""
+    return step["errors"] == 0 and step["achieved_rps"] >= 0.95 * step["target_rps"] and step["p99_ms"] < 5000
 
 
 def sustained(step: dict) -> bool:
