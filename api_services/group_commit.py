@@ -122,7 +122,9 @@ class GroupCommitWrites(SerializedWrites):
                 with conn.begin():  # BEGIN IMMEDIATE (the engine's begin hook)
                     for job in batch:
                         if not raw.in_transaction:  # SQLite rolled the whole transaction back (I/O error, full disk)
-                            raise RuntimeError("the shard's transaction was rolled back by the store")
+                            raise Unavailable(f"shard {self.name} rolled the transaction back; retry with the "
+                                              "same Idempotency-Key", "shard_unavailable",
+                                              headers={"Retry-After": "1"})
                         savepoint = conn.begin_nested()
                         try:
                             job.result = job.context.run(job.fn, conn)
