@@ -75,7 +75,7 @@ slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO 
 
 bench: bench-booking bench-load bench-operator ## every benchmark, printed as figures and ratios against a baseline
 
-bench-booking: deps venv ## the booking write path against /healthz on the same server
+bench-booking: deps venv ## bookings: highest rate at p99 < 50 ms, CPU per booking and per /healthz against a bare FastAPI floor (BENCH_BASELINE=main: the unchanged code too, same run)
 	$(PY) tests/benchmarks/bench_booking.py
 
 bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk

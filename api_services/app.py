@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -27,6 +28,12 @@ API_VERSION = "1.0.0"
 #: Which router each routed component serves.
 ROUTERS = {"patient": patients.router, "encounter": encounters.router, "billing": billing.router,
            "admin": admin.router}
+
+
+#: FastAPI (0.13x+) opens its own OpenTelemetry server span, operation spans and metrics whenever
+#: an SDK tracer provider is installed: a second span per request on top of EdgeMiddleware's.
+_NO_NATIVE_TELEMETRY = ({"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+                        if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 class Health(BaseModel):
@@ -141,7 +148,7 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
 
     # Fault injection for SLO drills exists only where PIM_FAULTS_FILE is set (api_services/faults.py).
     injected = [Depends(faults.dependency(faults.Faults(settings.faults_file)))] if settings.faults_file else []
-    app = FastAPI(title=API_TITLE, version=API_VERSION, lifespan=lifespan, dependencies=injected,
+    app = FastAPI(title=API_TITLE, version=API_VERSION, lifespan=lifespan, dependencies=injected, **_NO_NATIVE_TELEMETRY,
                   description="Synthetic healthcare API run by the PIM SRE Lab. All data is synthetic.",
                   docs_url=None, redoc_url=None, openapi_url=None if gateway_proxy else "/openapi.json")
     app.state.runtime = rt

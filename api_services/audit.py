@@ -66,9 +66,19 @@ def chain_head_for_update():
             .with_for_update())
 
 
+# The write path's statements, built once (building them per call cost more than running them).
+_HEAD = chain_head_for_update()
+_INSERT_AUDIT = audit_events.insert()
+_MOVE_HEAD = audit_head.update().where(audit_head.c.id == 1).values(seq=sa.bindparam("new_seq"),
+                                                                    hash=sa.bindparam("new_hash"))
+_INSERT_HEAD = audit_head.insert()
+_INSERT_HISTORY = history.insert()
+_INSERT_OUTBOX = outbox.insert()
+
+
 def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entity_id: str,
                  before: dict | None, after: dict | None, history_row: dict | None = None) -> dict:
-    head = conn.execute(chain_head_for_update()).first()
+    head = conn.execute(_HEAD).first()
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     row = {"seq": seq + 1, "event_id": str(uuid.uuid4()), "ts": now_iso(), "user_id": actor.user_id,
            "request_id": actor.request_id, "persona": actor.persona, "action": action, "entity": entity,
@@ -77,11 +87,11 @@ def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entit
            "history_id": history_row["id"] if history_row else None,
            "history_hash": history_digest(history_row) if history_row else None}
     row["hash"] = _digest(prev, row)
-    conn.execute(audit_events.insert().values(**row))
+    conn.execute(_INSERT_AUDIT, row)
     if head:
-        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(seq=row["seq"], hash=row["hash"]))
+        conn.execute(_MOVE_HEAD, {"new_seq": row["seq"], "new_hash": row["hash"]})
     else:
-        conn.execute(audit_head.insert().values(id=1, seq=row["seq"], hash=row["hash"]))
+        conn.execute(_INSERT_HEAD, {"id": 1, "seq": row["seq"], "hash": row["hash"]})
     return row
 
 
@@ -91,14 +101,14 @@ def record_write(conn: Connection, actor: Actor, *, action: str, entity: str, en
     ts = now_iso()
     hist = {"entity": entity, "entity_id": entity_id, "version": version, "before": canonical(before),
             "after": canonical(after), "valid_from": ts, "request_id": actor.request_id, "user_id": actor.user_id}
-    hist["id"] = conn.execute(history.insert().values(**hist)).inserted_primary_key[0]
+    hist["id"] = conn.execute(_INSERT_HISTORY, hist).inserted_primary_key[0]
     audit = append_audit(conn, actor, action, entity, entity_id, before, after, history_row=hist)
     event_id = str(uuid.uuid4())
     payload = {"event_id": event_id, "type": event_type, "entity": entity, "entity_id": entity_id,
                "version": version, "audit_seq": audit["seq"], "request_id": actor.request_id,
                "user_id": actor.user_id, "occurred_at": ts, "data": after}
-    conn.execute(outbox.insert().values(event_id=event_id, event_type=event_type, entity_id=entity_id,
-                                        payload=canonical(payload), created_at=ts))
+    conn.execute(_INSERT_OUTBOX, {"event_id": event_id, "event_type": event_type, "entity_id": entity_id,
+                                  "payload": canonical(payload), "created_at": ts})
     return event_id
 
 

@@ -359,8 +359,10 @@ class Engines:
     RETRY_SECONDS = 2.0
 
     def __init__(self, credentials_root: Path, synchronous: str = "FULL", create_schema: bool = True,
-                 acquire_seconds: float = 30.0, write_timeout: float = 5.0):
+                 acquire_seconds: float = 30.0, write_timeout: float = 5.0, group_commit: bool = True):
         self.credentials_root = credentials_root
+        self.group_commit = group_commit
+        self._changes: dict[str, object] = {}
         self.write_timeout = write_timeout
         self.synchronous = synchronous
         self.create_schema = create_schema
@@ -410,7 +412,10 @@ class Engines:
                 write.dispose()
                 raise
             read = sqlite_read_engine(shard.sqlite_path, self.acquire_seconds)
-            return SerializedWrites(write, shard.name, self.acquire_seconds), read, read
+            from api_services.group_commit import GroupCommitWrites
+
+            kind = GroupCommitWrites if self.group_commit else SerializedWrites
+            return kind(write, shard.name, self.acquire_seconds), read, read
         if shard.engine == "postgres":
             base = sa.create_engine(postgres_url(shard, self.credentials_root), pool_pre_ping=True,
                                     pool_timeout=self.write_timeout)
@@ -459,6 +464,15 @@ class Engines:
     def reporting(self, shard: str) -> Engine:
         """KPI and admin reads: the read-only Service (AG readable secondary) in the cluster."""
         return self._get(shard, 3)
+
+    def changes(self, shard: str):
+        """The shard's committed-write signal (kept across engine rebuilds): workers wake on it."""
+        signal = self._changes.get(shard)
+        if signal is None:
+            from api_services.group_commit import Changes
+
+            signal = self._changes.setdefault(shard, Changes())
+        return signal
 
     def failure(self, shard: str) -> str | None:
         """Why a shard's engines could not be built, or None when they are."""

@@ -93,19 +93,17 @@ class EdgeMiddleware:
                 if not state["started"]:
                     await self._error(send_wrapper, 500, "internal_error", "internal error", ctx.request_id)
             finally:
+                elapsed = time.perf_counter() - started  # the request's one timing point
                 route = scope.get("route")
                 label = getattr(route, "path", None) or (self.route_label(scope["path"]) if self.route_label else "unmatched")
                 status = state["status"]
-                span.update_name(f"{method} {label}")
-                span.set_attribute("http.request.method", method)
-                span.set_attribute("http.route", label)
-                span.set_attribute("http.response.status_code", status)
-                span.set_attribute("pim.request_id", ctx.request_id)
-                span.set_attribute("pim.persona", ctx.persona)
-                span.set_attribute("pim.shard", ctx.shard)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                elapsed = time.perf_counter() - started
+                if span.is_recording():  # a sampled-out span: nothing to describe
+                    span.update_name(f"{method} {label}")
+                    span.set_attributes({"http.request.method": method, "http.route": label,
+                                         "http.response.status_code": status, "pim.request_id": ctx.request_id,
+                                         "pim.persona": ctx.persona, "pim.shard": ctx.shard})
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
                 observe_request(self.service, label, method, ctx.persona, ctx.shard, status, elapsed, trace_id)
                 if label not in _QUIET or status >= 400:
                     log.info("request", extra={"method": method, "route": label, "status": status,

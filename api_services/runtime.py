@@ -76,7 +76,8 @@ class Runtime:
             ensure_embedded_map(settings.shard_map_file, settings.data_dir, settings.shard_count)
         self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous,
                                acquire_seconds=settings.shard_acquire_seconds,
-                               write_timeout=settings.db_write_timeout_seconds) if with_db else None
+                               write_timeout=settings.db_write_timeout_seconds,
+                               group_commit=settings.sqlite_group_commit) if with_db else None
         self.watcher = ShardMapWatcher(settings.shard_map_file, on_change=self._map_changed)
         self._map_changed(self.watcher.current)
         self.auth = Authenticator(settings)

@@ -61,23 +61,47 @@ _STD_ATTRS = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"m
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with correlation ids, and every string field redacted."""
+    """One JSON object per line, with correlation ids, and every string field redacted.
+
+    Built once per record, by the one handler. The short strings a log line repeats (messages,
+    routes, methods, service names) are redacted once and remembered; so is the timestamp's second."""
+
+    _CACHE_MAX = 2048
+    _SHORT = 64
+
+    def __init__(self):
+        super().__init__()
+        self._redacted: dict[str, str] = {}
+        self._second = (-1, "")
+
+    def _redact(self, text: str) -> str:
+        if len(text) > self._SHORT:
+            return redact(text)
+        out = self._redacted.get(text)
+        if out is None:
+            if len(self._redacted) >= self._CACHE_MAX:
+                self._redacted.clear()
+            out = self._redacted[text] = redact(text)
+        return out
 
     def format(self, record: logging.LogRecord) -> str:
         ctx = current_context()
         trace_id, span_id = trace_ids()
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         out = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": self._redact(record.getMessage()),
             "trace_id": trace_id, "span_id": span_id,
             "request_id": ctx.request_id, "correlation_id": ctx.correlation_id, "user_id": ctx.user_id,
             "persona": ctx.persona, "shard": ctx.shard,
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and key not in out and key != "color_message":
-                out[key] = redact(value) if isinstance(value, str) else value
+                out[key] = self._redact(value) if isinstance(value, str) else value
         if record.exc_info:
             out["exception"] = redact(self.formatException(record.exc_info))[-2000:]
         return json.dumps(out, default=str)
@@ -107,6 +131,8 @@ HTTP_DURATION = Histogram("pim_http_request_duration_seconds", "HTTP request lat
                           LABELS, buckets=LATENCY_BUCKETS, registry=REGISTRY)
 DB_TX_DURATION = Histogram("pim_db_transaction_duration_seconds", "Duration of one write transaction.",
                            ("shard", "action"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+GROUP_COMMIT_WRITES = Histogram("pim_group_commit_writes", "Writes made durable by one SQLite group commit.",
+                                ("shard",), buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
 SHARD_MAP_VERSION = Gauge("pim_shard_map_version", "Version of the shard map in use.", registry=REGISTRY)
 OUTBOX_PUBLISHED = Counter("pim_outbox_published_events", "Outbox events relayed to the event stream.",
                            ("shard",), registry=REGISTRY)
@@ -163,12 +189,26 @@ RATE_LIMITED = Counter("pim_rate_limited_requests", "Requests refused by the rat
                        registry=REGISTRY)
 
 
-def observe_request(service: str, route: str, method: str, persona: str, shard: str, status: int,
-                    seconds: float, trace_id: str) -> None:
-    labels = (service, route, method, persona, shard, str(status))
-    exemplar = {"trace_id": trace_id} if trace_id else None
-    HTTP_REQUESTS.labels(*labels).inc(exemplar=exemplar)
-    HTTP_DURATION.labels(*labels).observe(seconds, exemplar=exemplar)
+class RequestMetrics:
+    """The RED series of a request, with their children bound once per label set: `.labels()`
+    builds and hashes the label tuple under a lock, twice per request, for the same few sets."""
+
+    def __init__(self):
+        self._children: dict[tuple, tuple] = {}
+
+    def observe(self, service: str, route: str, method: str, persona: str, shard: str, status: int,
+                seconds: float, trace_id: str) -> None:
+        key = (service, route, method, persona, shard, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (service, route, method, persona, shard, str(status))
+            children = self._children.setdefault(key, (HTTP_REQUESTS.labels(*labels), HTTP_DURATION.labels(*labels)))
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        children[0].inc(exemplar=exemplar)
+        children[1].observe(seconds, exemplar=exemplar)
+
+
+observe_request = RequestMetrics().observe
 
 
 # ---- traces -----------------------------------------------------------------------------------
@@ -177,12 +217,18 @@ _tracer_ready = False
 
 
 def setup_tracing(service_name: str, otlp_endpoint: str | None) -> None:
-    """Spans are always recorded (ids feed logs and exemplars); exported only when OTLP is set."""
+    """Trace ids always exist (they feed logs, response headers and exemplars); spans are recorded
+    only when they can be exported. With OTLP set, the sampler is the SDK's, from
+    `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` (default: every trace); without it, no span
+    is built at all, since each would be dropped: a non-recording span still carries its ids."""
     global _tracer_ready
     if _tracer_ready:
         return
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
     provider = TracerProvider(resource=Resource.create({"service.name": f"pim-{service_name}",
-                                                        "service.namespace": "pim-sre-lab"}))
+                                                        "service.namespace": "pim-sre-lab"}),
+                              sampler=None if otlp_endpoint else ALWAYS_OFF)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from api_services.audit import now_iso
 from api_services.db import idempotency_keys
 from api_services.errors import ApiError, Conflict, Unavailable
+from api_services.group_commit import transact
 from api_services.telemetry import DB_TX_DURATION, tracer
 
 log = logging.getLogger("pim.transactions")
@@ -74,13 +75,18 @@ def _cutoff(ttl_seconds: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=ttl_seconds)).isoformat(timespec="microseconds")
 
 
+# Built once: a statement built per call cost more CPU than executing it.
+_KEY = (idempotency_keys.c.user_id == sa.bindparam("u"), idempotency_keys.c.key == sa.bindparam("k"))
+_SELECT_KEY = sa.select(idempotency_keys).where(*_KEY)
+_DELETE_KEY = idempotency_keys.delete().where(*_KEY)
+_INSERT_KEY = idempotency_keys.insert()
+
+
 def _stored(conn, user_id: str, key: str, ttl_seconds: float = DEFAULT_TTL_SECONDS):
     """The live record of (caller, key); an expired one is deleted and reads as absent."""
-    row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.user_id == user_id,
-                                                         idempotency_keys.c.key == key)).first()
+    row = conn.execute(_SELECT_KEY, {"u": user_id, "k": key}).first()
     if row is not None and row.created_at < _cutoff(ttl_seconds):
-        conn.execute(idempotency_keys.delete().where(idempotency_keys.c.user_id == user_id,
-                                                     idempotency_keys.c.key == key))
+        conn.execute(_DELETE_KEY, {"u": user_id, "k": key})
         return None
     return row
 
@@ -102,24 +108,27 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
 
     `idempotency_key` is the key's digest: the record is kept in this transaction."""
     started = time.perf_counter()
+
+    def transaction(conn) -> tuple[int, dict, bool]:
+        if idempotency_key:
+            row = _stored(conn, user_id, idempotency_key, ttl_seconds)
+            if row is not None and row.status_code != PENDING:
+                return _replay(row, req_hash)
+            if row is not None:  # our own pending reservation (home == this shard)
+                if row.request_hash != req_hash:
+                    raise _reused()
+                conn.execute(_DELETE_KEY, {"u": user_id, "k": idempotency_key})
+        body = fn(conn)
+        if idempotency_key:
+            conn.execute(_INSERT_KEY, {"user_id": user_id, "key": idempotency_key, "request_hash": req_hash,
+                                       "status_code": status, "response": json.dumps(body, default=str),
+                                       "created_at": now_iso()})
+        return status, body, False
+
     with tracer().start_as_current_span("repository.transaction", attributes={
             "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action}):
         try:
-            with engine.begin() as conn:
-                if idempotency_key:
-                    row = _stored(conn, user_id, idempotency_key, ttl_seconds)
-                    if row is not None and row.status_code != PENDING:
-                        return _replay(row, req_hash)
-                    if row is not None:  # our own pending reservation (home == this shard)
-                        if row.request_hash != req_hash:
-                            raise _reused()
-                        conn.execute(idempotency_keys.delete().where(idempotency_keys.c.user_id == user_id,
-                                                                     idempotency_keys.c.key == idempotency_key))
-                body = fn(conn)
-                if idempotency_key:
-                    conn.execute(idempotency_keys.insert().values(
-                        user_id=user_id, key=idempotency_key, request_hash=req_hash, status_code=status,
-                        response=json.dumps(body, default=str), created_at=now_iso()))
+            return transact(engine, transaction)
         except IntegrityError:
             if not idempotency_key:
                 raise
@@ -134,7 +143,6 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
             raise unavailable(shard, exc) from exc
         finally:
             DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
-    return status, body, False
 
 
 def _reserve(engine, shard: str, user_id: str, key: str, req_hash: str, ttl: float) -> tuple[int, dict, bool] | None:
@@ -177,12 +185,16 @@ def write(rt, shard: str, action: str, fn: Callable, *, status: int, user_id: st
     """A write on `shard`, with the caller's Idempotency-Key honoured across every shard."""
     ttl = rt.settings.idempotency_ttl_seconds
     if not idempotency_key:
-        return run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id, ttl_seconds=ttl)
+        out = run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id, ttl_seconds=ttl)
+        rt.engines.changes(shard).bump()  # wakes the relay
+        return out
     key = key_digest(idempotency_key)
     home = rt.idempotency_home(user_id, key)
     if home == shard:
-        return run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id,
-                         idempotency_key=key, req_hash=req_hash, ttl_seconds=ttl)
+        out = run_write(rt.write_engine(shard), shard, action, fn, status=status, user_id=user_id,
+                        idempotency_key=key, req_hash=req_hash, ttl_seconds=ttl)
+        rt.engines.changes(shard).bump()
+        return out
     home_engine = rt.write_engine(home)
     first = _reserve(home_engine, home, user_id, key, req_hash, ttl)
     if first is not None:
@@ -194,6 +206,7 @@ def write(rt, shard: str, action: str, fn: Callable, *, status: int, user_id: st
         if exc.status < 500:  # refused: the key is not consumed (as on a single shard)
             _settle(home_engine, user_id, key, req_hash, None)
         raise
+    rt.engines.changes(shard).bump()
     _settle(home_engine, user_id, key, req_hash, (out[0], out[1]))
     return out
 

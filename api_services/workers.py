@@ -37,6 +37,15 @@ def worker_id(role: str) -> str:
     return f"{role}:{socket.gethostname()}:{os.getpid()}"
 
 
+# The workers' statements, built once.
+_PENDING = (sa.select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id)
+            .limit(sa.bindparam("batch")).with_hint(outbox, "WITH (UPDLOCK, READPAST, ROWLOCK)", dialect_name="mssql"))
+_KNOWN = sa.select(event_stream.c.event_id).where(event_stream.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+_APPEND = event_stream.insert()
+_PUBLISHED = (outbox.update().where(outbox.c.id.in_(sa.bindparam("ids", expanding=True)), outbox.c.published_at.is_(None))
+              .values(published_at=sa.bindparam("ts"), claimed_by=sa.bindparam("me"), claimed_at=sa.bindparam("at")))
+
+
 def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
     """Move a batch of unpublished outbox rows to the event stream in ONE transaction.
 
@@ -50,45 +59,53 @@ def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
     """
     with tracer().start_as_current_span("outbox.relay", attributes={"pim.shard": shard}) as span:
         with engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(batch)
-                .with_hint(outbox, "WITH (UPDLOCK, READPAST, ROWLOCK)", dialect_name="mssql")).mappings().all()
+            rows = conn.execute(_PENDING, {"batch": batch}).all()
             if not rows:
                 return 0
             span.set_attribute("pim.batch", len(rows))
-            known = set(conn.execute(sa.select(event_stream.c.event_id)
-                                     .where(event_stream.c.event_id.in_([r["event_id"] for r in rows]))).scalars())
+            known = set(conn.execute(_KNOWN, {"ids": [r.event_id for r in rows]}).scalars())
             ts = now_iso()
-            fresh = [{"event_id": r["event_id"], "event_type": r["event_type"], "payload": r["payload"],
-                      "published_at": ts} for r in rows if r["event_id"] not in known]
+            fresh = [{"event_id": r.event_id, "event_type": r.event_type, "payload": r.payload,
+                      "published_at": ts} for r in rows if r.event_id not in known]
             if fresh:
-                conn.execute(event_stream.insert(), fresh)
-            conn.execute(outbox.update().where(outbox.c.id.in_([r["id"] for r in rows]),
-                                               outbox.c.published_at.is_(None))
-                         .values(published_at=ts, claimed_by=me, claimed_at=time.time()))
+                conn.execute(_APPEND, fresh)
+            conn.execute(_PUBLISHED, {"ids": [r.id for r in rows], "ts": ts, "me": me, "at": time.time()})
     OUTBOX_PUBLISHED.labels(shard).inc(len(rows))
     return len(rows)
 
 
+_CHECKPOINT = sa.select(sa.func.max(processed_events.c.position)).where(processed_events.c.consumer == CONSUMER)
+_UNPROCESSED = (sa.select(event_stream)
+                .where(event_stream.c.position > sa.bindparam("floor"),
+                       ~sa.exists(sa.select(processed_events.c.event_id)
+                                  .where(processed_events.c.consumer == CONSUMER,
+                                         processed_events.c.event_id == event_stream.c.event_id)))
+                .order_by(event_stream.c.position).limit(sa.bindparam("batch")))
+_MARK_PROCESSED = processed_events.insert()
+
+
 def project_once(engine, shard: str, batch: int = BATCH) -> int:
+    """Apply a batch of stream events to the KPIs, exactly once: the ledger rows (one executemany)
+    and the batch's summed KPI deltas (one update per KPI) commit together."""
     with engine.begin() as conn:
-        checkpoint = conn.execute(sa.select(sa.func.max(processed_events.c.position))
-                                  .where(processed_events.c.consumer == CONSUMER)).scalar() or 0
-        done = sa.select(processed_events.c.event_id).where(processed_events.c.consumer == CONSUMER,
-                                                            processed_events.c.event_id == event_stream.c.event_id)
-        rows = conn.execute(sa.select(event_stream)
-                            .where(event_stream.c.position > checkpoint - REORDER_WINDOW, ~sa.exists(done))
-                            .order_by(event_stream.c.position).limit(batch)).mappings().all()
+        checkpoint = conn.execute(_CHECKPOINT).scalar() or 0
+        rows = conn.execute(_UNPROCESSED, {"floor": checkpoint - REORDER_WINDOW, "batch": batch}).all()
         if not rows:
             return 0
         with tracer().start_as_current_span("projection.apply", attributes={"pim.shard": shard,
                                                                             "pim.batch": len(rows)}):
             ts = now_iso()
+            conn.execute(_MARK_PROCESSED, [{"consumer": CONSUMER, "event_id": row.event_id, "position": row.position,
+                                            "processed_at": ts} for row in rows])
+            totals: dict[str, int] = {}
+            types: dict[str, int] = {}
             for row in rows:
-                conn.execute(processed_events.insert().values(consumer=CONSUMER, event_id=row["event_id"],
-                                                              position=row["position"], processed_at=ts))
-                kpis.apply(conn, kpis.deltas(row["event_type"], json.loads(row["payload"])))
-                PROJECTED.labels(shard, row["event_type"]).inc()
+                for kpi, delta in kpis.deltas(row.event_type, json.loads(row.payload)).items():
+                    totals[kpi] = totals.get(kpi, 0) + delta
+                types[row.event_type] = types.get(row.event_type, 0) + 1
+            kpis.apply(conn, totals)
+    for event_type, n in types.items():
+        PROJECTED.labels(shard, event_type).inc(n)
     return len(rows)
 
 
@@ -130,9 +147,16 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class ShardWorker(threading.Thread):
-    """One role on one shard: `step(engine, shard)` in a loop, with backoff while it fails."""
+    """One role on one shard: `step(engine, shard)` whenever there may be work, with backoff while it fails.
+
+    Event-driven, not a hot poll: after a step that found nothing the worker sleeps until a write
+    commits on the shard (`Engines.changes`, bumped by request writes and by the other role's
+    steps) or, for writers in other processes, until an idle timeout that doubles up to
+    `IDLE_MAX` seconds. After a step that moved a partial batch it waits `interval` so events
+    accumulate into fewer, larger transactions (each an fsync under the shard's write lock)."""
 
     BACKOFF_MAX = 5.0
+    IDLE_MAX = 2.0
 
     def __init__(self, role: str, shard: str, runtime, step, interval: float, batch: int = BATCH):
         super().__init__(name=f"{role}:{shard}", daemon=True)
@@ -142,17 +166,14 @@ class ShardWorker(threading.Thread):
 
     def run(self) -> None:
         health = self.runtime.worker_health
-        backoff = self.interval
+        changes = self.runtime.engines.changes(self.shard)
+        backoff, idle = self.interval, self.interval
         while not self.stop_event.is_set():
+            seen = changes.generation
             try:
-                # Only a full batch means a backlog worth looping for at once; otherwise wait the
-                # interval so events accumulate into fewer, larger transactions (each one is an
-                # fsync under the shard's write lock, in the way of request writes).
-                busy = self.step(self.runtime.engines.write(self.shard), self.shard) >= self.batch
+                moved = self.step(self.runtime.engines.write(self.shard), self.shard)
                 health.ok(self.role, self.shard)
                 backoff = self.interval
-                if not busy:
-                    self.stop_event.wait(self.interval)
             except Exception as exc:  # reported and retried: a worker never dies of a shard's fault
                 reason = describe_failure(exc)
                 health.failed(self.role, self.shard, reason)
@@ -162,9 +183,19 @@ class ShardWorker(threading.Thread):
                                    "retry_in_s": round(backoff, 2)})
                 self.stop_event.wait(backoff)
                 backoff = min(self.BACKOFF_MAX, backoff * 2)
+                continue
+            if moved:
+                changes.bump()  # the relay's appends are the projection's work, and so on
+                idle = self.interval
+                if moved < self.batch:
+                    self.stop_event.wait(self.interval)
+            else:
+                changes.wait(seen, idle)
+                idle = min(self.IDLE_MAX, idle * 2)
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.runtime.engines.changes(self.shard).bump()  # out of its wait at once
 
 
 class WorkerPool(threading.Thread):

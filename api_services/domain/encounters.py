@@ -115,6 +115,9 @@ def for_patient(conn, patient_id: str) -> list[dict]:
     return [snapshot(conn, i) for i in ids_]
 
 
+_INSERT_ENCOUNTER = encounters.insert()
+
+
 def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
     ts = now_iso()
     row = {"encounter_id": encounter_id, "patient_id": data.patient_id, "provider_id": data.provider_id,
@@ -122,7 +125,7 @@ def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
            "scheduled_for": data.scheduled_for.astimezone(timezone.utc).isoformat(),
            "reason": data.reason, "status": "booked", "notes": None, "version": 1,
            "created_at": ts, "updated_at": ts}
-    conn.execute(encounters.insert().values(**row))
+    conn.execute(_INSERT_ENCOUNTER, row)
     after = {**row, "diagnoses": [], "procedures": [], "medications": []}
     record_write(conn, actor, action="encounter.book", entity="encounter", entity_id=encounter_id, version=1,
                  before=None, after=after, event_type="encounter.booked")

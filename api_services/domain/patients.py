@@ -47,8 +47,11 @@ class PatientCreated(BaseModel):
     status: Literal["created"] = "created"
 
 
+_PATIENT = sa.select(patients).where(patients.c.patient_id == sa.bindparam("id"))
+
+
 def snapshot(conn, patient_id: str) -> dict | None:
-    row = conn.execute(sa.select(patients).where(patients.c.patient_id == patient_id)).mappings().first()
+    row = conn.execute(_PATIENT, {"id": patient_id}).mappings().first()
     return dict(row) if row else None
 
 

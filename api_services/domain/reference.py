@@ -29,12 +29,16 @@ def list_facilities(conn) -> list[dict]:
     return [dict(r) for r in conn.execute(sa.select(facilities).order_by(facilities.c.facility_id)).mappings()]
 
 
+_PROVIDER = sa.select(providers.c.provider_id).where(providers.c.provider_id == sa.bindparam("id"))
+_FACILITY = sa.select(facilities.c.facility_id).where(facilities.c.facility_id == sa.bindparam("id"))
+
+
 def provider_exists(conn, provider_id: str) -> bool:
-    return conn.execute(sa.select(providers.c.provider_id).where(providers.c.provider_id == provider_id)).first() is not None
+    return conn.execute(_PROVIDER, {"id": provider_id}).first() is not None
 
 
 def facility_exists(conn, facility_id: str) -> bool:
-    return conn.execute(sa.select(facilities.c.facility_id).where(facilities.c.facility_id == facility_id)).first() is not None
+    return conn.execute(_FACILITY, {"id": facility_id}).first() is not None
 
 
 def snapshot_provider(conn, provider_id: str) -> dict | None:

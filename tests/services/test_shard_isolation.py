@@ -169,9 +169,16 @@ def test_a_worker_thread_that_dies_is_restarted_by_its_supervisor():
         done.set()
         return 0
 
+    from api_services.group_commit import Changes
+
     class FakeEngines:
+        signal = Changes()
+
         def write(self, _shard):
             return None
+
+        def changes(self, _shard):
+            return self.signal
 
     class FakeRuntime:
         engines, worker_health = FakeEngines(), WorkerHealth()
