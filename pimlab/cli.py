@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster_cli.add_commands(sub)
     cluster_cli.add_lab_commands(sub)
+    cluster_cli.add_gitops_commands(sub)
     operator_cli.add_commands(sub)
     services_cli.add_commands(sub)
     load_cli.add_commands(sub)
