@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator flux dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down gitops gitops-down test bench bench-booking bench-operator bench-load clean
+.PHONY: help deps venv controlplane prometheus-operator flux dashboards image cluster-up cluster-down cluster-status crds golden lab lab-down gitops gitops-down up down test bench bench-booking bench-operator bench-load clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -75,6 +75,14 @@ gitops: cluster-up flux ## the lab from Git: a Git server on loopback serving th
 
 gitops-down: venv ## stop Flux, the Git server, the operator and the control plane (what lab-down does)
 	$(PIMLAB) lab down
+
+up: venv ## with Docker and kind: kind cluster A, the image built and loaded, the lab (FORK=<git url>: Flux from your fork); without Docker: `make lab`
+	@if $(PIMLAB) kind check $(if $(FORK),--fork $(FORK)); then \
+	  $(PIMLAB) kind up $(if $(FORK),--fork $(FORK)); \
+	else echo "make up: running \`make lab\` (the local cluster) instead"; $(MAKE) lab; fi
+
+down: venv ## delete the kind cluster (without Docker: `make lab-down`)
+	@if $(PIMLAB) kind check >/dev/null; then $(PIMLAB) kind down; else $(MAKE) lab-down; fi
 
 test: deps controlplane prometheus-operator flux image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
