@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover flux gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ image: deps venv ## build the node's images (pause, CoreDNS, local-path, the pro
 prometheus-operator: venv ## compile prometheus-operator, its config reloader and Prometheus once into ~/.cache/pimlab (Go module proxy)
 	$(PY) -m pimlab.cluster.prometheus_operator_build
 
+flux: venv ## compile Flux's source-controller and kustomize-controller once into ~/.cache/pimlab (Go module proxy)
+	$(PY) -m pimlab.cluster.flux_build
+
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
 	$(PY) -m pimlab.dashboards
 
@@ -67,7 +70,21 @@ lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down
 
-test: deps controlplane prometheus-operator image ## run the test suite (starts the control plane if it is not running)
+gitops: cluster-up flux ## the lab from Git: a Git server on loopback serving this tree's HEAD, Flux reconciling it
+	$(PIMLAB) gitops up
+
+gitops-down: venv ## stop Flux, the Git server, the operator and the control plane (what lab-down does)
+	$(PIMLAB) lab down
+
+up: venv ## with Docker and kind: kind cluster A, the image built and loaded, the lab (FORK=<git url>: Flux from your fork); without Docker: `make lab`
+	@if $(PIMLAB) kind check $(if $(FORK),--fork $(FORK)); then \
+	  $(PIMLAB) kind up $(if $(FORK),--fork $(FORK)); \
+	else echo "make up: running \`make lab\` (the local cluster) instead"; $(MAKE) lab; fi
+
+down: venv ## delete the kind cluster (without Docker: `make lab-down`)
+	@if $(PIMLAB) kind check >/dev/null; then $(PIMLAB) kind down; else $(MAKE) lab-down; fi
+
+test: deps controlplane prometheus-operator flux image ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve

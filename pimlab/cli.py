@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pimlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from api_services import cli as services_cli
+    from pimlab import kind as kind_cli
     from pimlab.cluster import cli as cluster_cli
     from pimlab_load import cli as load_cli
     from pimlab.instance import cli as instance_cli
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster_cli.add_commands(sub)
     cluster_cli.add_lab_commands(sub)
+    cluster_cli.add_gitops_commands(sub)
+    kind_cli.add_commands(sub)
     operator_cli.add_commands(sub)
     services_cli.add_commands(sub)
     load_cli.add_commands(sub)

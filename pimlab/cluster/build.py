@@ -17,7 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 KUBERNETES_VERSION = "v1.34.4"
 KWOK_VERSION = "v0.7.0"
@@ -52,6 +54,23 @@ def go(args: list[str], cwd: Path, log) -> None:
     proc = subprocess.run(["go", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"go {args[0]} failed in {cwd} (exit {proc.returncode}); see {log.name}")
+
+
+def build_once(directory: Path, done: Callable[[], bool], build_missing: Callable[[], None],
+               what: str, log) -> None:
+    """`build_missing()` under `directory`'s build lock unless `done()`: two builds at once (a
+    test run and `make lab`) would race on the same wrapper module and outputs."""
+    if done():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done():
+            return
+        started = time.monotonic()
+        print(f"building {what} (once)", file=log, flush=True)
+        build_missing()
+        print(f"built {what} in {time.monotonic() - started:.0f} s", file=log, flush=True)
 
 
 def _staging_replaces(work: Path, log) -> list[str]:

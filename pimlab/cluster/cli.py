@@ -50,12 +50,17 @@ def _build(args) -> int:
     return 0
 
 
+def _tree_command(sub, name: str, help: str):
+    """A command acting on one working tree's local cluster (`--root`); returns its actions."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("--root", default=".", help="working tree whose .lab/ holds the state")
+    return command.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
 def add_commands(sub) -> None:
-    cluster = sub.add_parser("cluster", help="the local Kubernetes cluster (etcd, apiserver, "
-                             "controller-manager, scheduler, kwok nodes and, where containers "
-                             "can run, a real node; PIMLAB_NODE=auto|real|kwok)")
-    cluster.add_argument("--root", default=".", help="working tree whose .lab/ holds the state")
-    actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = _tree_command(sub, "cluster", "the local Kubernetes cluster (etcd, apiserver, "
+                            "controller-manager, scheduler, kwok nodes and, where containers "
+                            "can run, a real node; PIMLAB_NODE=auto|real|kwok)")
     actions.add_parser("up", help="build if needed, start, wait for Ready nodes").set_defaults(func=_up)
     actions.add_parser("down", help="stop every process and remove the state").set_defaults(func=_down)
     actions.add_parser("status", help="which components run").set_defaults(func=_status)
@@ -102,18 +107,72 @@ def _lab_down(args) -> int:
     from pimlab.cluster.local_lab import LocalLab
 
     LocalLab(args.root).down()
-    print("operator and control plane stopped")
+    print("operator, Flux and its Git server (if they ran) and control plane stopped")
     return 0
 
 
 def add_lab_commands(sub) -> None:
-    lab = sub.add_parser("lab", help="the whole lab on the local control plane")
-    lab.add_argument("--root", default=".", help="working tree whose .lab/ holds the state")
-    actions = lab.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = _tree_command(sub, "lab", "the whole lab on the local control plane")
     up = actions.add_parser("up", help="control plane, CRDs, operator, samples")
     up.add_argument("--no-samples", action="store_true", help="do not apply samples/")
     up.add_argument("--wait", type=int, default=180, help="seconds to wait for the sample Lab")
     up.add_argument("--local-operator", action="store_true",
                     help="run the operator as a local process (development), not as a pod")
     up.set_defaults(func=_lab_up)
-    actions.add_parser("down", help="stop the operator and the control plane").set_defaults(func=_lab_down)
+    actions.add_parser("down", help="stop the operator, Flux if it runs, and the control plane").set_defaults(func=_lab_down)
+
+
+def _gitops_up(args) -> int:
+    from pimlab.cluster.gitops import GitOps
+    from pimlab_operator.render import project_home
+
+    ops = GitOps(args.root)
+    try:
+        ops.up(project_home())
+        if not args.no_wait:
+            ops.say("waiting for Flux to apply the sample lab and for the Lab to be Ready (pim-lab)")
+            ops.wait_ready("pim-lab", timeout=args.wait)
+    except (ClusterError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(ops.status())
+    print(f"\nFlux reconciles the lab from {ops.layout.lab / 'gitops/git'}. Deliver a commit:\n"
+          "  git commit ... && pimlab gitops sync\n"
+          f"  export KUBECONFIG={ops.layout.kubeconfig} PATH={ops.layout.bin}:$PATH\n"
+          "  kubectl get gitrepositories,kustomizations -n flux-system\n"
+          "Stop everything with `make gitops-down` (or `make lab-down`).")
+    return 0
+
+
+def _gitops_sync(args) -> int:
+    from pimlab.cluster.gitops import GitOps
+    from pimlab_operator.render import project_home
+
+    ops = GitOps(args.root)
+    try:
+        commit = ops.publish(project_home(), args.ref)
+        ops.reconcile()
+    except (ClusterError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"serving {args.ref} ({commit[:12]}); source-controller asked to fetch it now")
+    return 0
+
+
+def _gitops_status(args) -> int:
+    from pimlab.cluster.gitops import GitOps
+
+    print(GitOps(args.root).status())
+    return 0
+
+
+def add_gitops_commands(sub) -> None:
+    actions = _tree_command(sub, "gitops", "the lab delivered from Git by Flux on the local cluster")
+    up = actions.add_parser("up", help="cluster, Git server, Flux, bootstrap from this tree's HEAD")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for the sample Lab")
+    up.add_argument("--wait", type=int, default=300, help="seconds to wait for pim-lab")
+    up.set_defaults(func=_gitops_up)
+    sync = actions.add_parser("sync", help="serve a commit of this tree as main and reconcile now")
+    sync.add_argument("ref", nargs="?", default="HEAD")
+    sync.set_defaults(func=_gitops_sync)
+    actions.add_parser("status", help="processes, GitRepository and Kustomizations").set_defaults(func=_gitops_status)

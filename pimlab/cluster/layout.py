@@ -63,6 +63,12 @@ class Ports:
     controller_manager: int = 16257
     scheduler: int = 16259
     kwok: int = 16260
+    # GitOps (pimlab.cluster.gitops): the Git server, source-controller's artifact server and
+    # the two Flux controllers' health endpoints
+    git_http: int = 16270
+    flux_artifacts: int = 16271
+    flux_source_health: int = 16272
+    flux_kustomize_health: int = 16273
 
     @classmethod
     def from_env(cls) -> "Ports":

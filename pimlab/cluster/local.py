@@ -238,6 +238,9 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component this tree started, take the node apart, delete the state."""
+        from pimlab.cluster import gitops
+
+        gitops.stop(self.layout, (lambda _: None) if quiet else self.say)
         if self.real_node or node.owner() == str(self.layout.root) or \
                 self.layout.node.exists():
             teardown.teardown_node(self.layout, lambda name: self._stop(name, quiet))

@@ -32,16 +32,22 @@ from pimlab_operator.render import project_home
 OPERATOR_NAMESPACE, OPERATOR_SA = "pim-system", "pimlab-operator"
 
 
-def write_operator_kubeconfig(plane: LocalCluster, path: Path) -> None:
-    """A kubeconfig with the operator ServiceAccount's token, not the admin's certificate, so
-    the operator is held to its own RBAC (clusters/base/operator/rbac.yaml)."""
-    token = plane.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NAMESPACE,
+def write_sa_kubeconfig(plane: LocalCluster, namespace: str, account: str, path: Path) -> None:
+    """A kubeconfig with a ServiceAccount's token, not the admin's certificate, so a local
+    process is held to that account's RBAC."""
+    token = plane.kubectl("create", "token", account, "-n", namespace,
                           "--duration=24h").stdout.strip()
     config = yaml.safe_load(plane.layout.kubeconfig.read_text())
-    config["users"] = [{"name": OPERATOR_SA, "user": {"token": token}}]
-    config["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": OPERATOR_SA}}]
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    config["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": account}}]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
+
+
+def write_operator_kubeconfig(plane: LocalCluster, path: Path) -> None:
+    """The operator's kubeconfig: held to its own RBAC (clusters/base/operator/rbac.yaml)."""
+    write_sa_kubeconfig(plane, OPERATOR_NAMESPACE, OPERATOR_SA, path)
 
 
 def install_operator_rbac(plane: LocalCluster) -> None:

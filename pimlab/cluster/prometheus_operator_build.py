@@ -24,14 +24,12 @@ needs the UI built with npm); the HTTP API, which is what the lab reads, is all 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from pimlab.cluster.build import cache_root, go
+from pimlab.cluster.build import build_once, cache_root, go
 
 VERSION = "v0.85.0"
 MODULE = "github.com/prometheus-operator/prometheus-operator"
@@ -125,18 +123,13 @@ def _ldflags() -> str:
 def build(log=sys.stderr) -> dict[str, Path]:
     """Compile whatever is missing into bin_dir(); return binaries()."""
     target = bin_dir()
-    if is_built():
-        return binaries()
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not is_built():
-            started = time.monotonic()
-            print(f"building prometheus-operator {VERSION} into {target} (once; ~2 min cold)",
-                  file=log, flush=True)
-            _build_missing(target, log)
-            print(f"built prometheus-operator {VERSION} in {time.monotonic() - started:.0f} s",
-                  file=log, flush=True)
+
+    def missing() -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        _build_missing(target, log)
+
+    build_once(target.parent, is_built, missing,
+               f"prometheus-operator {VERSION} into {target} (~2 min cold)", log)
     return binaries()
 
 

@@ -1,0 +1,237 @@
+"""`pimlab gitops`: the lab delivered from Git by a real Flux, on the local cluster.
+
+Up, in order, each step said before it runs:
+1. the local cluster (pimlab.cluster.local);
+2. a bare clone of this tree's HEAD, served on loopback by `git http-backend`
+   (pimlab.cluster.git_server) as branch `main`;
+3. Flux's CRDs (from the built modules), its controllers' namespace, ServiceAccounts and RBAC
+   (templates/flux/controllers.yaml.j2), then source-controller and kustomize-controller as
+   local processes (built by pimlab.cluster.flux_build), each with its ServiceAccount's token;
+4. bootstrap: the GitRepository and Kustomizations of clusters/cluster-a/flux.yaml, with the
+   GitRepository's URL pointed at the loopback server. From here on Flux applies everything
+   from Git: the lab's CRDs, the operator's namespace, RBAC and Deployment, the samples.
+   cluster-a's HelmRepositories/HelmReleases (prometheus-operator's CRDs, Chaos Mesh) are not
+   applied: no helm-controller runs here and no chart repository is reachable;
+5. the operator: its Deployment is Flux's, but kwok only simulates its pod, so the operator
+   runs as a local process with the token of the ServiceAccount Flux created (the RBAC from
+   Git is what it is held to), as `make lab` does.
+
+Every process is recorded in `.lab/cluster/pids/` like the control plane's, and
+`pimlab cluster down` stops them (`stop()`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pimlab.cluster import flux_build
+from pimlab.cluster.layout import HOST, Layout
+from pimlab.cluster.procs import ClusterError, Component, http_ok, pid_alive, port_open, start, terminate
+
+NAMESPACE = "flux-system"
+REPOSITORY = "pim-sre-lab"
+BRANCH = "main"
+LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "gitops"}
+FLUX_MANIFEST = Path("clusters/cluster-a/flux.yaml")
+#: what the local Flux applies from cluster A's file: the Git path, not the Helm one
+GIT_KINDS = ("GitRepository", "Kustomization")
+COMPONENTS = ("git-server", "source-controller", "kustomize-controller")
+
+
+def gitops_dir(layout: Layout) -> Path:
+    return layout.lab / "gitops"
+
+
+def served_repository(layout: Layout) -> Path:
+    """The bare repository the Git server serves; push to it to deliver a commit."""
+    return gitops_dir(layout) / "git" / f"{REPOSITORY}.git"
+
+
+def url(layout: Layout) -> str:
+    return f"http://{HOST}:{layout.ports.git_http}/{REPOSITORY}.git"
+
+
+def binaries() -> dict[str, Path]:
+    return {"git-server": Path(sys.executable), **flux_build.binaries()}
+
+
+def running(layout: Layout) -> dict[str, int]:
+    from pimlab.cluster.procs import running as running_components
+
+    return running_components(layout, binaries())
+
+
+def stop(layout: Layout, say=lambda message: None) -> None:
+    """Stop the Git server and the Flux controllers of this tree (nothing when none runs) and
+    remove their state (the served repository, artifacts, token kubeconfigs)."""
+    for name in reversed(COMPONENTS):
+        try:
+            pid = int(layout.pid(name).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid, binaries()[name]):
+            say(f"stopping {name} (pid {pid})")
+            terminate(pid, binaries()[name])
+        layout.pid(name).unlink(missing_ok=True)
+    shutil.rmtree(gitops_dir(layout), ignore_errors=True)
+
+
+def bootstrap_documents(layout: Layout, home: Path) -> list[dict]:
+    """cluster A's GitRepository and Kustomizations, the GitRepository pointed at the loopback
+    server's `main`."""
+    docs = [d for d in yaml.safe_load_all((home / FLUX_MANIFEST).read_text())
+            if d and d["kind"] in GIT_KINDS]
+    for doc in docs:
+        if doc["kind"] == "GitRepository":
+            doc["spec"]["url"] = url(layout)
+            doc["spec"]["ref"] = {"branch": BRANCH}
+    return docs
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ClusterError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+class GitOps:
+    def __init__(self, root: Path | str = ".", out=sys.stdout):
+        from pimlab.cluster.local_lab import LocalLab
+
+        self.lab = LocalLab(root, out)
+        self.plane = self.lab.plane
+        self.layout = self.plane.layout
+        self.out = out
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def kubectl(self, *args: str, **kwargs):
+        return self.plane.kubectl(*args, **kwargs)
+
+    # -- the Git server ----------------------------------------------------------------------
+
+    def publish(self, source: Path, ref: str = "HEAD") -> str:
+        """Push `ref` of the repository at `source` to the served repository's `main`; return
+        the commit served."""
+        repo = served_repository(self.layout)
+        if not (repo / "HEAD").exists():
+            repo.mkdir(parents=True, exist_ok=True)
+            git("init", "--quiet", "--bare", str(repo))
+            git("symbolic-ref", "HEAD", f"refs/heads/{BRANCH}", cwd=repo)
+        git("push", "--quiet", "--force", str(repo), f"{ref}:refs/heads/{BRANCH}", cwd=source)
+        return git("rev-parse", BRANCH, cwd=repo)
+
+    def git_server(self) -> Component:
+        root = served_repository(self.layout).parent
+        return Component("git-server", Path(sys.executable),
+                         ["-m", "pimlab.cluster.git_server", "--root", str(root),
+                          "--port", str(self.layout.ports.git_http)],
+                         healthy=lambda: port_open(self.layout.ports.git_http))
+
+    # -- Flux --------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Flux's CRDs, and its controllers' namespace, ServiceAccounts and RBAC."""
+        from pimlab_operator.render import render
+
+        files = flux_build.crd_files()
+        self.say(f"installing Flux's CRDs ({len(files)}, from the built modules)")
+        for path in files:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *[f"crd/{yaml.safe_load(p.read_text())['metadata']['name']}" for p in files])
+        role = yaml.safe_load((flux_build.module_dir("source-controller")
+                               / "config/rbac/role.yaml").read_text())
+        self.say(f"installing the controllers' namespace {NAMESPACE}, ServiceAccounts and RBAC")
+        docs = render("flux/controllers.yaml.j2", namespace=NAMESPACE, labels=LABELS,
+                      source_rules=role["rules"])
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     input=yaml.safe_dump_all(docs))
+
+    def controllers(self) -> list[Component]:
+        from pimlab.cluster.local_lab import write_sa_kubeconfig
+
+        ports, state = self.layout.ports, gitops_dir(self.layout)
+        artifacts = state / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        found = []
+        for name, health, extra in (
+            ("source-controller", ports.flux_source_health,
+             [f"--storage-path={artifacts}", f"--storage-addr={HOST}:{ports.flux_artifacts}",
+              f"--storage-adv-addr={HOST}:{ports.flux_artifacts}"]),
+            ("kustomize-controller", ports.flux_kustomize_health,
+             # dependsOn re-checked every 5 s, not 30: a commit reaches pim-lab sooner
+             ["--no-remote-bases=true", "--requeue-dependency=5s"]),
+        ):
+            kubeconfig = state / f"{name}.kubeconfig"
+            write_sa_kubeconfig(self.plane, NAMESPACE, name, kubeconfig)
+            found.append(Component(
+                name, flux_build.binaries()[name],
+                ["--metrics-addr=0", f"--health-addr={HOST}:{health}",
+                 "--enable-leader-election=false", "--log-encoding=console", *extra],
+                healthy=lambda health=health: http_ok(f"http://{HOST}:{health}/readyz"),
+                timeout=120, env={"KUBECONFIG": str(kubeconfig), "RUNTIME_NAMESPACE": NAMESPACE}))
+        return found
+
+    def bootstrap(self, home: Path) -> None:
+        self.say(f"bootstrapping: {FLUX_MANIFEST}'s GitRepository and Kustomizations, "
+                 f"the source at {url(self.layout)} (branch {BRANCH})")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     input=yaml.safe_dump_all(bootstrap_documents(self.layout, home)))
+
+    def reconcile(self) -> None:
+        """Ask source-controller to fetch now (what `flux reconcile source git` does); the
+        Kustomizations follow a new revision by themselves."""
+        self.kubectl("annotate", "--overwrite", "-n", NAMESPACE, f"gitrepository/{REPOSITORY}",
+                     f"reconcile.fluxcd.io/requestedAt={time.time_ns()}")
+
+    def wait_ready(self, kustomization: str, timeout: int = 300) -> None:
+        proc = self.kubectl("wait", "--for=condition=Ready", "-n", NAMESPACE,
+                            f"kustomization/{kustomization}", f"--timeout={timeout}s",
+                            check=False, timeout=timeout + 10)
+        if proc.returncode != 0:
+            status = self.kubectl("get", "kustomization", kustomization, "-n", NAMESPACE,
+                                  "-o", "jsonpath={.status.conditions}", check=False).stdout
+            raise ClusterError(f"Kustomization {kustomization} did not become Ready: {status}; "
+                               f"see {self.layout.log('kustomize-controller')}")
+
+    # -- all of it ---------------------------------------------------------------------------
+
+    def up(self, source: Path, operator: bool = True) -> None:
+        from pimlab.cluster.local_lab import write_operator_kubeconfig
+
+        self.plane.up()
+        flux_build.build(log=self.out)
+        commit = self.publish(source)
+        self.say(f"serving {source} at {commit[:12]} as {url(self.layout)} (branch {BRANCH})")
+        if "git-server" not in running(self.layout):
+            start(self.layout, self.git_server(), self.say)
+        self.install()
+        alive = running(self.layout)
+        for component in self.controllers():
+            if component.name not in alive:
+                start(self.layout, component, self.say)
+        self.bootstrap(source)
+        self.say("waiting for Flux to apply the CRDs and the operator (pim-crds, pim-operator)")
+        self.wait_ready("pim-operator")
+        if operator:
+            self.say("the operator's Deployment is applied; kwok only simulates its pod, so the "
+                     "operator runs as a local process with the token of Flux's ServiceAccount")
+            write_operator_kubeconfig(self.plane, self.lab.operator_kubeconfig)
+            pid = self.lab.operator.start()
+            self.say(f"operator started (pid {pid}, log {self.lab.operator_log})")
+
+    def status(self) -> str:
+        proc = self.kubectl("get", "gitrepositories,kustomizations", "-n", NAMESPACE, check=False)
+        alive = running(self.layout)
+        lines = [f"{name:<24} {'running pid ' + str(alive[name]) if name in alive else 'stopped'}"
+                 for name in COMPONENTS]
+        return "\n".join(lines) + "\n\n" + (proc.stdout + proc.stderr).rstrip()
