@@ -21,7 +21,8 @@ from operator_process import free_port
 from pimlab.cluster import flux_build, gitops
 from pimlab.cluster.gitops import NAMESPACE, GitOps
 from pimlab.cluster.local_lab import OperatorProcess, write_operator_kubeconfig
-from pimlab.waiting import wait_for
+from pimlab.cluster.procs import tail
+from pimlab.waiting import TimedOut, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = "lab"
@@ -50,6 +51,7 @@ def flux(cluster, tmp_path_factory):
     operator = OperatorProcess(workdir / "kubeconfig", workdir / "operator.log", workdir / "operator.pid",
                                metrics_port=free_port(), health_port=free_port(), namespaces=(LAB,))
     operator.start()
+    ops.operator_log = operator.log
     try:
         ops.wait_ready("pim-lab", timeout=240)
         yield ops
@@ -124,8 +126,11 @@ def test_crds_operator_and_lab_come_from_git(cluster, flux):
     assert deployment["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "pim-operator"
     assert condition(deployment, "Available").get("status") == "True"  # its pod: on a kwok node
 
-    lab = wait_for(lambda: (o := cluster.get("lab", "pim", LAB)) and condition(o).get("status") == "True" and o,
-                   timeout=60, what="the Lab to be Ready")
+    try:
+        lab = wait_for(lambda: (o := cluster.get("lab", "pim", LAB)) and condition(o).get("status") == "True" and o,
+                       timeout=60, what="the Lab to be Ready")
+    except TimedOut as error:  # seen once under heavy load: the operator's Lab worker went quiet
+        raise AssertionError(f"{error}\noperator log ({flux.operator_log}):\n{tail(flux.operator_log, 30)}")
     assert lab["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "pim-lab"
     assert len(json.loads(cluster.kubectl("get", "shards", "-n", LAB, "-o", "json").stdout)["items"]) == 3
     # the Git path only: the HelmReleases of cluster-a/flux.yaml need a helm-controller
