@@ -102,7 +102,9 @@ def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
     addresses = _reachable(pods, ready_only=True)
     username, password = _secret_value(body, "username"), _secret_value(body, "password")
-    if not addresses or not password or credentials_missing:
+    # once the group exists, no reachable pod is a failover pass's business (all unreachable),
+    # never a return to the pre-bootstrap status, which would forget the group
+    if (not addresses and memory.current_primary is None) or not password or credentials_missing:
         fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
         reconcile.write_status(body, fields, wanted)
         return
