@@ -192,14 +192,26 @@ def test_container_kill_of_a_pod_without_a_runtime_fails_plainly(cluster, lab):
     assert pod_uids(cluster, lab) == before
 
 
-def test_a_scheduled_experiment_waits_for_its_minute_then_runs(cluster, lab):
-    cluster.apply(experiment("every-minute", lab, dryRun=True, schedule="* * * * *"))
+def test_a_scheduled_experiment_waits_for_its_minute_runs_and_replaces_a_run_still_active(cluster, lab):
+    cluster.apply(experiment("every-minute", lab, schedule="* * * * *", concurrencyPolicy="Replace",
+                             target={"selector": {"matchLabels": {"app": "victim", "scheduled": "yes"}}},
+                             blastRadius={"maxPods": 1, "maxPercent": 100}))
+    cluster.apply([{**bare_pod(f"scheduled-{i}", lab), "metadata": {
+        "name": f"scheduled-{i}", "namespace": lab, "labels": {**LABELS, "scheduled": "yes"}}} for i in range(2)])
     scheduled = settled(cluster, "every-minute", lab, phases=("Scheduled",))
     due = scheduled["status"]["nextRunAt"]
-    ran = wait_for(lambda: (o := cluster.get("chaosexperiment", "every-minute", lab))
-                   and o["status"].get("runs") == 1 and o, timeout=90, what="the first scheduled run")
-    status = ran["status"]
-    assert status["phase"] == "Planned" and status["lastScheduleTime"] == due and status["nextRunAt"] > due
+    first = wait_for(lambda: (o := cluster.get("chaosexperiment", "every-minute", lab))
+                     and o["status"].get("runs") == 1 and o["status"]["phase"] == "Recovering" and o,
+                     timeout=90, what="the first scheduled run (a bare pod is never replaced: it stays Recovering)")
+    assert first["status"]["lastScheduleTime"] == due and first["status"]["nextRunAt"] > due
+    second = wait_for(lambda: (o := cluster.get("chaosexperiment", "every-minute", lab))
+                      and o["status"].get("runs") == 2 and o, timeout=90, what="the second run replacing the first")
+    assert second["status"]["lastScheduleTime"] == first["status"]["nextRunAt"]
+    assert second["status"]["plannedTargets"] != first["status"]["plannedTargets"]  # the first one's pod is gone
+    reasons = cluster.kubectl("get", "events", "-n", lab, "--field-selector",
+                              "involvedObject.name=every-minute", "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert "Replaced" in reasons, reasons
+    cluster.kubectl("delete", "chaosexperiment", "every-minute", "-n", lab)
 
 
 def test_an_experiment_deleted_while_the_operator_is_down_is_cleaned_up_when_it_returns(cluster, lab, operator):

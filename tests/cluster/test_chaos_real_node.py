@@ -48,6 +48,7 @@ def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster,
         {n: p["metadata"]["uid"] for n, p in before.items() if n != killed}, "only the planned pod was killed"
     assert 0 < status["recoverySeconds"] < 180
     assert [e["event"] for e in status["timeline"]][-2:] == ["Injected", "Recovered"]
+    print(f"podKill of {killed}: replacement Ready {status['recoverySeconds']} s after the kill")
 
 
 def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):  # noqa: F811
@@ -65,6 +66,7 @@ def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):  # noq
     assert 0 < status["recoverySeconds"] < 180
     injected = next(e for e in status["timeline"] if e["event"] == "Injected")
     assert "SIGKILL" in injected["detail"] and "containerd" in injected["detail"]
+    print(f"containerKill of {target}: exit {terminated['exitCode']}, Ready again {status['recoverySeconds']} s later")
 
 
 def _primary_connection(cluster, namespace: str) -> psycopg.Connection:
@@ -106,3 +108,5 @@ def test_sql_failover_switches_over_records_it_on_both_objects_and_loses_nothing
     with _primary_connection(cluster, lab) as conn:
         assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         assert conn.execute("SELECT count(*), min(n), max(n) FROM chaos_acknowledged").fetchone() == (200, 0, 199)
+    print(f"sqlFailover {old_primary} -> {new_primary}: Shard's switchover {record['durationSeconds']} s, "
+          f"-primary Service took a write {status['recoverySeconds']} s after the request; 200/200 rows kept")
