@@ -10,7 +10,7 @@ import kopf
 from pimlab_operator.schema import GROUP
 
 
-def configure(settings: kopf.OperatorSettings, **_):
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -21,3 +21,4 @@ def configure(settings: kopf.OperatorSettings, **_):
     settings.networking.request_timeout = 60
     settings.posting.level = logging.INFO
     settings.execution.max_workers = 8
+    memo.executor = settings.execution.executor  # where the resync daemons run reconciles

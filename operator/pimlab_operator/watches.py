@@ -1,5 +1,5 @@
 """Edges that make reconciling prompt: a managed child deleted or changed, or a Shard that a
-Lab's shard map depends on. The resync timers would repair all of these anyway, only later.
+Lab's shard map depends on. The resyncs would repair all of these anyway, only later.
 `pimlab_operator.kinds` registers these functions with kopf."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ STATUS_CHILDREN = {"Deployment", "StatefulSet", "Job", "CronJob"}
 
 
 def child_event(kinds: dict[str, Kind], child_kind: str) -> Callable:
-    """kopf event handler for one child kind: reconcile the owner of a deleted child, or of a
-    child whose status moved."""
+    """kopf event handler for one child kind: note the child's content (`reconcile.child_seen`),
+    and reconcile the owner of a deleted child, or of a child whose status moved."""
     def on_event(type, body, **_):
+        reconcile.child_seen(type, body, child_kind)
         if type == "DELETED" or (type == "MODIFIED" and child_kind in STATUS_CHILDREN):
             trigger = f"child-deleted:{child_kind}" if type == "DELETED" else "child-status"
             for ref in body.get("metadata", {}).get("ownerReferences") or []:

@@ -27,6 +27,10 @@ CHILDREN = (
 )
 
 
+def fails_over(body: dict) -> bool:
+    """A postgres Shard gets a failover pass every few seconds, never backed off."""
+    return ((body.get("spec") or {}).get("engine")) == "postgres"
+
 def _credentials(body: dict) -> tuple[str | None, bool, bool]:
     """(a new password, whether our Secret exists, whether the Secret is missing for good).
 

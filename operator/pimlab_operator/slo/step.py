@@ -1,5 +1,5 @@
 """SLO -> PrometheusRule (where its CRD exists), Grafana alert provisioning and dashboard; and,
-where a Prometheus is named, the error budget read from it (refreshed by the SLO's timer)."""
+where a Prometheus is named, the error budget read from it (refreshed by the SLO's resync)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,16 @@ log = logging.getLogger(__name__)
 PROMETHEUS_RULE = ChildKind("monitoring.coreos.com/v1", "PrometheusRule", optional=True)
 GRAFANA_ALERT_RULE_GROUP = ChildKind("grafana.integreatly.org/v1beta1", "GrafanaAlertRuleGroup", optional=True)
 CHILDREN = (ChildKind("v1", "ConfigMap"), PROMETHEUS_RULE, GRAFANA_ALERT_RULE_GROUP)
-#: How often every SLO's budget is read again (the SLO's resync timer).
+#: How often an SLO that names a Prometheus reads its budget again (its resync, never backed off).
 REFRESH_SECONDS = float(os.environ.get("PIMLAB_SLO_REFRESH_SECONDS", "30"))
 
+
+def reads_budget(body: dict) -> bool:
+    """An SLO that names a Prometheus (read or unreadable) reads its budget every REFRESH_SECONDS;
+    one with none backs off (a Lab's new prometheusUrl is noticed at its next resync)."""
+    budget = next((c for c in (body.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "BudgetCurrent"), None)
+    return budget is not None and budget.get("reason") != "NoPrometheusUrl"
 
 def prometheus_url(namespace: str) -> str | None:
     """The Prometheus of the SLO's namespace: a Lab's spec.observability.prometheusUrl (the
