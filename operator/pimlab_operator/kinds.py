@@ -3,13 +3,9 @@ the only place kopf triggers are registered (`register`)."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import time
-
 import kopf
 
-from pimlab_operator import kube, reconcile, settings, watches
+from pimlab_operator import kube, reconcile, resync, settings, watches
 from pimlab_operator.chaos import step as chaos
 from pimlab_operator.chaos.model import ChaosExperiment
 from pimlab_operator.lab import step as lab
@@ -48,40 +44,17 @@ BY_NAME = {kind.name: kind for kind in KINDS}
 
 def _register_kind(kind: Kind) -> None:
     """Every kind reconciles on the same triggers: creation, a spec change and the operator's
-    own restart (edges), and a resync (level) that repairs whatever an edge missed.
-
-    The resync is one sleeping asyncio task per object (a kopf daemon), not a kopf timer: its
-    period follows the object's quiet resyncs (`reconcile.resync_in`), it costs nothing while
-    it sleeps, and any reconcile (an edge too) postpones it."""
+    own restart (edges), and its resync task (`resync.daemon`: the level that repairs whatever
+    an edge missed, and the edges from other objects' watches)."""
     prefix = kind.name.lower()
-    policy = kind.resync
 
     def on_change(body, reason, **_):
         reconcile.run(kind, dict(body), str(reason))
 
-    async def resync(body, stopped, memo, logger, **_):
-        key = (kind.name, body["metadata"]["namespace"], body["metadata"]["name"])
-        loop = asyncio.get_running_loop()
-        since = time.monotonic()
-        while not stopped:
-            wait = reconcile.resync_in(kind, key, body, since)
-            if wait > 0:
-                await stopped.wait(min(wait, policy.shortest))
-                continue
-            since = time.monotonic()
-            trigger = policy.follow_trigger if policy.following(body) else "resync"
-            try:
-                await loop.run_in_executor(memo.executor, reconcile.run, kind, copy.deepcopy(dict(body)),
-                                           trigger, True)
-            except kopf.TemporaryError as error:
-                logger.warning(f"{trigger}: {error}; again in {error.delay or policy.seconds}s")
-            except Exception as error:  # kopf's timers logged and retried; so does this loop
-                logger.exception(f"{trigger} failed: {error}; again in {policy.shortest}s")
-
     kopf.on.resume(GROUP, VERSION, kind.plural, id=f"{prefix}-resume")(on_change)
     kopf.on.create(GROUP, VERSION, kind.plural, id=f"{prefix}-create")(on_change)
     kopf.on.update(GROUP, VERSION, kind.plural, id=f"{prefix}-update", field="spec")(on_change)
-    kopf.daemon(GROUP, VERSION, kind.plural, id=f"{prefix}-resync", cancellation_timeout=10)(resync)
+    kopf.daemon(GROUP, VERSION, kind.plural, id=f"{prefix}-resync", cancellation_timeout=10)(resync.daemon(kind))
 
 
 def register() -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import kopf
-from kubernetes.dynamic.exceptions import ConflictError, ForbiddenError
 from pydantic import ValidationError
 
 from pimlab_operator import conditions, kube
@@ -370,9 +369,9 @@ def _reconcile(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], 
                 _invalid.pop(key, None)
                 kind.step(fresh, spec)
                 return fresh
-            except ConflictError:
+            except kube.Conflict:
                 log.info("status of %s/%s changed while reconciling: deciding again", *key[1:])
-            except ForbiddenError as error:
+            except kube.Forbidden as error:
                 # The namespace is being deleted: its objects go away with it, nothing to repair.
                 if "NamespaceTerminating" not in str(error.body):
                     raise

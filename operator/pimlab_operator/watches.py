@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from pimlab_operator import kube, reconcile
+from pimlab_operator import kube, reconcile, resync
 from pimlab_operator.objects import selector_matches
 from pimlab_operator.reconcile import Kind
 from pimlab_operator.schema import API_VERSION
@@ -17,18 +17,26 @@ STATUS_CHILDREN = {"Deployment", "StatefulSet", "Job", "CronJob"}
 
 def child_event(kinds: dict[str, Kind], child_kind: str) -> Callable:
     """kopf event handler for one child kind: note the child's content (`reconcile.child_seen`),
-    and reconcile the owner of a deleted child, or of a child whose status moved."""
+    and wake the owner of a deleted child, or of a child whose status moved."""
     def on_event(type, body, **_):
         reconcile.child_seen(type, body, child_kind)
         if type == "DELETED" or (type == "MODIFIED" and child_kind in STATUS_CHILDREN):
             trigger = f"child-deleted:{child_kind}" if type == "DELETED" else "child-status"
+            namespace = body["metadata"]["namespace"]
             for ref in body.get("metadata", {}).get("ownerReferences") or []:
                 owner_kind = kinds.get(ref.get("kind"))
                 if owner_kind and ref.get("apiVersion") == API_VERSION:
-                    owner = kube.get(API_VERSION, owner_kind.name, ref["name"], body["metadata"]["namespace"])
-                    if owner:
-                        reconcile.run(owner_kind, owner, trigger)
+                    _wake(owner_kind, namespace, ref["name"], trigger)
     return on_event
+
+
+def _wake(kind: Kind, namespace: str, name: str, trigger: str, body: dict | None = None) -> None:
+    """Reconcile an object now: through its resync task, or here if it has none yet."""
+    if resync.poke(kind.name, namespace, name, trigger):
+        return
+    owner = body or kube.get(API_VERSION, kind.name, name, namespace)
+    if owner:
+        reconcile.run(kind, owner, trigger)
 
 
 def shard_to_labs(lab_kind: Kind) -> Callable:
@@ -52,5 +60,6 @@ def shard_to_labs(lab_kind: Kind) -> Callable:
         for lab in kube.list_objects(API_VERSION, lab_kind.name, key[0]):
             selector = (lab.get("spec") or {}).get("shardSelector")
             if selector_matches(selector, labels) or selector_matches(selector, previous_labels):
-                reconcile.run(lab_kind, lab, "shard-changed")
+                _wake(lab_kind, key[0], lab["metadata"]["name"], "shard-changed",
+                      {"apiVersion": API_VERSION, "kind": lab_kind.name, **lab})
     return on_event

@@ -10,20 +10,13 @@ saying so."""
 
 from __future__ import annotations
 
-import socket
-import time
 
 import pytest
 import yaml
 
-from pimlab.cluster.local_lab import (OperatorProcess, install_operator_rbac, sample_documents,
-                                      write_operator_kubeconfig)
+from operator_process import operator_process
+from pimlab.cluster.local_lab import sample_documents
 from pimlab.waiting import wait_for
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def real_nodes(cluster) -> list[str]:
@@ -44,22 +37,9 @@ def real_node(cluster):
 @pytest.fixture(scope="module")
 def lab(cluster, crds_installed, real_node, tmp_path_factory):
     """The real-node sample lab in a namespace of its own, its operator a local process."""
-    namespace = f"real-{int(time.time()) % 100000}"
     docs = [d for d in sample_documents(real_node=True) if d["kind"] in ("Namespace", "Lab", "Shard")]
-    for doc in docs:
-        if doc["kind"] == "Namespace":
-            doc["metadata"]["name"] = namespace
-        else:
-            doc["metadata"]["namespace"] = namespace
-    install_operator_rbac(cluster.plane)
-    workdir = tmp_path_factory.mktemp("personaload-real")
-    kubeconfig = workdir / "kubeconfig"
-    write_operator_kubeconfig(cluster.plane, kubeconfig)
-    process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,))
-    process.start()
-    cluster.apply(docs)
-    try:
+    with operator_process(cluster, tmp_path_factory, "real", documents=docs) as process:
+        namespace = process.namespace
         wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
                  timeout=600, what="the sample Lab to become Ready on the real node")
         cluster.kubectl("wait", "--for=condition=Ready", "shard", "--all", "-n", namespace, "--timeout=300s",
@@ -69,9 +49,6 @@ def lab(cluster, crds_installed, real_node, tmp_path_factory):
                           and p.stdout, timeout=180, interval=5, what="the shards to take the seed")
         assert '"seed": 42' in seeded, seeded
         yield namespace
-    finally:
-        process.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def condition(obj: dict | None, ctype: str = "Ready") -> dict:
