@@ -3,7 +3,6 @@ logs. The same entry point serves the image (`pimlab operator run`) and the loca
 
 from __future__ import annotations
 
-import ctypes
 import sys
 
 # kopf imports the kubernetes client library whenever it is installed, for conveniences the
@@ -16,25 +15,11 @@ import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 
 
-#: glibc's mallopt parameter for the number of malloc arenas (malloc.h).
-_M_ARENA_MAX = -8
-
-
-def _few_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core); the
-    worker threads' short-lived JSON documents then keep a dozen half-empty heaps resident.
-    Two arenas keep the operator's RSS near what it holds (same as MALLOC_ARENA_MAX=2)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def run(*, namespaces: list[str], host: str, metrics_port: int, health_port: int,
         log_format: str = "json", verbose: bool = False) -> None:
-    from pimlab_operator import kinds
+    from pimlab_operator import kinds, memory
 
-    _few_malloc_arenas()
+    memory.tune()
     kinds.register()
 
     kopf.configure(
