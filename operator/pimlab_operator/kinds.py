@@ -63,6 +63,7 @@ def register() -> None:
     for kind in KINDS:
         _register_kind(kind)
     child_kinds = {(c.api_version, c.kind) for kind in KINDS for c in kind.children if not c.optional}
+    reconcile.watch_children(child_kinds)
     for api_version, child_kind in sorted(child_kinds):
         group, _, version = api_version.rpartition("/")
         kopf.on.event(group, version, child_kind, labels=kube.MANAGED_BY,

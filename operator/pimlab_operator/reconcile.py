@@ -106,8 +106,13 @@ RESYNC_BACKOFF = 4
 PRUNE_RECHECK_SECONDS = 600.0
 #: (kind, namespace, name) -> (quiet resyncs in a row, when the last reconcile ended)
 _quiet: dict[tuple[str, str, str], tuple[int, float]] = {}
-#: owner uid -> {child identity: (content of what our last apply returned, digest of what we applied)}
-_applied_versions: dict[str, dict[tuple[str, str, str], tuple[bytes, bytes]]] = {}
+#: owner uid -> {child identity: (content of what our last apply returned, digest of what we
+#: applied, when)}
+_applied_versions: dict[str, dict[tuple[str, str, str], tuple[bytes, bytes, float]]] = {}
+#: (apiVersion, kind) of the children the operator watches (`watch_children`); the others (the
+#: optional third-party kinds) are sent again at most every UNWATCHED_RESEND_SECONDS.
+_watched: set[tuple[str, str]] = set()
+UNWATCHED_RESEND_SECONDS = 600.0
 #: (namespace, apiVersion, kind, name) -> content of the latest version the child watches saw
 _seen_versions: dict[tuple[str, str, str, str], bytes] = {}
 #: What a child's content is compared without: what only its controllers write, or moves with it.
@@ -121,6 +126,11 @@ _changes = threading.local()
 
 def _changed() -> None:
     _changes.seen = True
+
+
+def watch_children(kinds: set[tuple[str, str]]) -> None:
+    """The (apiVersion, kind) pairs whose watch events reach `child_seen`."""
+    _watched.update(kinds)
 
 
 def child_seen(event_type: str | None, body: dict, kind: str) -> None:
@@ -158,8 +168,9 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
     A child is not sent again when its manifest is the one we applied last and the child
     watches (`child_seen`) show its content (all but status and bookkeeping) as that apply
     returned it: nobody changed it since, so the apply would change nothing. Children of
-    unwatched kinds are always sent. The prune lists are skipped while the desired set is the
-    one last pruned against (at most PRUNE_RECHECK_SECONDS). Returns the objects applied."""
+    unwatched kinds (optional third-party CRDs) are sent again every UNWATCHED_RESEND_SECONDS.
+    The prune lists are skipped while the desired set is the one last pruned against (at most
+    PRUNE_RECHECK_SECONDS). Returns the objects applied."""
     uid = owner["metadata"]["uid"]
     versions = _applied_versions.setdefault(uid, {})
     applied = []
@@ -167,15 +178,17 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
         ident, digest = identity(child), _digest(child)
         last = versions.get(ident)
         seen = _seen_versions.get((child["metadata"].get("namespace") or "", *ident))
-        if last and last[1] == digest and seen == last[0]:
-            continue  # the same manifest as our last apply, and the watch saw nobody change it since
+        if last and last[1] == digest and (
+                seen == last[0] if (ident[0], ident[1]) in _watched
+                else time.monotonic() - last[2] < UNWATCHED_RESEND_SECONDS):
+            continue  # the same manifest as our last apply, and nobody changed it since (or: not watched, sent lately)
         result = kube.apply(child)
         applied.append(result)
         APPLIED.labels(owner["kind"], child["kind"]).inc()
         content = _content(result)
         if not last or last[0] != content:  # we, or someone since our last apply, changed it
             _changed()
-        versions[ident] = (content, digest)
+        versions[ident] = (content, digest, time.monotonic())
     if prune:
         wanted = frozenset({identity(c) for c in children} | set(keep))
         last_prune = _pruned_against.get(uid)
