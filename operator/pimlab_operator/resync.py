@@ -4,7 +4,8 @@ Due: the object's resync period has passed (`reconcile.resync_in`, after the pol
 table of kinds). Poked: a watch event elsewhere concerns it (a child deleted or its status
 moving, a Shard a Lab selects): the watch handler only wakes the task (`poke`), so it never
 holds a worker thread waiting for the object's lock, and several events in a row become one
-reconcile. A poked reconcile reads the object fresh, as every edge does.
+reconcile. A poked reconcile reads the object fresh, as every edge does, and so does a followed
+one (a failover pass decides from what status remembers: it must be the latest).
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def daemon(kind: Kind) -> Callable:
                 with _tasks_lock:
                     reasons, task.reasons = task.reasons, []
                 task.wake.clear()
-                poked = bool(reasons)
-                trigger = reasons[-1] if poked else policy.follow_trigger if policy.following(body) else "resync"
+                following = policy.following(body)
+                trigger = reasons[-1] if reasons else policy.follow_trigger if following else "resync"
+                # Only a plain resync may start from the watched body: an edge, and a followed
+                # pass that acts on what status remembers (a failover), read the object fresh.
+                quiet = not reasons and not following
                 since = time.monotonic()
                 try:
                     await loop.run_in_executor(memo.executor, reconcile.run, kind, copy.deepcopy(dict(body)),
-                                               trigger, not poked)
+                                               trigger, quiet)
                 except kopf.TemporaryError as error:
                     logger.warning(f"{trigger}: {error}; again in {error.delay or policy.shortest}s")
                 except Exception as error:  # kopf's timers logged and retried; so does this loop
