@@ -50,6 +50,7 @@ def _register_kind(kind: Kind) -> None:
 
     def on_change(body, reason, **_):
         reconcile.run(kind, dict(body), str(reason))
+        resync.recheck(kind.name, body["metadata"]["namespace"], body["metadata"]["name"])
 
     kopf.on.resume(GROUP, VERSION, kind.plural, id=f"{prefix}-resume")(on_change)
     kopf.on.create(GROUP, VERSION, kind.plural, id=f"{prefix}-create")(on_change)

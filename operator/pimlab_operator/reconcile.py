@@ -64,10 +64,6 @@ class Resync:
     def following(self, body: dict) -> bool:
         return bool(self.follow and self.follow(body))
 
-    @property
-    def shortest(self) -> float:
-        return min(self.seconds, self.follow_seconds or self.seconds)
-
 
 @dataclass(frozen=True)
 class Kind:

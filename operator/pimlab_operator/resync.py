@@ -48,6 +48,15 @@ def poke(kind: str, namespace: str, name: str, reason: str) -> bool:
     return True
 
 
+def recheck(kind: str, namespace: str, name: str) -> None:
+    """The object was reconciled by an edge: its task works out again when it is due (its
+    period may have changed, e.g. a spec change made it followed)."""
+    with _tasks_lock:
+        task = _tasks.get((kind, namespace, name))
+    if task is not None:
+        task.loop.call_soon_threadsafe(task.wake.set)
+
+
 def daemon(kind: Kind) -> Callable:
     """The kopf daemon function of `kind`."""
     policy = kind.resync
@@ -61,13 +70,14 @@ def daemon(kind: Kind) -> Callable:
         since = time.monotonic()
         try:
             while not stopped:
-                wait = reconcile.resync_in(kind, key, body, since)
-                if wait > 0 and not task.wake.is_set():
-                    await _sleep(stopped, task.wake, min(wait, policy.shortest))
-                    continue
+                task.wake.clear()  # before taking the reasons: a poke from now on wakes the sleep below
                 with _tasks_lock:
                     reasons, task.reasons = task.reasons, []
-                task.wake.clear()
+                wait = reconcile.resync_in(kind, key, body, since)
+                if not reasons and wait > 0:
+                    # Sleeps until due; a reconcile by an edge (`recheck`) or a poke wakes it early.
+                    await _sleep(stopped, task.wake, wait)
+                    continue
                 following = policy.following(body)
                 trigger = reasons[-1] if reasons else policy.follow_trigger if following else "resync"
                 # Only a plain resync may start from the watched body: an edge, and a followed
@@ -78,9 +88,9 @@ def daemon(kind: Kind) -> Callable:
                     await loop.run_in_executor(memo.executor, reconcile.run, kind, copy.deepcopy(dict(body)),
                                                trigger, quiet)
                 except kopf.TemporaryError as error:
-                    logger.warning(f"{trigger}: {error}; again in {error.delay or policy.shortest}s")
+                    logger.warning(f"{trigger}: {error}; again after the kind's period")
                 except Exception as error:  # kopf's timers logged and retried; so does this loop
-                    logger.exception(f"{trigger} failed: {error}; again in {policy.shortest}s")
+                    logger.exception(f"{trigger} failed: {error}; again after the kind's period")
         finally:
             with _tasks_lock:
                 if _tasks.get(key) is task:
