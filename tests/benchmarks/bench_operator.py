@@ -287,7 +287,6 @@ def run_floor(api: Api, plane: LocalCluster, labs: int, timeout: float) -> dict:
     plane.kubectl("create", "namespace", namespace)
     docs = objects(namespace, labs)
     expected = expected_children(docs)
-    shards = [d for d in docs if d["kind"] == "Shard"]
     tracker = Tracker(api, namespace, expected, with_status=False)
     # The applies run in a process of their own, as the operator does: the poller here must
     # not take the interpreter lock from them.
