@@ -1,64 +1,179 @@
 """The operator's only door to the apiserver: server-side apply under one field manager,
-status through the status subresource, and discovery of optional third-party kinds."""
+status through the status subresource, and discovery of optional third-party kinds.
+
+Plain HTTP with JSON in and out (urllib3, one connection pool shared by the worker threads):
+the kubernetes client library cost the operator a third of its memory (its ~700 model classes,
+imported whole) for calls that are a URL and a dict each. Configuration is the pod's
+ServiceAccount in a cluster, else $KUBECONFIG (token or client certificate).
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import os
+import ssl
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote, urlencode
 
-import kubernetes
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError, UnprocessibleEntityError
+import urllib3
+import yaml
 
 FIELD_MANAGER = "pimlab-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
+#: How long one request may take; a watch is kopf's business, not this module's.
+REQUEST_TIMEOUT = urllib3.Timeout(connect=10, read=60)
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: A ServiceAccount token file is rotated by the kubelet: read again at most this old.
+TOKEN_REREAD_SECONDS = 60.0
 
-_lock = threading.Lock()
+
+class ApiError(Exception):
+    """An answer other than 2xx; `body` is the apiserver's Status text (never a credential)."""
+
+    def __init__(self, status: int, body: str, what: str):
+        super().__init__(f"{what}: HTTP {status}: {body[:500]}")
+        self.status, self.body = status, body
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    pass
+
+
+class Forbidden(ApiError):
+    pass
+
+
+_ERRORS = {404: NotFound, 409: Conflict, 403: Forbidden}
+
+
+@dataclass
+class _Connection:
+    server: str
+    pool: urllib3.PoolManager
+    token: str | None = None
+    token_file: Path | None = None
+    token_read: float = 0.0
+
+    def authorization(self) -> dict[str, str]:
+        if self.token_file and time.monotonic() - self.token_read > TOKEN_REREAD_SECONDS:
+            self.token, self.token_read = self.token_file.read_text().strip(), time.monotonic()
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def _private_file(data: str, suffix: str) -> str:
+    """Inline (base64) certificate data as a file only this process can read: the TLS layer
+    loads client certificates from files."""
+    handle, path = tempfile.mkstemp(prefix="pimlab-kube-", suffix=suffix)
+    with os.fdopen(handle, "wb") as out:
+        out.write(base64.b64decode(data))
+    return path
+
+
+def _from_kubeconfig(path: Path) -> _Connection:
+    config = yaml.safe_load(path.read_text()) or {}
+    context_name = config.get("current-context")
+    contexts = {c["name"]: c.get("context") or {} for c in config.get("contexts") or []}
+    context = contexts.get(context_name) or next(iter(contexts.values()), {})
+    cluster = next((c["cluster"] for c in config.get("clusters") or [] if c["name"] == context.get("cluster")), None)
+    user = next((u.get("user") or {} for u in config.get("users") or [] if u["name"] == context.get("user")), {})
+    if not cluster:
+        raise RuntimeError(f"{path}: no cluster for context {context_name!r}")
+    unsupported = {"exec", "auth-provider", "username"} & set(user)
+    if unsupported:
+        raise RuntimeError(f"{path}: user authentication by {sorted(unsupported)} is not supported (token or client certificate)")
+
+    def local(name: str) -> str:
+        return str((path.parent / name).resolve())
+
+    tls = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    elif cluster.get("certificate-authority-data"):
+        tls.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    elif cluster.get("certificate-authority"):
+        tls.load_verify_locations(cafile=local(cluster["certificate-authority"]))
+    cert = user.get("client-certificate") and local(user["client-certificate"])
+    key = user.get("client-key") and local(user["client-key"])
+    if user.get("client-certificate-data"):
+        cert = _private_file(user["client-certificate-data"], ".crt")
+        key = _private_file(user["client-key-data"], ".key")
+    if cert:
+        tls.load_cert_chain(cert, key)
+    connection = _Connection(cluster["server"].rstrip("/"), _pool(tls), token=user.get("token"))
+    if user.get("tokenFile"):
+        connection.token_file = Path(local(user["tokenFile"]))
+    return connection
+
+
+def _pool(tls: ssl.SSLContext) -> urllib3.PoolManager:
+    return urllib3.PoolManager(num_pools=2, maxsize=16, ssl_context=tls, timeout=REQUEST_TIMEOUT,
+                               retries=urllib3.Retry(connect=3, read=0, redirect=0, status=0))
 
 
 @lru_cache(maxsize=1)
-def _api_client() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        # $KUBECONFIG read now: the library reads it once, at import, which may be too early.
-        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return kubernetes.client.ApiClient()
+def _connection() -> _Connection:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if host and (SERVICE_ACCOUNT / "token").exists():
+        tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
+        server = f"https://{'[' + host + ']' if ':' in host else host}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}"
+        return _Connection(server, _pool(tls), token_file=SERVICE_ACCOUNT / "token")
+    # $KUBECONFIG read now, not at import: the tests set it after importing this module.
+    return _from_kubeconfig(Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config"))
 
 
-@lru_cache(maxsize=1)
-def dynamic() -> DynamicClient:
-    """A dynamic client whose discovery cache is private to this process: the library's
-    default file is shared by every process of the machine and outlives the cluster."""
-    cache = os.path.join(tempfile.gettempdir(), f"pimlab-discovery-{os.getpid()}.json")
-    with _lock:
-        return DynamicClient(_api_client(), cache_file=cache)
+_token_lock = threading.Lock()
 
 
-def _as_dict(_client, data: dict) -> dict:
-    """The dynamic client's serializer, for plain dicts: its default wraps every answer in
-    ResourceInstance/ResourceField objects that we turned straight back into dicts, which cost
-    more CPU than the request itself for a list of a few hundred objects."""
-    return data
+def request(method: str, path: str, *, query: dict | None = None, body: dict | None = None,
+            content_type: str = "application/json") -> dict:
+    """One call to the apiserver; the decoded JSON answer. Non-2xx raises ApiError (NotFound,
+    Conflict, Forbidden for 404, 409, 403)."""
+    connection = _connection()
+    with _token_lock:
+        headers = {"Accept": "application/json", **connection.authorization()}
+    url = connection.server + path + (f"?{urlencode(query)}" if query else "")
+    payload = None
+    if body is not None:
+        payload, headers["Content-Type"] = json.dumps(body).encode(), content_type
+    response = connection.pool.request(method, url, body=payload, headers=headers)
+    if response.status >= 300:
+        text = response.data.decode(errors="replace")
+        raise _ERRORS.get(response.status, ApiError)(response.status, text, f"{method} {path}")
+    return json.loads(response.data) if response.data else {}
 
 
-def resource(api_version: str, kind: str):
-    """The dynamic resource for a kind; rediscovers once, since CRDs may appear at any time."""
-    try:
-        return dynamic().resources.get(api_version=api_version, kind=kind)
-    except ResourceNotFoundError:
-        dynamic().resources.invalidate_cache()
-        return dynamic().resources.get(api_version=api_version, kind=kind)
-
-
-#: How long an answer of discovery is reused: optional CRDs come and go while we run, so an
-#: installed or removed CRD is noticed within this delay, not one request per reconcile.
+#: How long an answer of discovery is reused to say whether a kind is served: optional CRDs
+#: come and go while we run, so an installed or removed CRD is noticed within this delay, not
+#: one request per reconcile.
 DISCOVERY_TTL_SECONDS = 10.0
-_discovered: dict[str, tuple[float, frozenset[str]]] = {}
+#: apiVersion -> (when discovered, kind -> (plural, namespaced))
+_discovered: dict[str, tuple[float, dict[str, tuple[str, bool]]]] = {}
+
+
+def _group_path(api_version: str) -> str:
+    return f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+
+
+def _discover(api_version: str) -> dict[str, tuple[str, bool]]:
+    try:
+        found = request("GET", _group_path(api_version))
+        kinds = {r["kind"]: (r["name"], r.get("namespaced", False)) for r in found.get("resources", [])
+                 if "/" not in r["name"]}  # subresources (status, scale) are not kinds of their own
+    except NotFound:
+        kinds = {}
+    _discovered[api_version] = (time.monotonic(), kinds)
+    return kinds
 
 
 def kind_exists(api_version: str, kind: str) -> bool:
@@ -66,51 +181,52 @@ def kind_exists(api_version: str, kind: str) -> bool:
     DISCOVERY_TTL_SECONDS old (per group version)."""
     seen = _discovered.get(api_version)
     if seen is None or time.monotonic() - seen[0] > DISCOVERY_TTL_SECONDS:
-        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        try:
-            found = dynamic().request("get", path, serializer=_as_dict)
-            kinds = frozenset(r.get("kind") for r in found.get("resources", []))
-        except NotFoundError:
-            kinds = frozenset()
-        seen = _discovered[api_version] = (time.monotonic(), kinds)
+        return kind in _discover(api_version)
     return kind in seen[1]
 
 
-def apply(manifest: dict, dry_run: bool = False) -> dict:
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """The URL path of a kind's collection (or one object); discovers again once for a kind
+    not seen before, since CRDs may appear at any time."""
+    known = (_discovered.get(api_version) or (0, {}))[1]
+    if kind not in known:
+        known = _discover(api_version)
+    if kind not in known:
+        raise NotFound(404, f"the apiserver does not serve {kind} in {api_version}", "discovery")
+    plural, namespaced = known[kind]
+    path = _group_path(api_version)
+    if namespaced and namespace:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{plural}"
+    return f"{path}/{quote(name)}" if name else path
+
+
+def apply(manifest: dict, dry_run: bool = False, field_manager: str = FIELD_MANAGER) -> dict:
     """Server-side apply: idempotent, and the fields we own are exactly the ones we send."""
-    res = resource(manifest["apiVersion"], manifest["kind"])
-    kwargs = {"dry_run": "All"} if dry_run else {}
-    result = res.server_side_apply(
-        body=manifest,
-        name=manifest["metadata"]["name"],
-        namespace=manifest["metadata"].get("namespace"),
-        field_manager=FIELD_MANAGER,
-        force_conflicts=True,
-        serializer=_as_dict,
-        **kwargs,
-    )
-    return result
+    meta = manifest["metadata"]
+    query = {"fieldManager": field_manager, "force": "true", **({"dryRun": "All"} if dry_run else {})}
+    return request("PATCH", _path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]),
+                   query=query, body=manifest, content_type="application/apply-patch+yaml")
 
 
 def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict | None:
     try:
-        return resource(api_version, kind).get(name=name, namespace=namespace, serializer=_as_dict)
-    except NotFoundError:
+        return request("GET", _path(api_version, kind, namespace, name))
+    except NotFound:
         return None
 
 
 def list_objects(api_version: str, kind: str, namespace: str, label_selector: str = "") -> list[dict]:
-    found = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
-                                            serializer=_as_dict)
-    return found.get("items") or []
+    query = {"labelSelector": label_selector} if label_selector else None
+    return request("GET", _path(api_version, kind, namespace), query=query).get("items") or []
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str | None,
            options: dict | None = None) -> None:
     """Delete with DeleteOptions (grace period, propagation); already gone counts as done."""
     try:
-        resource(api_version, kind).delete(name=name, namespace=namespace, body=options or {})
-    except NotFoundError:
+        request("DELETE", _path(api_version, kind, namespace, name), body=options or {})
+    except NotFound:
         pass
 
 
@@ -118,10 +234,9 @@ def patch_labels(api_version: str, kind: str, name: str, namespace: str | None,
                  labels: dict[str, str | None]) -> dict | None:
     """Merge-patch only the given labels (None removes one); None when the object is gone."""
     try:
-        return resource(api_version, kind).patch(
-            body={"metadata": {"labels": labels}}, name=name, namespace=namespace,
-            content_type="application/merge-patch+json", serializer=_as_dict)
-    except NotFoundError:
+        return request("PATCH", _path(api_version, kind, namespace, name), body={"metadata": {"labels": labels}},
+                       content_type="application/merge-patch+json")
+    except NotFound:
         return None
 
 
@@ -129,10 +244,10 @@ def patch_annotations(api_version: str, kind: str, name: str, namespace: str | N
                       annotations: dict[str, str | None]) -> dict | None:
     """Merge-patch only the given annotations (None removes one); None when the object is gone."""
     try:
-        return resource(api_version, kind).patch(
-            body={"metadata": {"annotations": annotations}}, name=name, namespace=namespace,
-            content_type="application/merge-patch+json", serializer=_as_dict)
-    except NotFoundError:
+        return request("PATCH", _path(api_version, kind, namespace, name),
+                       body={"metadata": {"annotations": annotations}},
+                       content_type="application/merge-patch+json")
+    except NotFound:
         return None
 
 
@@ -140,7 +255,6 @@ def set_finalizer(body: dict, finalizer: str, present: bool, attempts: int = 3) 
     """Add or remove one finalizer, keeping the others (kopf's own among them): a JSON patch
     that first tests the list it read, so a concurrent change is never overwritten; a failed
     test is read again and retried. None when the object is gone."""
-    res = resource(body["apiVersion"], body["kind"])
     meta = body["metadata"]
     for _ in range(attempts):
         current = list(meta.get("finalizers") or [])
@@ -150,11 +264,13 @@ def set_finalizer(body: dict, finalizer: str, present: bool, attempts: int = 3) 
         ops = ([{"op": "test", "path": "/metadata/finalizers", "value": current}] if "finalizers" in meta else []) + \
             [{"op": "add", "path": "/metadata/finalizers", "value": wanted}]
         try:
-            return res.patch(body=ops, name=meta["name"], namespace=meta["namespace"],
-                             content_type="application/json-patch+json", serializer=_as_dict)
-        except NotFoundError:
+            return request("PATCH", _path(body["apiVersion"], body["kind"], meta["namespace"], meta["name"]),
+                           body=ops, content_type="application/json-patch+json")
+        except NotFound:
             return None
-        except UnprocessibleEntityError:  # the list changed since it was read
+        except ApiError as error:
+            if error.status != 422:  # 422: the test failed, the list changed since it was read
+                raise
             body = get(body["apiVersion"], body["kind"], meta["name"], meta["namespace"])
             if body is None:
                 return None
@@ -166,7 +282,7 @@ def post_event(body: dict, type_: str, reason: str, message: str) -> None:
     """A core/v1 Event about `body`, from the operator (what `kubectl describe` shows)."""
     meta = body["metadata"]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    resource("v1", "Event").create(namespace=meta["namespace"], body={
+    request("POST", _path("v1", "Event", meta["namespace"]), body={
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
@@ -183,10 +299,9 @@ def apply_status(body: dict, status: dict) -> dict:
     replica, kopf, a restart after a kill mid-write), the apiserver answers 409 Conflict and
     nothing is overwritten. Fields we wrote before and leave out now are removed."""
     meta = body["metadata"]
-    res = resource(body["apiVersion"], body["kind"])
     patch = {"apiVersion": body["apiVersion"], "kind": body["kind"], "status": status,
              "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                           "resourceVersion": meta["resourceVersion"]}}
-    return res.subresources["status"].server_side_apply(
-        body=patch, name=meta["name"], namespace=meta["namespace"],
-        field_manager=FIELD_MANAGER, force_conflicts=True, serializer=_as_dict)
+    return request("PATCH", _path(body["apiVersion"], body["kind"], meta["namespace"], meta["name"]) + "/status",
+                   query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=patch,
+                   content_type="application/apply-patch+yaml")

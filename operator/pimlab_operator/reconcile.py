@@ -1,13 +1,15 @@
 """The shared reconcile loop: parse the spec once, apply the desired children, prune the ones
 that left, write status with conditions.
 
-Every kind runs through `run`, serialised per object, so a timer, an edit and a deleted child
+Every kind runs through `run`, serialised per object, so a resync, an edit and a deleted child
 never reconcile the same object at once. A kind's step gets the fresh object and its typed
 spec; it computes what it wants purely and calls `apply_children` and `write_status`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import kopf
-from kubernetes.dynamic.exceptions import ConflictError, ForbiddenError
 from pydantic import ValidationError
 
 from pimlab_operator import conditions, kube
@@ -45,13 +46,32 @@ class ChildKind:
 
 
 @dataclass(frozen=True)
+class Resync:
+    """When an object is reconciled with no event (the level that repairs a missed edge).
+
+    Every `seconds` after its last reconcile; each resync that changes nothing multiplies that
+    by RESYNC_BACKOFF, up to `max_seconds`, and any change brings it back to `seconds`. While
+    `follow(body)` is true the object is instead reconciled every `follow_seconds` with no
+    back-off (a budget read from Prometheus, a failover pass, an experiment recovering), under
+    the trigger name `follow_trigger`."""
+
+    seconds: float
+    max_seconds: float = 600.0
+    follow: Callable[[dict], bool] | None = None
+    follow_seconds: float | None = None
+    follow_trigger: str = "resync"
+
+    def following(self, body: dict) -> bool:
+        return bool(self.follow and self.follow(body))
+
+
+@dataclass(frozen=True)
 class Kind:
     """One row of the table in `pimlab_operator.kinds`."""
 
     model: type[Resource]
     step: Callable[[dict, Any], None]
-    resync_seconds: float
-    idle_seconds: float = 5
+    resync: Resync
     children: tuple[ChildKind, ...] = ()
 
     @property
@@ -68,8 +88,67 @@ class Kind:
 
 
 _locks: dict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+#: Objects with a trigger waiting for their lock: it will read the object fresh once it gets
+#: the lock, so it covers every trigger that arrives meanwhile (they return at once).
+_queued: set[tuple[str, str, str]] = set()
+_queued_lock = threading.Lock()
 #: (kind, namespace, name) -> (generation, when to look again, current delay)
 _invalid: dict[tuple[str, str, str], tuple[int, float, float]] = {}
+
+#: A quiet resync (every child and the status as they were) multiplies the period by this.
+RESYNC_BACKOFF = 4
+#: The prune lists are skipped while the desired set is the one last pruned against, but
+#: never for longer than this (a stray object made by someone else is still found).
+PRUNE_RECHECK_SECONDS = 600.0
+#: (kind, namespace, name) -> (quiet resyncs in a row, when the last reconcile ended)
+_quiet: dict[tuple[str, str, str], tuple[int, float]] = {}
+#: owner uid -> {child identity: (content of what our last apply returned, digest of what we
+#: applied, when)}
+_applied_versions: dict[str, dict[tuple[str, str, str], tuple[bytes, bytes, float]]] = {}
+#: (apiVersion, kind) of the children the operator watches (`watch_children`); the others (the
+#: optional third-party kinds) are sent again at most every UNWATCHED_RESEND_SECONDS.
+_watched: set[tuple[str, str]] = set()
+UNWATCHED_RESEND_SECONDS = 600.0
+#: (namespace, apiVersion, kind, name) -> content of the latest version the child watches saw
+_seen_versions: dict[tuple[str, str, str, str], bytes] = {}
+#: What a child's content is compared without: what only its controllers write, or moves with it.
+_NOT_CONTENT = ("status",)
+_NOT_CONTENT_META = ("resourceVersion", "managedFields", "generation")
+#: owner uid -> (the desired identities last pruned against, when)
+_pruned_against: dict[str, tuple[frozenset, float]] = {}
+#: whether the reconcile running in this thread changed anything
+_changes = threading.local()
+
+
+def _changed() -> None:
+    _changes.seen = True
+
+
+def watch_children(kinds: set[tuple[str, str]]) -> None:
+    """The (apiVersion, kind) pairs whose watch events reach `child_seen`."""
+    _watched.update(kinds)
+
+
+def child_seen(event_type: str | None, body: dict, kind: str) -> None:
+    """Every watch event of a managed child: its content as it is now (see `apply_children`)."""
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace") or "", body.get("apiVersion") or "", kind, meta.get("name") or "")
+    if event_type == "DELETED":
+        _seen_versions.pop(key, None)
+    else:
+        _seen_versions[key] = _content(body)
+
+
+def _digest(obj: dict) -> bytes:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).digest()
+
+
+def _content(obj: dict) -> bytes:
+    """A digest of everything in `obj` except its status and bookkeeping (resourceVersion,
+    generation, managedFields): a status update by a controller leaves it as it is; any edit of
+    spec, data, labels, annotations or owners changes it."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _NOT_CONTENT_META}
+    return _digest({**{k: v for k, v in obj.items() if k not in _NOT_CONTENT}, "metadata": meta})
 
 
 def identity(obj: dict) -> tuple[str, str, str]:
@@ -80,19 +159,46 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
                    keep: tuple[tuple[str, str, str], ...] = ()) -> list[dict]:
     """Server-side apply `children`, then delete every object of the `prune` kinds that this
     owner made (its label and its uid in ownerReferences) and that is neither applied now nor
-    in `keep`. Objects with our labels but another owner are never touched."""
+    in `keep`. Objects with our labels but another owner are never touched.
+
+    A child is not sent again when its manifest is the one we applied last and the child
+    watches (`child_seen`) show its content (all but status and bookkeeping) as that apply
+    returned it: nobody changed it since, so the apply would change nothing. Children of
+    unwatched kinds (optional third-party CRDs) are sent again every UNWATCHED_RESEND_SECONDS.
+    The prune lists are skipped while the desired set is the one last pruned against (at most
+    PRUNE_RECHECK_SECONDS). Returns the objects applied."""
+    uid = owner["metadata"]["uid"]
+    versions = _applied_versions.setdefault(uid, {})
     applied = []
     for child in children:
-        applied.append(kube.apply(child))
+        ident, digest = identity(child), _digest(child)
+        last = versions.get(ident)
+        seen = _seen_versions.get((child["metadata"].get("namespace") or "", *ident))
+        if last and last[1] == digest and (
+                seen == last[0] if (ident[0], ident[1]) in _watched
+                else time.monotonic() - last[2] < UNWATCHED_RESEND_SECONDS):
+            continue  # the same manifest as our last apply, and nobody changed it since (or: not watched, sent lately)
+        result = kube.apply(child)
+        applied.append(result)
         APPLIED.labels(owner["kind"], child["kind"]).inc()
+        content = _content(result)
+        if not last or last[0] != content:  # we, or someone since our last apply, changed it
+            _changed()
+        versions[ident] = (content, digest, time.monotonic())
     if prune:
-        wanted = {identity(c) for c in children} | set(keep)
+        wanted = frozenset({identity(c) for c in children} | set(keep))
+        last_prune = _pruned_against.get(uid)
+        if last_prune and last_prune[0] == wanted and time.monotonic() - last_prune[1] < PRUNE_RECHECK_SECONDS:
+            return applied  # nothing left the desired set since the last prune
         for stale in owned_children(owner, prune):
             if identity(stale) not in wanted:
                 log.info("pruning %s/%s: no longer desired", stale["kind"], stale["metadata"]["name"])
                 kube.delete(stale["apiVersion"], stale["kind"], stale["metadata"]["name"],
                             stale["metadata"]["namespace"], {"propagationPolicy": "Background"})
                 PRUNED.labels(owner["kind"], stale["kind"]).inc()
+                versions.pop(identity(stale), None)
+                _changed()
+        _pruned_against[uid] = (wanted, time.monotonic())
     return applied
 
 
@@ -134,7 +240,11 @@ def write_status(body: dict, fields: dict, wanted: list[conditions.Condition]) -
     previous = (body.get("status") or {}).get("conditions") or []
     merged = conditions.merge(previous, wanted, generation)
     status = {**fields, "observedGeneration": generation, "conditions": merged}
+    if body.get("status") == {k: v for k, v in status.items() if v is not None}:
+        return body  # exactly what is there already: the write would change nothing
     written = kube.apply_status(body, status)
+    if written["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
+        _changed()
     _announce(body, previous, merged)
     return written
 
@@ -173,34 +283,106 @@ def _remember_invalid(key: tuple[str, str, str], generation: int) -> None:
     _invalid[key] = (generation, time.monotonic() + delay, delay)
 
 
-def run(kind: Kind, body: dict, trigger: str) -> None:
+def run(kind: Kind, body: dict, trigger: str, resync: bool = False) -> None:
     """Reconcile one object: read it fresh, parse its spec once, run the kind's step. A lost
-    status race is decided again from a fresh read."""
+    status race is decided again from a fresh read. A trigger that finds another one already
+    waiting for the same object returns at once: that one reads the object after this change.
+    `resync`: no event asked for this (see `Resync` and `_reconcile`)."""
     meta = body["metadata"]
     key = (kind.name, meta["namespace"], meta["name"])
-    with _locks[key], observed(kind.name, trigger):
-        for _ in range(CONFLICT_ATTEMPTS):
-            fresh = kube.get(body["apiVersion"], kind.name, meta["name"], meta["namespace"])
+    with _queued_lock:
+        if key in _queued:
+            return
+        _queued.add(key)
+    try:
+        waited = not _locks[key].acquire(blocking=False)
+        if waited:
+            _locks[key].acquire()
+    finally:
+        with _queued_lock:
+            _queued.discard(key)
+    try:
+        # After a wait, `body` may predate a change whose trigger returned at once: read fresh.
+        _run_locked(kind, body, trigger, key, resync, cached=resync and not waited)
+    finally:
+        _locks[key].release()
+
+
+def resync_in(kind: Kind, key: tuple[str, str, str], body: dict, since: float) -> float:
+    """Seconds until the object's next resync, counted from its last reconcile (or `since`):
+    see `Resync`."""
+    policy = kind.resync
+    quiet, last = _quiet.get(key, (0, since))
+    last = max(last, since)
+    if policy.following(body):
+        period = policy.follow_seconds or policy.seconds
+    else:
+        period = min(policy.seconds * RESYNC_BACKOFF ** min(quiet, 8), max(policy.seconds, policy.max_seconds))
+    return last + period - time.monotonic()
+
+
+def _forget(key: tuple[str, str, str], uid: str | None) -> None:
+    """Drop what is remembered about an object that is gone."""
+    _quiet.pop(key, None)
+    _invalid.pop(key, None)
+    if uid:
+        _applied_versions.pop(uid, None)
+        _pruned_against.pop(uid, None)
+
+
+def _run_locked(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], resync: bool,
+                cached: bool) -> None:
+    """Reconcile, then count the object's quiet resyncs: one that changed nothing adds one; any
+    change, an error, or a state the kind follows starts again from zero."""
+    _changes.seen = False
+    try:
+        fresh = _reconcile(kind, body, trigger, key, cached)
+    except BaseException:
+        _quiet[key] = (0, time.monotonic())
+        raise
+    if fresh is None:
+        return
+    quiet = _quiet.get(key, (0, 0.0))[0]
+    if _changes.seen or kind.resync.following(fresh):
+        quiet = 0
+    elif resync:
+        quiet += 1
+    _quiet[key] = (quiet, time.monotonic())
+
+
+def _reconcile(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], cached: bool) -> dict | None:
+    """The object as read before its step, or None when it is gone.
+
+    `cached`: start from `body` as the watch last delivered it (a resync's), not a read; if it
+    is stale, its guarded status write fails with 409 and the next attempt reads fresh."""
+    meta = body["metadata"]
+    with observed(kind.name, trigger):
+        for attempt in range(CONFLICT_ATTEMPTS):
+            if attempt == 0 and cached:
+                fresh = body
+            else:
+                fresh = kube.get(body["apiVersion"], kind.name, meta["name"], meta["namespace"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return
+                _forget(key, (fresh or body)["metadata"].get("uid"))
+                return None
             generation = fresh["metadata"].get("generation", 1)
             if _waiting_after_invalid(key, generation):
-                return
+                return fresh
             try:
                 try:
                     spec = kind.spec_model.model_validate(fresh.get("spec") or {})
                 except ValidationError as error:
                     _remember_invalid(key, generation)
                     _report_invalid(fresh, error)
-                    return
+                    return fresh
                 _invalid.pop(key, None)
                 kind.step(fresh, spec)
-                return
-            except ConflictError:
+                return fresh
+            except kube.Conflict:
                 log.info("status of %s/%s changed while reconciling: deciding again", *key[1:])
-            except ForbiddenError as error:
+            except kube.Forbidden as error:
                 # The namespace is being deleted: its objects go away with it, nothing to repair.
                 if "NamespaceTerminating" not in str(error.body):
                     raise
-                return
+                return None
         raise kopf.TemporaryError(f"status kept changing under {trigger}", delay=5)

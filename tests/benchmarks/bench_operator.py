@@ -50,8 +50,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pimlab.controlplane import LocalControlPlane  # noqa: E402
-from pimlab.lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
+from pimlab.cluster.local import LocalCluster  # noqa: E402
+from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
 
 GROUP_VERSION = "pim-sre.lab/v1alpha1"
 THIRDPARTY = ROOT.parent / "shared" / "thirdparty-crds"
@@ -128,8 +128,8 @@ def rendered_children(body: dict, shards: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- apiserver access
 
 class Api:
-    """Raw list calls (JSON, no model objects: the poller must stay cheap) and server-side apply,
-    as the cluster admin."""
+    """List calls and server-side apply through the operator's own client (`kube`: plain JSON,
+    no model objects, so the poller stays cheap), as the cluster admin."""
 
     def __init__(self, kubeconfig: Path):
         self.kubeconfig = kubeconfig
@@ -137,44 +137,27 @@ class Api:
         from pimlab_operator import kube
 
         self.kube = kube
-        self.client = kube._api_client()
         deadline = time.monotonic() + 60
-        for api_version, kind in PLURALS:  # discovery once, before threads share the client
-            while True:
-                try:
-                    kube.resource(api_version, kind)
-                    break
-                except Exception:  # a CRD just Established may take a moment to be served
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(1)
+        for api_version, kind in KINDS:  # discovery once, before threads share the client
+            while not kube.kind_exists(api_version, kind):  # a CRD just Established may take a moment
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{kind} ({api_version}) is not served")
+                time.sleep(1)
 
     def apply(self, manifest: dict, manager: str) -> dict:
-        res = self.kube.resource(manifest["apiVersion"], manifest["kind"])
-        return res.server_side_apply(body=manifest, name=manifest["metadata"]["name"],
-                                     namespace=manifest["metadata"]["namespace"], field_manager=manager,
-                                     force_conflicts=True).to_dict()
+        return self.kube.apply(manifest, field_manager=manager)
 
-    def list(self, api_version: str, plural: str, namespace: str) -> list[dict]:
-        prefix = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        resp = self.client.call_api("GET", f"{self.client.configuration.host}{prefix}/namespaces/{namespace}/{plural}",
-                                    header_params={"Accept": "application/json"})
-        resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"listing {plural}: HTTP {resp.status}")
-        return json.loads(resp.data)["items"]
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict]:
+        return self.kube.list_objects(api_version, kind, namespace)
 
 
-#: (apiVersion, kind) -> plural, for every kind the poller reads
-PLURALS = {
-    (GROUP_VERSION, "Lab"): "labs", (GROUP_VERSION, "Shard"): "shards", (GROUP_VERSION, "SLO"): "slos",
-    (GROUP_VERSION, "ChaosExperiment"): "chaosexperiments",
-    ("v1", "ConfigMap"): "configmaps", ("v1", "Secret"): "secrets", ("v1", "Service"): "services",
-    ("apps/v1", "Deployment"): "deployments", ("apps/v1", "StatefulSet"): "statefulsets",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrules",
-}
+#: every kind the poller reads
+KINDS = (
+    (GROUP_VERSION, "Lab"), (GROUP_VERSION, "Shard"), (GROUP_VERSION, "SLO"), (GROUP_VERSION, "ChaosExperiment"),
+    ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"), ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"), ("policy/v1", "PodDisruptionBudget"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+)
 
 
 def _condition(obj: dict, ctype: str) -> str | None:
@@ -222,11 +205,11 @@ class Tracker:
         child_kinds = {c[:2] for key, children in self.expected.items() if key not in self.done for c in children}
         owners = {}
         for kind in pending_kinds:
-            for obj in self.api.list(GROUP_VERSION, PLURALS[(GROUP_VERSION, kind)], self.namespace):
+            for obj in self.api.list(GROUP_VERSION, kind, self.namespace):
                 owners[(kind, obj["metadata"]["name"])] = obj
         present = {}
         for api_version, kind in child_kinds:
-            for obj in self.api.list(api_version, PLURALS[(api_version, kind)], self.namespace):
+            for obj in self.api.list(api_version, kind, self.namespace):
                 present[(api_version, kind, obj["metadata"]["name"])] = obj
         for key in self.expected:
             if key not in self.done and self._owner_ok(key, owners.get(key), present):
@@ -298,13 +281,12 @@ def _floor_apply(docs: list[dict]) -> int:
         return sum(pool.map(one, docs))
 
 
-def run_floor(api: Api, plane: LocalControlPlane, labs: int, timeout: float) -> dict:
+def run_floor(api: Api, plane: LocalCluster, labs: int, timeout: float) -> dict:
     """The 300 objects and their rendered children, applied directly (no operator)."""
     namespace = f"bench-floor-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace)
     docs = objects(namespace, labs)
     expected = expected_children(docs)
-    shards = [d for d in docs if d["kind"] == "Shard"]
     tracker = Tracker(api, namespace, expected, with_status=False)
     # The applies run in a process of their own, as the operator does: the poller here must
     # not take the interpreter lock from them.
@@ -356,7 +338,7 @@ def _delta(before: dict, after: dict, prefix: str) -> dict[str, int]:
             if k.startswith(prefix) and after[k] - before.get(k, 0)}
 
 
-def run_operator(api: Api, plane: LocalControlPlane, labs: int, timeout: float, settle: float,
+def run_operator(api: Api, plane: LocalCluster, labs: int, timeout: float, settle: float,
                  idle_window: float, workdir: Path) -> dict:
     namespace = f"bench-op-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace)
@@ -419,7 +401,7 @@ def run_operator(api: Api, plane: LocalControlPlane, labs: int, timeout: float, 
 
 # --------------------------------------------------------------------------- set-up and clean-up
 
-def _add_bench_nodes(plane: LocalControlPlane) -> None:
+def _add_bench_nodes(plane: LocalCluster) -> None:
     """Two more kwok nodes: 210 pods do not fit next to other pods on the cluster's two."""
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "220", "ephemeral-storage": "500Gi"}
     docs = [{"apiVersion": "v1", "kind": "Node",
@@ -431,11 +413,11 @@ def _add_bench_nodes(plane: LocalControlPlane) -> None:
     plane.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in BENCH_NODES])
 
 
-def _crd_names(plane: LocalControlPlane) -> set[str]:
+def _crd_names(plane: LocalCluster) -> set[str]:
     return set(plane.kubectl("get", "crd", "-o", "name").stdout.split())
 
 
-def _install_crds(plane: LocalControlPlane) -> set[str]:
+def _install_crds(plane: LocalCluster) -> set[str]:
     """Project CRDs and the two prometheus-operator CRDs; returns the CRDs that were not there."""
     before = _crd_names(plane)
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
@@ -448,7 +430,7 @@ def _install_crds(plane: LocalControlPlane) -> set[str]:
     return _crd_names(plane) - before
 
 
-def _strip_finalizers(plane: LocalControlPlane, namespace: str) -> None:
+def _strip_finalizers(plane: LocalCluster, namespace: str) -> None:
     """Whatever the operator left with its finalizer (it stopped first) must not keep the
     namespace Terminating for ever."""
     for plural in ("labs", "shards", "slos", "chaosexperiments"):
@@ -458,14 +440,14 @@ def _strip_finalizers(plane: LocalControlPlane, namespace: str) -> None:
                           '{"metadata":{"finalizers":null}}', check=False)
 
 
-def _delete_namespace(plane: LocalControlPlane, namespace: str, wait_s: float) -> None:
+def _delete_namespace(plane: LocalCluster, namespace: str, wait_s: float) -> None:
     plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     plane.kubectl("wait", "--for=delete", f"namespace/{namespace}", f"--timeout={int(wait_s)}s",
                   check=False, timeout=wait_s + 10)
 
 
 def main(labs: int, timeout: float, settle: float, idle_window: float) -> dict:
-    plane = LocalControlPlane(ROOT, log=sys.stderr)
+    plane = LocalCluster(ROOT, log=sys.stderr)
     started_here = not plane.healthy()
     if started_here:
         plane.up()

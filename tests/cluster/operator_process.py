@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import time
@@ -20,21 +21,33 @@ def free_port() -> int:
 
 
 @contextmanager
-def operator_process(cluster, tmp_path_factory, prefix: str, env: dict[str, str] | None = None):
+def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str | None = None,
+                     metrics_port: int | None = None, env: dict[str, str] | None = None,
+                     documents: list[dict] = ()):
     """The operator as a local process, as its own ServiceAccount (so its RBAC is what it is
-    held to), watching one fresh namespace of its own; `.namespace` names it."""
+    held to), watching one fresh namespace of its own; `.namespace` names it.
+
+    `env`: variables the operator starts with (e.g. a short PIMLAB_SLO_REFRESH_SECONDS).
+    `documents`: applied once the operator runs, each placed in the namespace; a Namespace
+    among them is the namespace itself (its labels, e.g. a node selector, kept)."""
     install_operator_rbac(cluster.plane)
     workdir = tmp_path_factory.mktemp(prefix)
     kubeconfig = workdir / "kubeconfig"
     write_operator_kubeconfig(cluster.plane, kubeconfig)
-    namespace = f"{prefix}-{int(time.time()) % 100000}"
-    cluster.kubectl("create", "namespace", namespace)
+    namespace = namespace or f"{prefix}-{int(time.time()) % 100000}"
+    documents = sorted(copy.deepcopy(list(documents)), key=lambda doc: doc["kind"] != "Namespace")
+    for doc in documents:
+        doc["metadata"]["name" if doc["kind"] == "Namespace" else "namespace"] = namespace
+    if not any(doc["kind"] == "Namespace" for doc in documents):
+        cluster.kubectl("create", "namespace", namespace)
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
-                              metrics_port=free_port(), health_port=free_port(), namespaces=(namespace,),
-                              env=env)
+                              metrics_port=metrics_port or free_port(), health_port=free_port(),
+                              namespaces=(namespace,), env=env)
     process.start()
     process.namespace = namespace
     try:
+        if documents:
+            cluster.apply(documents)
         yield process
     finally:
         process.stop()
@@ -62,17 +75,12 @@ def real_lab(cluster, tmp_path_factory, prefix: str, lab_spec: dict | None = Non
     PostgreSQL shards, the image built here, its namespace placed on the node), in a fresh
     namespace with a local operator watching only it; `lab_spec` is merged into the Lab's spec.
     Yields the operator process (`.namespace`) once the Lab and the Shards are Ready and seeded."""
-    with operator_process(cluster, tmp_path_factory, prefix, env=env) as process:
+    docs = [d for d in sample_documents(real_node=True) if d["kind"] in ("Namespace", "Lab", "Shard")]
+    for doc in docs:
+        if doc["kind"] == "Lab":
+            doc["spec"].update(lab_spec or {})
+    with operator_process(cluster, tmp_path_factory, prefix, env=env, documents=docs) as process:
         namespace = process.namespace
-        docs = [d for d in sample_documents(real_node=True) if d["kind"] in ("Namespace", "Lab", "Shard")]
-        for doc in docs:
-            if doc["kind"] == "Namespace":
-                doc["metadata"]["name"] = namespace
-            else:
-                doc["metadata"]["namespace"] = namespace
-            if doc["kind"] == "Lab":
-                doc["spec"].update(lab_spec or {})
-        cluster.apply(docs)
         wait_for(lambda: condition(cluster.get("lab", "pim", namespace)).get("status") == "True",
                  timeout=600, what="the sample Lab to become Ready on the real node")
         cluster.kubectl("wait", "--for=condition=Ready", "shard", "--all", "-n", namespace, "--timeout=300s",

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes.dynamic.exceptions import ConflictError
 
 from operator_process import operator_process
 from pimlab.waiting import wait_for
@@ -197,7 +196,7 @@ def test_status_writes_never_overwrite_a_newer_status(cluster, crds_installed, n
                                    [conditions.Condition("Ready", False, "StillWaiting", "second")])
     assert condition(other)["lastTransitionTime"] == first["lastTransitionTime"], "same status: no transition"
     # ... so a write decided from the older read is refused, and the newer status stands.
-    with pytest.raises(ConflictError):
+    with pytest.raises(kube.Conflict):
         reconcile.write_status(mine, {"phase": "Failed", "phaseReason": "stale"},
                                [conditions.Condition("Ready", True, "Stale", "stale")])
     stored = cluster.get("shard", "shard-00", namespace)["status"]

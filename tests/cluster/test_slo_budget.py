@@ -6,7 +6,6 @@ is gone -- no figure left looking current, a condition with the reason, the oper
 from __future__ import annotations
 
 import copy
-import os
 import time
 
 import pytest
@@ -17,7 +16,7 @@ import yaml
 
 from live_prometheus import (GATEWAY_SLO, drive, free_port, known_names, promql_metric_names, register_patient,
                              start_prometheus, start_services)
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
+from operator_process import operator_process
 from pimlab.waiting import wait_for
 from pimlab_operator.slo import desired
 from pimlab_operator.slo.model import SLOSpec
@@ -34,40 +33,22 @@ def setting(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
     spec = SLOSpec.model_validate(slo["spec"])
     services = start_services(work / "services")
     prom = None
-    process = None
     try:
         metrics_port = free_port()
         prom = start_prometheus(work / "prometheus", {"gateway": f"127.0.0.1:{services.gateway_port}",
                                                       "backend": f"127.0.0.1:{services.backend_port}",
                                                       "operator": f"127.0.0.1:{metrics_port}"},
                                 desired.rule_groups(slo, spec))
-        install_operator_rbac(cluster.plane)
-        kubeconfig = work / "kubeconfig"
-        write_operator_kubeconfig(cluster.plane, kubeconfig)
-        cluster.kubectl("create", "namespace", namespace)
-        previous = os.environ.get("PIMLAB_SLO_REFRESH_SECONDS")
-        os.environ["PIMLAB_SLO_REFRESH_SECONDS"] = "2"
-        process = OperatorProcess(kubeconfig, work / "operator.log", work / "operator.pid",
-                                  metrics_port=metrics_port, health_port=free_port(), namespaces=(namespace,))
-        try:
-            process.start()
-        finally:
-            if previous is None:
-                os.environ.pop("PIMLAB_SLO_REFRESH_SECONDS")
-            else:
-                os.environ["PIMLAB_SLO_REFRESH_SECONDS"] = previous
         lab = sample("Lab", "pim", namespace)
         lab["spec"]["observability"] = {**lab["spec"].get("observability", {}), "prometheusUrl": prom.url}
-        cluster.apply([lab, slo])
-        yield {"namespace": namespace, "services": services, "prometheus": prom, "operator": process,
-               "name": slo["metadata"]["name"]}
+        with operator_process(cluster, tmp_path_factory, "slo-budget", namespace=namespace, metrics_port=metrics_port,
+                              env={"PIMLAB_SLO_REFRESH_SECONDS": "2"}, documents=[lab, slo]) as process:
+            yield {"namespace": namespace, "services": services, "prometheus": prom, "operator": process,
+                   "name": slo["metadata"]["name"]}
     finally:
-        if process:
-            process.stop()
         if prom:
             prom.stop()
         services.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _slo(cluster, setting) -> dict:

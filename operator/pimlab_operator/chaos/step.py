@@ -22,6 +22,12 @@ CHILDREN = ()
 SLO_MAX_AGE_SECONDS = 120
 
 
+def in_flight(body: dict) -> bool:
+    """A run waiting, injecting or measuring recovery is followed every few seconds; a planned
+    (dry run) or finished one is not."""
+    phase = (body.get("status") or {}).get("phase")
+    return bool(phase) and phase not in desired.TERMINAL
+
 def _pods_and_shard(body: dict) -> tuple[list[dict], dict | None]:
     namespace = desired.target_namespace(body)
     shard_name = body["spec"]["target"].get("shardRef")

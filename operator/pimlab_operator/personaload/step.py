@@ -13,6 +13,10 @@ from pimlab_operator.schema import API_VERSION
 CHILDREN = (ChildKind("v1", "ConfigMap"), ChildKind("batch/v1", "Job"), ChildKind("batch/v1", "CronJob"))
 
 
+def running(body: dict) -> bool:
+    """A run in progress is followed (its pods' results) at the resync period, never backed off."""
+    return (body.get("status") or {}).get("phase") in ("Pending", "Running")
+
 def _lab(body: dict) -> dict | None:
     ref = body["spec"]["target"].get("labRef")
     return kube.get(API_VERSION, "Lab", ref, body["metadata"]["namespace"]) if ref else None

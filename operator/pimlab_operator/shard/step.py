@@ -30,6 +30,14 @@ CHILDREN = (
 )
 
 
+def fails_over(body: dict) -> bool:
+    """A postgres Shard, and a sqlserver one once its availability group exists (status.engine
+    is written only by a failover pass, never on kwok), gets a failover pass every few seconds,
+    never backed off."""
+    return ((body.get("spec") or {}).get("engine")) == "postgres" \
+        or ((body.get("status") or {}).get("engine")) == "sqlserver"
+
+
 def _credentials(body: dict) -> tuple[str | None, bool, bool]:
     """(a new password, whether our Secret exists, whether the Secret is missing for good).
 

@@ -1,10 +1,11 @@
 """SLO -> PrometheusRule (where its CRD exists), Grafana alert provisioning and dashboard; and,
-where a Prometheus is named, the error budget read from it (refreshed by the SLO's timer)."""
+where a Prometheus is named, the error budget read from it (refreshed by the SLO's resync)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 from pimlab_operator import kube, reconcile
 from pimlab_operator.conditions import Condition
@@ -18,18 +19,39 @@ log = logging.getLogger(__name__)
 PROMETHEUS_RULE = ChildKind("monitoring.coreos.com/v1", "PrometheusRule", optional=True)
 GRAFANA_ALERT_RULE_GROUP = ChildKind("grafana.integreatly.org/v1beta1", "GrafanaAlertRuleGroup", optional=True)
 CHILDREN = (ChildKind("v1", "ConfigMap"), PROMETHEUS_RULE, GRAFANA_ALERT_RULE_GROUP)
-#: How often every SLO's budget is read again (the SLO's resync timer).
+#: How often an SLO that names a Prometheus reads its budget again (its resync, never backed off).
 REFRESH_SECONDS = float(os.environ.get("PIMLAB_SLO_REFRESH_SECONDS", "30"))
+
+
+def reads_budget(body: dict) -> bool:
+    """An SLO that names a Prometheus (read or unreadable) reads its budget every REFRESH_SECONDS;
+    one with none backs off (a Lab's new prometheusUrl is noticed at its next resync)."""
+    budget = next((c for c in (body.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "BudgetCurrent"), None)
+    return budget is not None and budget.get("reason") != "NoPrometheusUrl"
+
+#: How long the Prometheus named for a namespace is reused: every SLO of a namespace asks on
+#: every reconcile, and listing its Labs each time was a fifth of the operator's work with 150 SLOs.
+URL_TTL_SECONDS = 10.0
+#: namespace -> (when looked up, the URL found)
+_urls: dict[str, tuple[float, str | None]] = {}
 
 
 def prometheus_url(namespace: str) -> str | None:
     """The Prometheus of the SLO's namespace: a Lab's spec.observability.prometheusUrl (the
-    first by name that sets one), else the operator's --prometheus-url."""
+    first by name that sets one), else the operator's --prometheus-url; at most
+    URL_TTL_SECONDS old."""
+    seen = _urls.get(namespace)
+    if seen and time.monotonic() - seen[0] < URL_TTL_SECONDS:
+        return seen[1]
+    url = None
     for lab in sorted(kube.list_objects(API_VERSION, "Lab", namespace), key=lambda o: o["metadata"]["name"]):
         url = ((lab.get("spec") or {}).get("observability") or {}).get("prometheusUrl")
         if url:
-            return url
-    return prometheus.default_url()
+            break
+    url = url or prometheus.default_url()
+    _urls[namespace] = (time.monotonic(), url)
+    return url
 
 
 def read_budget(body: dict, spec: SLOSpec) -> tuple[dict | None, Condition] | None:
