@@ -25,6 +25,8 @@ from operator_process import real_lab, require_real_node
 from pimlab.cluster import monitoring
 from pimlab.waiting import wait_for
 
+#: The lab coming up (~2 min), then normal load, firing and resolving (about a minute or two each).
+pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "SLOErrorBudgetBurnPage"
 #: The page tier's factor: objective 99 %, so 20 % bad requests over both windows. The faults make
@@ -37,10 +39,16 @@ FAULTS = {"faults": [{"method": "POST", "path": "/encounters", "errorRatio": 0.5
 
 
 def drill(name: str, namespace: str) -> dict:
-    """A sample SLO (samples/30-slos.yaml) with a 1h window and one short page tier."""
+    """A sample SLO (samples/30-slos.yaml) with a 1h window and one short page tier, its queries
+    scoped to the test's namespace (Prometheus scrapes every Lab; an earlier run's series stay)."""
     sample = next(d for d in yaml.safe_load_all((ROOT / "samples" / "30-slos.yaml").read_text())
                   if d and d["metadata"]["name"] == name)
-    spec = {**sample["spec"], "window": "1h", "alerting": ALERTING}
+    sli, scope = sample["spec"]["sli"], f'namespace="{namespace}",'
+    if "ratio" in sli:
+        sli = {"ratio": {k: q.replace("{route=", "{" + scope + "route=") for k, q in sli["ratio"].items()}}
+    else:
+        sli = {"latency": {**sli["latency"], "selector": scope + sli["latency"]["selector"]}}
+    spec = {**sample["spec"], "sli": sli, "window": "1h", "alerting": ALERTING}
     return {**sample, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
