@@ -12,10 +12,11 @@ import base64
 import json
 
 import psycopg
+import pytest
 
+from operator_process import real_lab, require_real_node
 from pimlab.waiting import wait_for
 from test_chaos_experiments import condition, experiment, settled
-from test_personaload_real_node import lab, real_node  # noqa: F401 - the sample lab on the real node
 
 PATIENT = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "patient"}
 
@@ -35,7 +36,15 @@ def _drill(name: str, namespace: str, **spec) -> dict:
                       blastRadius={"maxPods": 1, "maxPercent": 100}, **spec)
 
 
-def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):  # noqa: F811
+@pytest.fixture(scope="module")
+def lab(cluster, crds_installed, tmp_path_factory):
+    """The real-node sample lab (its namespace opted in to chaos), seeded, with a local operator."""
+    require_real_node(cluster)
+    with real_lab(cluster, tmp_path_factory, "chaos-real") as process:
+        yield process.namespace
+
+
+def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):
     before = pods(cluster, lab, PATIENT)
     cluster.apply(_drill("real-pod-kill", lab))
     obj = settled(cluster, "real-pod-kill", lab, phases=("Completed", "Aborted", "Failed"), timeout=180)
@@ -51,7 +60,7 @@ def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster,
     print(f"podKill of {killed}: replacement Ready {status['recoverySeconds']} s after the kill")
 
 
-def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):  # noqa: F811
+def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):
     before = pods(cluster, lab, PATIENT)
     cluster.apply(_drill("real-container-kill", lab, action="containerKill"))
     obj = settled(cluster, "real-container-kill", lab, phases=("Completed", "Aborted", "Failed"), timeout=180)
@@ -77,7 +86,7 @@ def _primary_connection(cluster, namespace: str) -> psycopg.Connection:
                            user=data["username"], password=data["password"], connect_timeout=5, autocommit=True)
 
 
-def test_sql_failover_switches_over_records_it_on_both_objects_and_loses_nothing(cluster, lab):  # noqa: F811
+def test_sql_failover_switches_over_records_it_on_both_objects_and_loses_nothing(cluster, lab):
     shard = cluster.get("shard", "shard-00", lab)
     old_primary = shard["status"]["currentPrimary"]
     history = len(shard["status"].get("failoverHistory") or [])
