@@ -28,6 +28,13 @@ def second_tree(cluster, tmp_path, monkeypatch):
     assert not other.running()
 
 
+def require_the_real_node_taken(tree: LocalCluster) -> None:
+    """A fallback needs a reason: where the session runs kwok nodes and the machine's real node is
+    free, a second tree would take it."""
+    if node.probe() is None and node.busy_reason(tree.layout) is None:
+        pytest.skip("the machine's real node is free (this session runs kwok nodes): nothing to fall back from")
+
+
 def node_names(cluster) -> set[str]:
     items = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     return {n["metadata"]["name"] for n in items}
@@ -35,6 +42,7 @@ def node_names(cluster) -> set[str]:
 
 def test_auto_falls_back_to_kwok_and_says_why(second_tree, monkeypatch):
     monkeypatch.setenv("PIMLAB_NODE", "auto")
+    require_the_real_node_taken(second_tree)
     second_tree.up()
     mode = second_tree.node_mode()
     assert mode.startswith("kwok: ") and len(mode) > len("kwok: ") + 10, mode
@@ -47,6 +55,7 @@ def test_auto_falls_back_to_kwok_and_says_why(second_tree, monkeypatch):
 
 def test_real_fails_with_the_reason_instead_of_falling_back(second_tree, monkeypatch):
     monkeypatch.setenv("PIMLAB_NODE", "real")
+    require_the_real_node_taken(second_tree)
     with pytest.raises(ClusterError, match=r"PIMLAB_NODE=real, but a real node cannot run here: .+"):
         second_tree.up()
 
