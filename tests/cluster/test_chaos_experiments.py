@@ -44,7 +44,7 @@ def pod_uids(cluster, namespace: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in items if not p["metadata"].get("deletionTimestamp")}
 
 
-def settled(cluster, name: str, namespace: str, phases=("Planned", "Completed", "Aborted", "Failed"),
+def settled(cluster, name: str, namespace: str, phases=("DryRun", "Completed", "Aborted", "Failed"),
             timeout: float = 60) -> dict:
     return wait_for(lambda: (o := cluster.get("chaosexperiment", name, namespace))
                     and (o.get("status") or {}).get("phase") in phases and o,
@@ -85,7 +85,7 @@ def test_dry_run_lists_the_targets_and_changes_nothing(cluster, lab):
         "selector": {"matchLabels": LABELS}, "mode": "fixed", "value": 2}, blastRadius={"maxPods": 2, "maxPercent": 50}))
     obj = settled(cluster, "preview", lab)
     status = obj["status"]
-    assert status["phase"] == "Planned" and condition(obj)["reason"] == "DryRun"
+    assert status["phase"] == "DryRun" and condition(obj)["reason"] == "DryRun"
     assert len(status["plannedTargets"]) == 2 and set(status["plannedTargets"]) <= set(before)
     assert [e["event"] for e in status["timeline"]] == ["Planned", "Validated"]
     assert pod_uids(cluster, lab) == before
@@ -160,7 +160,7 @@ def test_kill_switch_aborts_a_running_experiment_cleans_up_and_refuses_new_ones(
     refused = settled(cluster, "while-paused", lab)
     assert refused["status"]["phase"] == "Aborted" and condition(refused)["reason"] == "KillSwitchEngaged"
     cluster.apply(experiment("preview-while-paused", lab, dryRun=True))
-    assert settled(cluster, "preview-while-paused", lab)["status"]["phase"] == "Planned"  # a preview changes nothing
+    assert settled(cluster, "preview-while-paused", lab)["status"]["phase"] == "DryRun"  # a preview changes nothing
     assert pod_uids(cluster, lab) == before
 
 

@@ -48,7 +48,7 @@ def test_percent_limit_refuses_even_within_max_pods():
 
 def test_dry_run_plans_and_injects_nothing():
     step = chaos.start(POD_KILL, spec_of(POD_KILL), chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None), True, at="2025-01-01T00:00:00Z")
-    assert step.action is None and step.status["phase"] == "Planned"
+    assert step.action is None and step.status["phase"] == "DryRun"
     assert step.status["verdict"] == "Inconclusive" and step.status["timeline"][0]["event"] == "Planned"
     assert step.status["plannedTargets"] == chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None).targets
 
@@ -74,7 +74,7 @@ def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
     step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
                        shard=_shard(), at="2025-01-01T01:00:00Z")
-    assert step.action == "requestSwitchover" and step.status["phase"] == "Injecting"
+    assert step.action == "requestSwitchover" and step.status["phase"] == "Running"
     assert step.status["affectedTargets"] == ["shard-00-0", "shard-00-1"]
     assert chaos.needs_cleanup(spec_of(body))  # the Shard's switchover annotation must go again
     lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [
@@ -157,7 +157,7 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     body["spec"]["dryRun"] = False
     planned = chaos.plan(body, spec_of(body), PODS, None)
     step = chaos.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
-    assert step.action == "deletePods" and step.status["phase"] == "Injecting"
+    assert step.action == "deletePods" and step.status["phase"] == "Running"
     assert [e["event"] for e in step.status["timeline"]] == ["Planned", "Validated", "Injecting"]
     after = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
     assert after["phase"] == "Recovering" and after["timeline"][-1]["event"] == "Injected"
@@ -199,7 +199,7 @@ def test_network_fault_renders_chaos_mesh_on_exactly_the_planned_pods_or_fails_w
 def test_spec_change_is_a_new_run_and_a_finished_run_is_not():
     body = copy.deepcopy(POD_KILL)
     assert chaos.is_new_run(body)
-    body["status"] = {"phase": "Planned", "observedGeneration": 1}
+    body["status"] = {"phase": "DryRun", "observedGeneration": 1}
     assert not chaos.is_new_run(body)
     body["metadata"]["generation"] = 2
     assert chaos.is_new_run(body)

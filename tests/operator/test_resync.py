@@ -42,8 +42,8 @@ def test_a_postgres_shard_gets_its_failover_pass_every_two_seconds(key):
     assert BY_NAME["Shard"].resync.follow_trigger == "failover"
 
 
-@pytest.mark.parametrize("phase,followed", [("Injecting", True), ("Recovering", True), ("Pending", True),
-                                            ("Planned", False), ("Completed", False), (None, False)])
+@pytest.mark.parametrize("phase,followed", [("Running", True), ("Recovering", True), ("Pending", True),
+                                            ("DryRun", False), ("Completed", False), (None, False)])
 def test_an_experiment_is_followed_only_while_in_flight(key, phase, followed):
     body = {"status": {"phase": phase}} if phase else {}
     assert (_period("ChaosExperiment", key, body, 3) == 5) is followed

@@ -1,10 +1,10 @@
 """A ChaosExperiment's plan and progress, computed purely from its spec, its status and pods.
 
 A run is a small state machine kept in status, so it survives operator restarts:
-(new) -> Planned (dry run) | Aborted (governance refused it) | Injecting -> Recovering ->
-Completed, or Aborted (kill switch, abortIf, replaced) from Injecting/Recovering. A scheduled
-experiment waits in Scheduled between runs. The intention (phase Injecting) is written before
-anything is deleted or applied, and a run found in Injecting after a restart is never injected
+(new) -> DryRun | Aborted (governance refused it) | Running -> Recovering ->
+Completed, or Aborted (kill switch, abortIf, replaced) from Running/Recovering. A scheduled
+experiment waits in Scheduled between runs. The intention (phase Running) is written before
+anything is deleted or applied, and a run found in Running after a restart is never injected
 again. What a fault leaves behind (Chaos Mesh objects, a switchover request on a Shard) is held
 by a finalizer until it is cleaned up (`needs_cleanup`).
 """
@@ -25,8 +25,8 @@ from pimlab_operator.schema import duration_seconds
 CHAOS_MESH = {"networkDelay": "NetworkChaos", "networkLoss": "NetworkChaos",
               "networkPartition": "NetworkChaos", "cpuStress": "StressChaos"}
 CHAOS_MESH_VERSION = "chaos-mesh.org/v1alpha1"
-TERMINAL = ("Planned", "Completed", "Aborted", "Failed")
-ACTIVE = ("Injecting", "Recovering")
+TERMINAL = ("DryRun", "Completed", "Aborted", "Failed")
+ACTIVE = ("Running", "Recovering")
 #: Held on an experiment while it has something in the cluster to remove.
 FINALIZER = "pim-sre.lab/chaos-cleanup"
 #: On a Shard: which experiment asked it for a switchover (so cleanup removes only its own).
@@ -115,9 +115,9 @@ def chaos_mesh_children(body: dict, typed: ChaosExperimentSpec, targets: list[st
 
 
 def _conditions(phase: str, reason: str, message: str) -> list[Condition]:
-    ready = phase in ("Planned", "Completed", "Scheduled") and reason not in ("RecoveryTimedOut",)
+    ready = phase in ("DryRun", "Completed", "Scheduled") and reason not in ("RecoveryTimedOut",)
     return [Condition("Ready", ready, reason, message),
-            Condition("Progressing", phase in ("Injecting", "Recovering"), reason, message),
+            Condition("Progressing", phase in ("Running", "Recovering"), reason, message),
             Condition("Degraded", phase in ("Failed", "Aborted") or reason == "RecoveryTimedOut", reason, message)]
 
 
@@ -171,7 +171,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
     if slo_checked:
         base["timeline"].append(event("SLOChecked", slo_checked, at))
     if spec.dry_run:
-        return finish("Planned", "DryRun", f"dry run: would {spec.action} {', '.join(targets)}; nothing injected")
+        return finish("DryRun", "DryRun", f"dry run: would {spec.action} {', '.join(targets)}; nothing injected")
     if spec.action in CHAOS_MESH and not chaos_mesh_installed:
         message = f"{spec.action} needs Chaos Mesh's {CHAOS_MESH[spec.action]} CRD, which is not installed"
         return finish("Failed", "ChaosMeshNotInstalled", message)
@@ -184,7 +184,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
                           f"(primary {targets[0]})")
         extra["affectedTargets"] = [targets[0], wanted]
     base["timeline"].append(event("Injecting", f"about to {spec.action} {', '.join(targets)}", at))
-    step = finish("Injecting", "Injecting", f"injecting {spec.action} into {len(targets)} pods", **extra)
+    step = finish("Running", "Injecting", f"injecting {spec.action} into {len(targets)} pods", **extra)
     if spec.action == "sqlFailover":
         step.action = "requestSwitchover" if _failover_mode(spec) == "switchover" else "deletePods"
     elif spec.action == "podKill":
@@ -221,7 +221,7 @@ def cleaned(body: dict, detail: str, at: str | None = None) -> Step:
 
 
 def injected(status: dict, detail: str, at: str | None = None, affected: list[str] | None = None) -> Step:
-    """After the action (or on finding an Injecting run after a restart: not repeated)."""
+    """After the action (or on finding a Running run after a restart: not repeated)."""
     at = at or now()
     fields = {**status, "phase": "Recovering", "phaseReason": detail,
               "affectedTargets": affected if affected is not None else status.get("affectedTargets", []),

@@ -334,8 +334,8 @@ class TimelineEvent(StatusModel):
 class ChaosExperimentStatus(StatusBase):
     """The plan and the outcome of the last run."""
 
-    phase: Literal["Pending", "Scheduled", "Planned", "Injecting", "Recovering", "Completed", "Aborted", "Failed"] | None = Field(
-        None, description="Pending, Scheduled, Planned (dry run done), Injecting, Recovering, Completed, Aborted or Failed."
+    phase: Literal["Pending", "Scheduled", "DryRun", "Running", "Recovering", "Completed", "Aborted", "Failed"] | None = Field(
+        None, description="Pending, Scheduled (between runs), DryRun (targets planned, nothing injected), Running (injecting), Recovering, Completed, Aborted or Failed."
     )
     planned_targets: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(
         None, max_length=1000, description="Pods the run hits (or would hit, in a dry run)."

@@ -212,9 +212,9 @@ def step(body: dict, spec: ChaosExperimentSpec) -> None:
     elif desired.is_new_run(body):
         _start(body, spec, paused, carry={"runs": 1})
         return
-    if spec.dry_run and phase in ("Planned", "Aborted"):
+    if spec.dry_run and phase in ("DryRun", "Aborted"):
         _replan(body, spec, status)
-    elif phase == "Injecting":  # interrupted between intention and record
+    elif phase == "Running":  # interrupted between intention and record
         _write(body, desired.injected(desired.run_fields(status),
                                       "operator restarted during injection: not repeated"))
     elif phase == "Recovering":
