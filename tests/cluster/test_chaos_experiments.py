@@ -273,3 +273,49 @@ def test_a_network_fault_ends_with_its_duration_and_its_chaos_mesh_object_is_rem
     assert f"NetworkChaos/{generated['name']}" in done["status"]["timeline"][-1]["detail"]
     assert cluster.get("networkchaos", generated["name"], lab) is None
     assert "pim-sre.lab/chaos-cleanup" not in (done["metadata"].get("finalizers") or [])
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Where Grafana would be (it cannot run here): records each annotation POSTed to it."""
+
+    received: list[tuple[str, str, dict]] = []
+
+    def do_POST(self):  # noqa: N802 - the http.server name
+        import json
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.path, self.headers.get("Authorization", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"message": "Annotation added", "id": 1}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_real_run_is_annotated_in_the_grafana_its_lab_names_start_and_span(cluster, lab, operator):
+    """Last in this module: the Lab it applies stays in the namespace."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = "grafana-sa-token-not-for-logs"
+    try:
+        cluster.apply([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "grafana-token", "namespace": lab},
+             "stringData": {"token": token}},
+            {"apiVersion": "pim-sre.lab/v1alpha1", "kind": "Lab", "metadata": {"name": "annotated", "namespace": lab},
+             "spec": {"image": "ghcr.io/pim-sre/lab:0.1.0", "observability": {"grafana": {
+                 "url": f"http://127.0.0.1:{server.server_port}",
+                 "apiTokenSecretRef": {"name": "grafana-token", "key": "token"}}}}},
+        ])
+        cluster.apply(experiment("annotated-delay", lab, action="networkDelay", duration="5s",
+                                 parameters={"latency": "100ms"}))
+        wait_for(lambda: len(_Recorder.received) >= 2, timeout=60, what="the start and end annotations")
+        (start_path, auth, start), (_, _, end) = _Recorder.received[:2]
+        assert start_path == "/api/annotations" and auth == f"Bearer {token}"
+        assert {"pim-sre.lab/chaos", "experiment:annotated-delay", "action:networkDelay"} <= set(start["tags"])
+        assert "ADR-011" in start["text"] and "timeEnd" not in start
+        assert "verdict:Passed" in end["tags"] and end["timeEnd"] >= end["time"] == start["time"]
+        assert "Completed" in end["text"]
+        assert token not in operator.log.read_text()
+    finally:
+        server.shutdown()

@@ -210,3 +210,24 @@ def test_what_the_slos_read_goes_before_the_abort_in_the_timeline():
     aborted = chaos.with_event(chaos.abort(running, "SLOBurnRateExceeded", "burns", at="2025-01-01T01:00:09Z"),
                                "SLOChecked", "booking: burn 30x", at="2025-01-01T01:00:09Z")
     assert [e["event"] for e in aborted.status["timeline"]] == ["Injected", "SLOChecked", "Aborted"]
+
+
+def test_grafana_annotations_mark_a_run_start_and_its_span_and_nothing_else():
+    from pimlab_operator.chaos.grafana import annotation
+
+    body = {"metadata": {"name": "kill-one"}, "spec": {"action": "podKill", "reference": "ADR-011"},
+            "status": {"phase": "Pending"}}
+    running = {"phase": "Running", "startedAt": "2026-12-01T03:00:00Z", "plannedTargets": ["pod-a"]}
+    start = annotation(body, running)
+    assert start["time"] == 1796094000000 and "timeEnd" not in start
+    assert start["tags"] == ["pim-sre.lab/chaos", "experiment:kill-one", "action:podKill"]
+    assert start["text"] == "chaos kill-one: podKill on pod-a (ADR-011)"
+    ended = {**running, "phase": "Completed", "verdict": "Passed", "phaseReason": "pod-a replaced",
+             "recoverySeconds": 4.2, "completedAt": "2026-12-01T03:00:10Z"}
+    span = annotation({**body, "status": {**running, "phase": "Recovering"}}, ended)
+    assert (span["time"], span["timeEnd"]) == (1796094000000, 1796094010000) and "verdict:Passed" in span["tags"]
+    assert span["text"] == "chaos kill-one: Completed, verdict Passed: pod-a replaced (recovered in 4.2 s)"
+    # a dry run, a refusal before injection and an unchanged phase are not annotated
+    assert annotation(body, {"phase": "DryRun"}) is None
+    assert annotation(body, {"phase": "Aborted", "verdict": "Failed"}) is None
+    assert annotation({**body, "status": running}, running) is None

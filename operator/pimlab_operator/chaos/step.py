@@ -10,7 +10,7 @@ import datetime as dt
 import httpx
 
 from pimlab_operator import kube, reconcile
-from pimlab_operator.chaos import desired, governance, inject
+from pimlab_operator.chaos import desired, governance, grafana, inject
 from pimlab_operator.chaos.model import ChaosExperimentSpec
 from pimlab_operator.objects import label_selector
 from pimlab_operator.schema import API_VERSION
@@ -78,7 +78,9 @@ def probe_results(spec: ChaosExperimentSpec) -> dict[str, str | None]:
 
 
 def _write(body: dict, step: desired.Step) -> dict:
-    return reconcile.write_status(body, step.status, step.conditions)
+    written = reconcile.write_status(body, step.status, step.conditions)
+    grafana.announce(body, step.status)  # once written: a refused write (409) announces nothing
+    return written
 
 
 def _act(body: dict, spec: ChaosExperimentSpec, step: desired.Step) -> None:
