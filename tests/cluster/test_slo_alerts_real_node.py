@@ -92,7 +92,7 @@ def _set_faults(cluster, namespace: str, body: dict | None) -> list[str]:
     return names
 
 
-def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab):
+def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab, thirdparty_crds):
     ns, prom = lab, stack
     names = {"booking": "encounter-booking-availability", "notes": "encounter-documentation-latency"}
     cluster.apply([drill(name, ns) for name in names.values()])
@@ -124,11 +124,25 @@ def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab)
         assert _budget(cluster, names["booking"], ns)["remaining"] > 0.9
         assert _alerts(prom, ns) == {}
 
+        # A chaos drill guarded by the booking SLO: a network delay that would run 10 minutes,
+        # aborted once the booking burn passes the page threshold.
+        cluster.apply([guarded_drill("burn-guard", ns, names["booking"])])
+        guarded = wait_for(lambda: (s := (cluster.get("chaosexperiment", "burn-guard", ns) or {}).get("status") or {})
+                           .get("phase") in ("Recovering", "Aborted", "Failed") and s, timeout=60, interval=2,
+                           what="the guarded drill running")
+        assert guarded["phase"] == "Recovering", guarded
+
         # Faults: half the bookings fail, every note is 800 ms late.
         pods = _set_faults(cluster, ns, FAULTS)
         firing = wait_for(lambda: (a := _alerts(prom, ns)) and set(a.values()) == {"firing"} and len(a) == 2 and a,
                           timeout=300, interval=5, what="both page alerts firing in Prometheus")
         assert set(firing) == set(names.values())
+        aborted = wait_for(lambda: (s := cluster.get("chaosexperiment", "burn-guard", ns)["status"])
+                           .get("phase") == "Aborted" and s, timeout=120, interval=2,
+                           what="the guarded drill aborted by the booking SLO's burn")
+        assert names["booking"] in aborted["abortReason"] and aborted["verdict"] == "Failed", aborted
+        assert not cluster.kubectl("get", "networkchaos", "-n", ns, "-o", "name").stdout.strip(), \
+            "the drill's NetworkChaos outlived the abort"
         for name in names.values():
             burning = wait_for(lambda n=name: (b := _budget(cluster, n, ns)).get("firingAlerts") and b,
                                timeout=60, interval=2, what=f"{name}: the page alert in status")
@@ -144,6 +158,17 @@ def test_page_alerts_fire_under_injected_faults_and_resolve(cluster, stack, lab)
                      what=f"{name}: no firing alert in status")
     finally:
         cluster.kubectl("delete", "personaload", "drill", "-n", ns, "--wait=false", check=False)
+
+
+def guarded_drill(name: str, namespace: str, slo: str) -> dict:
+    return {"apiVersion": "pim-sre.lab/v1alpha1", "kind": "ChaosExperiment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"action": "networkDelay", "dryRun": False, "reference": "ADR-011", "duration": "10m",
+                     "target": {"selector": {"matchLabels": {"app.kubernetes.io/instance": "pim",
+                                                             "app.kubernetes.io/component": "patient"}},
+                                "mode": "one"},
+                     "blastRadius": {"maxPods": 1, "maxPercent": 100}, "parameters": {"latency": "50ms"},
+                     "abortIf": [{"sloRef": slo, "burnRateAbove": BURN}]}}
 
 
 def _rule_slos(prom: str, namespace: str) -> set[str]:
