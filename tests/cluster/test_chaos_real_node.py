@@ -19,7 +19,7 @@ import pytest
 from failover_lab import FailoverLab, Writers
 from operator_process import real_lab, require_real_node
 from pimlab.waiting import wait_for
-from test_chaos_experiments import condition, experiment, settled
+from test_chaos_experiments import KILL_SWITCH, OPT_IN, condition, experiment, settled
 
 PATIENT = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "patient"}
 ENCOUNTER = {"app.kubernetes.io/instance": "pim", "app.kubernetes.io/component": "encounter"}
@@ -36,16 +36,52 @@ def restarts(pod: dict) -> int:
 
 
 def _drill(name: str, namespace: str, **spec) -> dict:
-    return experiment(name, namespace, duration="3m", target={"selector": {"matchLabels": PATIENT}, "mode": "one"},
-                      blastRadius={"maxPods": 1, "maxPercent": 100}, **spec)
+    return experiment(name, namespace, **{"duration": "3m", "target": {"selector": {"matchLabels": PATIENT}, "mode": "one"},
+                                          "blastRadius": {"maxPods": 1, "maxPercent": 100}, **spec})
 
 
 @pytest.fixture(scope="module")
-def lab(cluster, crds_installed, tmp_path_factory):
-    """The real-node sample lab (its namespace opted in to chaos), seeded, with a local operator."""
+def lab(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
+    """The real-node sample lab (its namespace opted in to chaos), seeded, with a local operator;
+    Chaos Mesh's CRDs installed (its daemons cannot run here: its objects are made and removed)."""
     require_real_node(cluster)
     with real_lab(cluster, tmp_path_factory, "chaos-real") as process:
         yield process.namespace
+
+
+def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_deletion(cluster, lab):
+    services = {"app.kubernetes.io/instance": "pim"}
+    before = {n: p["metadata"]["uid"] for n, p in pods(cluster, lab, services).items()}
+    cluster.apply(_drill("real-preview", lab, dryRun=True))
+    preview = settled(cluster, "real-preview", lab)
+    assert preview["status"]["phase"] == "DryRun" and len(preview["status"]["plannedTargets"]) == 1
+    cluster.apply(experiment("real-too-wide", lab, target={"selector": {"matchLabels": services}, "mode": "all"},
+                             blastRadius={"maxPods": 1, "maxPercent": 100}))
+    assert condition(settled(cluster, "real-too-wide", lab))["reason"] == "BlastRadiusExceeded"
+    cluster.kubectl("label", "namespace", lab, "pim-sre.lab/chaos-")
+    try:
+        cluster.apply(_drill("real-not-opted-in", lab))
+        assert condition(settled(cluster, "real-not-opted-in", lab))["reason"] == "NamespaceNotOptedIn"
+    finally:
+        cluster.kubectl("label", "namespace", lab, OPT_IN, "--overwrite")
+    assert {n: p["metadata"]["uid"] for n, p in pods(cluster, lab, services).items()} == before, "a refused run changed a pod"
+
+    delay = {"action": "networkDelay", "parameters": {"latency": "50ms"}, "duration": "10m"}
+    cluster.apply([_drill("real-delay-deleted", lab, **delay), _drill("real-delay-paused", lab, **delay)])
+    generated = {name: settled(cluster, name, lab, phases=("Recovering",))["status"]["generatedObjects"][0]["name"]
+                 for name in ("real-delay-deleted", "real-delay-paused")}
+    cluster.kubectl("delete", "chaosexperiment", "real-delay-deleted", "-n", lab, "--wait=false")
+    wait_for(lambda: cluster.get("chaosexperiment", "real-delay-deleted", lab) is None, timeout=30,
+             what="the deleted experiment gone (its finalizer released after cleanup)")
+    assert cluster.get("networkchaos", generated["real-delay-deleted"], lab) is None
+    cluster.kubectl("annotate", "namespace", "pim-system", f"{KILL_SWITCH}=true", "--overwrite")
+    try:
+        aborted = settled(cluster, "real-delay-paused", lab, phases=("Aborted",), timeout=30)
+        assert condition(aborted, "Degraded")["reason"] == "KillSwitchEngaged"
+        wait_for(lambda: cluster.get("networkchaos", generated["real-delay-paused"], lab) is None, timeout=30,
+                 what="the paused experiment's NetworkChaos removed")
+    finally:
+        cluster.kubectl("annotate", "namespace", "pim-system", f"{KILL_SWITCH}-", check=False)
 
 
 def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):
