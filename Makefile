@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover flux gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover flux gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ cluster-status: venv ## which components run, the node mode, nodes and add-on po
 
 crds: venv ## regenerate crds/ from the pydantic models
 	$(PIMLAB) crds
+
+docs: venv ## regenerate docs/reference/crds.md, the CRD reference, from the pydantic models
+	$(PIMLAB) docs
 
 golden: venv ## rewrite tests/golden/ from what the operator renders for samples/ (review the diff)
 	PIMLAB_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/operator/test_golden.py

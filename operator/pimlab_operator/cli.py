@@ -25,12 +25,31 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    """Write (or, with --check, verify) the CRD reference generated from the same schema."""
+    from pimlab_operator import docgen
+
+    out_dir = Path(args.out_dir)
+    if args.check:
+        stale = docgen.stale_files(out_dir)
+        for name in stale:
+            print(f"stale: {out_dir / name} (run `pimlab docs`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in docgen.write(out_dir):
+        print(path)
+    return 0
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the operator's commands; each sets `func(args) -> int`."""
     crds = subparsers.add_parser("crds", help="generate the CRDs in crds/ from the pydantic models")
     crds.add_argument("--out-dir", default=str(project_home() / "crds"), help="directory for <plural>.pim-sre.lab.yaml files")
     crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     crds.set_defaults(func=_crds)
+    docs = subparsers.add_parser("docs", help="generate the CRD reference docs/reference/crds.md from the models")
+    docs.add_argument("--out-dir", default=str(project_home() / "docs" / "reference"), help="directory for crds.md")
+    docs.add_argument("--check", action="store_true", help="exit 1 if the reference differs from the models")
+    docs.set_defaults(func=_docs)
     add_operator_commands(subparsers)
 
 
