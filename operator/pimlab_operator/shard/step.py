@@ -207,4 +207,22 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     fields, wanted = desired.failover_status(body, statefulset, _pods(body), result,
                                              driver.replica_details(result.memory.current_primary), now,
                                              credentials_missing)
+    _write_pass_status(body, fields, wanted)
+
+
+def _write_pass_status(body: dict, fields: dict, wanted: list) -> None:
+    """Status after a pass that acted: what it did (a fence, a promotion) lives only here, so a
+    409 is never answered by deciding again (that pass would see its own fence as a failed
+    primary). Passes are one at a time (`_pass_lock`); whoever wrote since, kopf's annotations or
+    a spec change, did not touch these fields: they are written again on the newer object."""
+    for _ in range(reconcile.CONFLICT_ATTEMPTS):
+        try:
+            reconcile.write_status(body, fields, wanted)
+            return
+        except kube.Conflict:
+            newer = kube.get(body.get("apiVersion", "pim-sre.lab/v1alpha1"), "Shard", body["metadata"]["name"],
+                             body["metadata"]["namespace"])
+            if newer is None:
+                return
+            body = newer
     reconcile.write_status(body, fields, wanted)
