@@ -129,11 +129,13 @@ class Writers:
         return min(acks) - t if acks else None
 
     def outage_after(self, t: float) -> float | None:
-        """The client's outage after a fault injected at `t`: from the first write sent after
-        `t` that was not acknowledged (the primary is gone from then: a pod deletion takes a
-        moment to stop it, `kill -9` none) to the first acknowledged write sent after that one."""
+        """The client's outage after a fault injected at `t`: the longest time from a write sent
+        after `t` that was not acknowledged to the first acknowledged write sent after it (a pod
+        deletion takes a moment to stop the primary, and a write can fail and the next succeed
+        in that moment: the outage is the stretch that follows, not that blip)."""
         failed = [r.started for r in self.results if r.status != 202 and r.started >= t]
-        return self.first_ack_after(min(failed)) if failed else None
+        gaps = [gap for start in failed if (gap := self.first_ack_after(start)) is not None]
+        return max(gaps) if gaps else None
 
     def wait_acks(self, n: int = 3, timeout: float = 60) -> None:
         base = len(self.acknowledged())
