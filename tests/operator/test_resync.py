@@ -36,10 +36,14 @@ def test_an_slo_that_reads_prometheus_keeps_its_refresh_period(key):
     assert _period("SLO", key, no_prometheus, 1) == round(REFRESH_SECONDS * 4)
 
 
-def test_a_postgres_shard_gets_its_failover_pass_every_two_seconds(key):
-    assert _period("Shard", key, {"spec": {"engine": "postgres"}}, 5) == FAILOVER_PASS_SECONDS
-    assert _period("Shard", key, {"spec": {"engine": "sqlserver"}}, 1) == 80
-    assert BY_NAME["Shard"].resync.follow_trigger == "failover"
+def test_a_shard_resync_backs_off_and_its_failover_pass_is_a_timer_of_its_own(key):
+    from pimlab_operator.shard.step import fails_over
+
+    assert _period("Shard", key, {"spec": {"engine": "postgres"}}, 1) == 80
+    assert FAILOVER_PASS_SECONDS == 2.0
+    assert fails_over({"spec": {"engine": "postgres"}})
+    assert fails_over({"spec": {"engine": "sqlserver"}, "status": {"engine": "sqlserver"}})  # its group exists
+    assert not fails_over({"spec": {"engine": "sqlserver"}})
 
 
 @pytest.mark.parametrize("phase,followed", [("Running", True), ("Recovering", True), ("Pending", True),
