@@ -178,10 +178,9 @@ class FailoverLab:
         self.wait_ready(timeout=300)
         self.connect()
 
-    def connect(self, seed: bool = True) -> None:
-        """The client's side of a Lab named `pim` that is up (this one, or the real-node sample
-        lab, seeded already): the Lab's development issuer, the gateway's ClusterIP, the seed,
-        patients."""
+    def connect(self) -> None:
+        """The client's side of the Lab once it is up: its development issuer, the gateway's
+        ClusterIP, the seed, patients."""
         key = base64.b64decode(self.secret(dev_issuer_secret(LAB))["dev-issuer.pem"])
         path = self.workdir / "dev-issuer.pem"
         path.write_bytes(key)
@@ -190,11 +189,10 @@ class FailoverLab:
         service = yaml.safe_load(self.cluster.kubectl("get", "service", f"{LAB}-gateway", "-n", self.namespace,
                                                       "-o", "yaml").stdout)["spec"]
         self.url = f"http://{service['clusterIP']}:{service['ports'][0]['port']}"
-        if seed:
-            wait_for(lambda: (p := self.cluster.kubectl("exec", "-n", self.namespace, f"deployment/{LAB}-admin",
-                                                        "--", "pimlab", "seed", "--patients", "5", check=False,
-                                                        timeout=300)).returncode == 0 and p.stdout,
-                     timeout=180, interval=5, what="the shard to take the seed")
+        wait_for(lambda: (p := self.cluster.kubectl("exec", "-n", self.namespace, f"deployment/{LAB}-admin", "--",
+                                                    "pimlab", "seed", "--patients", "5", check=False,
+                                                    timeout=300)).returncode == 0 and p.stdout,
+                 timeout=180, interval=5, what="the shard to take the seed")
         self.patients = [self._patient(c) for c in "ABC"]
 
     def down(self) -> None:
