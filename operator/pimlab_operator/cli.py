@@ -9,35 +9,31 @@ from pathlib import Path
 from pimlab_operator.render import project_home
 
 
-
-def _crds(args: argparse.Namespace) -> int:
-    """Write (or, with --check, verify) the CRD YAML generated from the models."""
-    from pimlab_operator import crdgen
-
+def _generated(args: argparse.Namespace, generator, command: str) -> int:
+    """Write (or, with --check, verify) files generated from the models."""
     out_dir = Path(args.out_dir)
     if args.check:
-        stale = crdgen.stale_files(out_dir)
+        stale = generator.stale_files(out_dir)
         for name in stale:
-            print(f"stale: {out_dir / name} (run `pimlab crds`)", file=sys.stderr)
+            print(f"stale: {out_dir / name} (run `pimlab {command}`)", file=sys.stderr)
         return 1 if stale else 0
-    for path in crdgen.write(out_dir):
+    for path in generator.write(out_dir):
         print(path)
     return 0
+
+
+def _crds(args: argparse.Namespace) -> int:
+    """The CRD YAML generated from the models."""
+    from pimlab_operator import crdgen
+
+    return _generated(args, crdgen, "crds")
 
 
 def _docs(args: argparse.Namespace) -> int:
-    """Write (or, with --check, verify) the CRD reference generated from the same schema."""
+    """The CRD reference generated from the same schema."""
     from pimlab_operator import docgen
 
-    out_dir = Path(args.out_dir)
-    if args.check:
-        stale = docgen.stale_files(out_dir)
-        for name in stale:
-            print(f"stale: {out_dir / name} (run `pimlab docs`)", file=sys.stderr)
-        return 1 if stale else 0
-    for path in docgen.write(out_dir):
-        print(path)
-    return 0
+    return _generated(args, docgen, "docs")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -224,20 +224,26 @@ def rendered_files() -> dict[str, str]:
 
 
 def write(out_dir: Path) -> list[Path]:
-    """Write every CRD into `out_dir`; returns the paths written."""
+    return write_files(rendered_files(), out_dir)
+
+
+def stale_files(out_dir: Path) -> list[str]:
+    """Names of CRD files in `out_dir` that are missing or differ from freshly generated ones."""
+    return stale(rendered_files(), out_dir)
+
+
+def write_files(files: dict[str, str], out_dir: Path) -> list[Path]:
+    """Write generated files (name -> text) into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in rendered_files().items():
+    for name, text in files.items():
         path = out_dir / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
 
 
-def stale_files(out_dir: Path) -> list[str]:
-    """Names of CRD files in `out_dir` that are missing or differ from freshly generated ones."""
-    return [
-        name
-        for name, text in rendered_files().items()
-        if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != text
-    ]
+def stale(files: dict[str, str], out_dir: Path) -> list[str]:
+    """Names of generated files that are missing from `out_dir` or differ there."""
+    return [name for name, text in files.items()
+            if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != text]

@@ -114,17 +114,8 @@ def rendered_files() -> dict[str, str]:
 
 
 def write(out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in rendered_files().items():
-        (out_dir / name).write_text(text, encoding="utf-8")
-        written.append(out_dir / name)
-    return written
+    return crdgen.write_files(rendered_files(), out_dir)
 
 
 def stale_files(out_dir: Path) -> list[str]:
-    return [
-        name
-        for name, text in rendered_files().items()
-        if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != text
-    ]
+    return crdgen.stale(rendered_files(), out_dir)
