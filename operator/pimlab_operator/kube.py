@@ -116,9 +116,17 @@ def _from_kubeconfig(path: Path) -> _Connection:
     return connection
 
 
+#: 429 is the apiserver's flow control turning a request away before doing anything with it,
+#: with a Retry-After: such a request is sent again (any method), up to this many times, after
+#: the Retry-After it names (at most a second or two of back-off when it names none).
+THROTTLED_RETRIES = 8
+
+
 def _pool(tls: ssl.SSLContext) -> urllib3.PoolManager:
-    return urllib3.PoolManager(num_pools=2, maxsize=16, ssl_context=tls, timeout=REQUEST_TIMEOUT,
-                               retries=urllib3.Retry(connect=3, read=0, redirect=0, status=0))
+    retries = urllib3.Retry(connect=3, read=0, redirect=0, status=THROTTLED_RETRIES, status_forcelist=(429,),
+                            allowed_methods=None, respect_retry_after_header=True, backoff_factor=0.25,
+                            backoff_max=2, raise_on_status=False)
+    return urllib3.PoolManager(num_pools=2, maxsize=16, ssl_context=tls, timeout=REQUEST_TIMEOUT, retries=retries)
 
 
 @lru_cache(maxsize=1)

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from pimlab.cluster.local import LocalCluster  # noqa: E402
 from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
+from pimlab_operator.chaos.governance import OPT_IN_LABEL  # noqa: E402
 
 GROUP_VERSION = "pim-sre.lab/v1alpha1"
 THIRDPARTY = ROOT.parent / "shared" / "thirdparty-crds"
@@ -354,6 +355,8 @@ def run_operator(api: Api, plane: LocalCluster, labs: int, timeout: float, settl
                  idle_window: float, backed_off: float, workdir: Path) -> dict:
     namespace = f"bench-op-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace)
+    # the dry-run experiments plan targets only in a namespace that opted in to chaos
+    plane.kubectl("label", "namespace", namespace, "=".join(OPT_IN_LABEL))
     install_operator_rbac(plane)
     kubeconfig = workdir / "operator.kubeconfig"
     write_operator_kubeconfig(plane, kubeconfig)

@@ -12,6 +12,7 @@ pod's postmaster or SIGSTOP of its postgres processes, found through /proc by th
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import itertools
@@ -325,6 +326,17 @@ class FailoverLab:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+    @contextlib.contextmanager
+    def standbys_frozen(self):
+        """Every standby hung (SIGSTOP) for the body of the `with`, thawed however it ends."""
+        frozen: list[int] = []
+        try:
+            for pod in self.standbys():
+                frozen += self.freeze(pod)
+            yield
+        finally:
+            self.thaw(frozen)
 
     # -- what must never show the password ------------------------------------------------------
     def places_showing(self, secret: str, operator_log: Path) -> list[str]:

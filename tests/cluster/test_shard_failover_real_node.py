@@ -114,19 +114,14 @@ def test_killing_one_standby_does_not_interrupt_writes(lab):
 def test_every_standby_gone_writes_get_503_shard_degraded_then_recovers(lab):
     lab.wait_ready()
     primary = lab.primary()
-    frozen = []
     with Writers(lab) as writers:
         writers.wait_acks()
-        try:
-            for pod in lab.standbys():
-                frozen += lab.freeze(pod)
+        with lab.standbys_frozen():
             start = time.monotonic()  # every write sent from now on waits for a standby that cannot answer
             degraded = wait_for(lambda: condition(s := lab.shard(), "Degraded").get("status") == "True" and s,
                                 timeout=30, what="the Shard to report Degraded")
             time.sleep(6)
             end = time.monotonic()
-        finally:
-            lab.thaw(frozen)
         lab.wait_ready(timeout=120)
         writers.wait_acks()
     during = [r for r in writers.results if r.started > start and r.ended < end]
@@ -139,19 +134,14 @@ def test_every_standby_gone_writes_get_503_shard_degraded_then_recovers(lab):
 def test_no_safe_standby_refuses_promotion_with_a_reason_then_fails_over_when_one_returns(lab):
     lab.wait_ready()
     old = lab.primary()
-    frozen = []
     with Writers(lab) as writers:
         writers.wait_acks()
-        try:
-            for pod in lab.standbys():
-                frozen += lab.freeze(pod)
+        with lab.standbys_frozen():
             lab.kill9(old)
             refused = wait_for(lambda: (c := condition(lab.shard(), "Degraded")).get("reason") in (
                 "NoSafeStandby", "QuorumNotObserved") and c, timeout=UNHEALTHY_AFTER + 40, what="a refusal")
             assert refused["status"] == "True" and "refusing to promote" in refused["message"], refused
             assert lab.primary() == old  # nobody was promoted
-        finally:
-            lab.thaw(frozen)
         wait_for(lambda: lab.primary() not in (None, old), timeout=60, what="a promotion once the standbys answer")
         lab.wait_ready(timeout=180)
         writers.wait_acks()

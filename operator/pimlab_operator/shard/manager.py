@@ -7,6 +7,7 @@ the only thing that touches a database; `set_label` is the only thing that touch
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Protocol
@@ -38,6 +39,16 @@ class PassResult:
     completed: dict | None = None          # the failover record, when one finished in this pass
     events: list[Action] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)   # what was done, each with its seconds: for the log
+
+    def summary(self) -> str:
+        """One line for the operator's log: the decision, why, and each step with its duration."""
+        d = self.decision
+        why = f" ({d.failover_reason} from {d.failover_from})" if d.failover_reason else ""
+        done = f"; {', '.join(self.steps)}" if self.steps else ""
+        record = (f"; recorded {self.completed['reason']} {self.completed['from']} -> {self.completed['to']}"
+                  if self.completed else "")
+        return f"{d.phase}/{d.reason}{why}{done}{record}"
 
 
 def _iso(value: datetime) -> str:
@@ -51,10 +62,14 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
     """Observe, decide, act. A pass that only fenced is followed at once by one more: the fence
     and detach calls return once the old primary is stopped and the standbys have stopped
     receiving, so positions can be compared now rather than a timer tick later."""
+    observing = time.monotonic()
     observations = driver.observe(pods, labels)
     decision = decide(observations, policy, memory, now(), synchronous_members)
+    observed_in = time.monotonic() - observing
     current = memory.current_primary or (decision.target_primary if decision.reason == "Bootstrapped" else None)
     result = PassResult(decision, observations, memory)
+    if observed_in > 1:
+        result.steps.append(f"observe {observed_in:.2f}s")
     promoted = None
     by_pod = {o.pod: o for o in observations}
     # re-pointing a standby is quick; bringing back the old primary is not (a pg_rewind, or a
@@ -65,11 +80,14 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
         a.pod == old or (by_pod.get(a.pod) and by_pod[a.pod].role != "standby"))]
     quick = [a for a in decision.actions if a not in slow]
     for action in quick + [None] + slow:
+        started = time.monotonic()
         if action is None:
             if (promoted or decision.completing) and not result.errors:
                 probe = _complete(driver, decision, memory, current, now)
                 if probe:
                     result.completed = probe
+                result.steps.append(f"write probe on {current} {'acknowledged' if probe else 'not acknowledged'} "
+                                    f"{time.monotonic() - started:.2f}s")
             continue
         try:
             if action.kind == "event":
@@ -91,8 +109,12 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
                 driver.follow(action.pod, action.primary)
         except DriverError as error:
             result.errors.append(f"{action.kind} {action.pod}: {error}")
+            result.steps.append(f"{action.kind} {action.pod} failed {time.monotonic() - started:.2f}s")
             if action.kind in ("fence", "promote"):
                 break  # never go on past a fence or a promotion that did not happen
+            continue
+        if action.kind != "event":
+            result.steps.append(f"{action.kind} {action.pod} {time.monotonic() - started:.2f}s")
     if result.completed:
         result.memory = Memory(current_primary=current)
     else:
@@ -103,6 +125,7 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
         after = run_pass(driver, pods, labels, set_label, policy, result.memory, synchronous_members, now,
                          _after_fence=True)
         after.events[:0] = result.events
+        after.steps[:0] = result.steps + [f"then ({after.decision.reason})"]
         return after
     return result
 

@@ -7,6 +7,7 @@ import base64
 import logging
 import secrets
 import threading
+import time
 from datetime import datetime, timezone
 
 from pimlab_operator import kube, reconcile
@@ -193,9 +194,12 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     def set_label(pod: str, role: str | None) -> None:
         kube.patch_labels("v1", "Pod", pod, namespace, {desired.ROLE_LABEL: role})
 
+    started = time.monotonic()
     result = run_pass(driver, desired.pod_names(name, spec.replicas), labels, set_label,
                       desired.policy_of(body, spec), desired.memory_from_status(body),
                       desired.synchronous_members(spec))
+    if result.steps or result.completed or result.decision.phase != "Ready":
+        log.info("shard %s/%s: %s (pass of %.2fs)", namespace, name, result.summary(), time.monotonic() - started)
     for event in result.events:
         kube.post_event(body, "Warning" if event.warning else "Normal", event.reason, event.message or "")
     for error in result.errors:
