@@ -127,10 +127,18 @@ def stop_pods(layout: Layout) -> None:
     _kill_all(set(shims))
 
 
+def _cgroup_tree(root: Path) -> list[Path]:
+    """`root` and every cgroup below it, deepest first. The kernel removes a cgroup whose last
+    process exits while we look: a directory gone between listing and reading is skipped."""
+    found = []
+    for parent, directories, _ in os.walk(root, onerror=lambda error: None):
+        found += [Path(parent) / d for d in directories]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True) + [root]
+
+
 def remove_cgroups() -> None:
     for root in _kubepods_cgroups():
-        for directory in sorted((p for p in root.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True) + [root]:
+        for directory in _cgroup_tree(root):
             try:
                 directory.rmdir()
             except OSError:

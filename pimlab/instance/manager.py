@@ -360,6 +360,13 @@ class Instance:
                     self.write_config("standby", primary)
                     with self.local() as conn:
                         conn.execute("SELECT pg_reload_conf()")
+                    if not self._streams_within(2):
+                        # a standby whose WAL receiver was stopped (detached) may wait many
+                        # seconds before it starts one for the reloaded conninfo (seen: 8 s);
+                        # a restart of the standby starts it at once
+                        self.stop_postgres()
+                        self.start_standby(primary)
+                        how = "restarted"
                 else:
                     self.start_standby(primary)
                 if not self._streams_within(8):

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import itertools
+import json
 import threading
 import time
 from collections import Counter
@@ -162,8 +163,8 @@ class Failover:
 
 
 class FailoverLab:
-    def __init__(self, cluster, namespace: str, workdir: Path):
-        self.cluster, self.namespace, self.workdir = cluster, namespace, workdir
+    def __init__(self, cluster, namespace: str, workdir: Path, operator_log: Path | None = None):
+        self.cluster, self.namespace, self.workdir, self.operator_log = cluster, namespace, workdir, operator_log
         self.run_id = f"r{int(time.time())}"
         self.url = ""
         self.patients: list[str] = []
@@ -282,6 +283,61 @@ class FailoverLab:
                 resp.text
             return resp.status_code == 200 and resp
         return wait_for(ask, timeout=60, interval=2, what="the audit check to answer").json()
+
+    def passes(self, since: str) -> list[str]:
+        """The operator's log of its failover passes on the shard from `since` (an RFC 3339 time):
+        each decision with every step's duration, to say where a slow failover spent its time."""
+        if not self.operator_log or not self.operator_log.exists():
+            return []
+        found = []
+        for line in self.operator_log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message, at = entry.get("message", ""), entry.get("timestamp", "")
+            if message.startswith(f"shard {self.namespace}/{SHARD}:") and at[:23] >= since[:23].replace("Z", ""):
+                found.append(f"{at[11:23]} {message}")
+        return found
+
+    def restarts(self) -> dict[str, tuple[str, int]]:
+        """Each shard pod's uid and container restarts: what a rolling update or a crash changes."""
+        items = yaml.safe_load(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-o", "yaml").stdout)["items"]
+        return {p["metadata"]["name"]: (p["metadata"]["uid"], sum(c.get("restartCount", 0) for c in
+                                                                    p["status"].get("containerStatuses") or []))
+                for p in items if p["metadata"]["name"] in PODS}
+
+    def service_labels(self, service: str) -> dict[str, str]:
+        return {"app.kubernetes.io/instance": LAB, "app.kubernetes.io/component": service}
+
+    def service_pods(self, service: str) -> list[str]:
+        """The service's pods that are not leaving, by name."""
+        selector = ",".join(f"{k}={v}" for k, v in self.service_labels(service).items())
+        items = yaml.safe_load(self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", selector,
+                                                    "-o", "yaml").stdout)["items"]
+        return sorted(p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp"))
+
+    def unreadable(self, encounter_ids: set[str], settle: float = 15) -> dict[str, int]:
+        """The encounters GET /encounters/{id} does not return (id -> last status). Reads go to
+        a standby, which applies a commit a moment after acknowledging it: each id is given
+        `settle` seconds."""
+        headers = {"Authorization": f"Bearer {self.token('clinician', 'prv-0001')}"}
+        missing: dict[str, int] = {}
+        with httpx.Client(base_url=self.url, timeout=10, headers=headers) as client:
+            deadline = time.monotonic() + settle
+            pending = set(encounter_ids)
+            while pending:
+                for eid in sorted(pending):
+                    status = client.get(f"/encounters/{eid}").status_code
+                    if status == 200:
+                        pending.discard(eid)
+                        missing.pop(eid, None)
+                    else:
+                        missing[eid] = status
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+        return missing
 
     # -- faults, from the host ------------------------------------------------------------------
     def pod_uid(self, pod: str) -> str:

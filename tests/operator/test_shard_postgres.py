@@ -33,7 +33,8 @@ def test_postgres_children_run_the_instance_manager_in_the_project_image():
     body = pg_shard()
     children = shard.desired_children(body, spec_of(body), "Generated-Passw0rd", "tok")
     names = [(c["kind"], c["metadata"]["name"]) for c in children]
-    assert names == [("Secret", "shard-00-credentials"), ("Service", "shard-00"), ("StatefulSet", "shard-00"),
+    assert names == [("Secret", "shard-00-credentials"), ("Service", "shard-00"), ("ConfigMap", "shard-00-instances"),
+                     ("StatefulSet", "shard-00"),
                      ("Service", "shard-00-primary"), ("Service", "shard-00-readonly"),
                      ("PodDisruptionBudget", "shard-00")]
     secret = by(children, "Secret", "shard-00-credentials")["stringData"]
@@ -46,7 +47,8 @@ def test_postgres_children_run_the_instance_manager_in_the_project_image():
     assert sts["spec"]["template"]["spec"]["shareProcessNamespace"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PIMLAB_PEERS"] == ",".join(f"shard-00-{i}=shard-00-{i}.shard-00.lab.svc:5432:8008" for i in range(3))
-    assert env["PIMLAB_SYNCHRONOUS"] == "1" and env["PIMLAB_BOOTSTRAP_PRIMARY"] == "shard-00-0"
+    assert env["PIMLAB_SYNCHRONOUS"] == "1"
+    assert by(children, "ConfigMap", "shard-00-instances")["data"] == {"bootstrap-primary": "shard-00-0"}
     assert not [e for e in container["env"] if "PASSWORD" in e["name"]]  # the password stays in mounted files
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/var/lib/pimlab/data", "/etc/pim/credentials"}
@@ -58,10 +60,23 @@ def test_postgres_children_run_the_instance_manager_in_the_project_image():
 
 def test_spec_image_and_primary_are_honoured():
     body = pg_shard(image="registry.local/pim:1", primary="shard-00-2")
-    sts = by(shard.desired_children(body, spec_of(body), None), "StatefulSet", "shard-00")
-    container = sts["spec"]["template"]["spec"]["containers"][0]
+    children = shard.desired_children(body, spec_of(body), None)
+    container = by(children, "StatefulSet", "shard-00")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.local/pim:1"
-    assert {e["name"]: e.get("value") for e in container["env"]}["PIMLAB_BOOTSTRAP_PRIMARY"] == "shard-00-2"
+    assert by(children, "ConfigMap", "shard-00-instances")["data"] == {"bootstrap-primary": "shard-00-2"}
+
+
+def test_a_switchover_changes_no_pod_template():
+    """spec.primary asks the failover manager for a switchover: a pod template that changed with
+    it would roll every pod, the primary first among equals, and turn the switchover into an
+    unplanned failover (seen on the real node). Only the bootstrap ConfigMap follows it."""
+    before, after = pg_shard(), pg_shard(primary="shard-00-2")
+    rendered = [shard.desired_children(body, spec_of(body), None) for body in (before, after)]
+    templates = [by(children, "StatefulSet", "shard-00")["spec"]["template"] for children in rendered]
+    assert templates[0] == templates[1]
+    env = {e["name"]: e for e in templates[0]["spec"]["containers"][0]["env"]}
+    assert env["PIMLAB_BOOTSTRAP_PRIMARY"]["valueFrom"]["configMapKeyRef"] == {"name": "shard-00-instances",
+                                                                               "key": "bootstrap-primary"}
 
 
 def test_policy_and_memory_come_from_the_shard():
