@@ -19,15 +19,36 @@ NAMED = ("05_encounter-write", "07_temporal-history-repair", "11_audit-log-degra
          "30_sql-failover", "32_chaos-controller", "40_claim-chaos-drill")
 
 
-def shell_lines(text: str) -> list[str]:
-    """The commands of the ```sh blocks, continuation lines joined."""
-    lines = []
+#: What a command may be marked as needing instead of running on the local lab (README.md).
+NEEDS = ("real node", "make gitops")
+_MARK = re.compile(r"#.*\[needs: ([^\]]+)\]\s*$")
+
+
+def commands(text: str) -> list[tuple[str, str | None]]:
+    """The commands of the ```sh blocks, each with what its marker says it needs (None: it runs
+    on the local lab). Continuation lines are joined; a `for`/`while` loop, heredocs included,
+    is one command up to its `done`, marked on its first line."""
+    found = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0].strip()
-            if line:
-                lines.append(line)
-    return lines
+        lines = block.replace("\\\n", " ").splitlines()
+        while lines:
+            line = lines.pop(0)
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            mark = _MARK.search(line)
+            command = [line]
+            if re.match(r"\s*(for|while)\b", line):
+                while lines and command[-1].strip() != "done":
+                    command.append(lines.pop(0))
+            found.append(("\n".join(command), mark.group(1) if mark else None))
+    return found
+
+
+def shell_lines(text: str) -> list[str]:
+    """The commands of the ```sh blocks without their comments, one line each (a loop's lines
+    one by one), for the CLI check."""
+    return [line.split(" #", 1)[0].strip() for command, _ in commands(text) for line in command.splitlines()
+            if line.split(" #", 1)[0].strip()]
 
 
 SECTIONS = ("Symptoms", "Diagnose", "Repair", "Verify", "Where this runs")
@@ -67,6 +88,20 @@ def test_every_pimlab_command_in_a_runbook_is_accepted_by_the_cli():
             except SystemExit:
                 pytest.fail(f"{path.name}: `{line}` is not a pimlab command")
     assert seen >= 8
+
+
+def test_every_marker_says_what_the_command_needs():
+    """A command that cannot run on the local lab says why (docs/runbooks/README.md); the rest
+    are run by tests/cluster/test_runbook_commands.py."""
+    readme = (RUNBOOKS / "README.md").read_text()
+    marked = [need for path in sorted(RUNBOOKS.glob("*.md")) for _, need in commands(path.read_text()) if need]
+    assert marked and set(marked) <= set(NEEDS), set(marked) - set(NEEDS)
+    for need in NEEDS:
+        assert f"`[needs: {need}]`" in readme
+    for path in sorted(RUNBOOKS.glob("*.md")):
+        for line in path.read_text().splitlines():
+            if "[needs:" in line and not line.startswith("|"):
+                assert _MARK.search(line), f"{path.name}: a marker must end the line's comment: {line}"
 
 
 def test_links_between_runbooks_and_docs_resolve():

@@ -138,6 +138,24 @@ def test_crds_operator_and_lab_come_from_git(cluster, flux):
                                "-o", "name", check=False).stdout.strip()
 
 
+def test_the_gitops_runbooks_commands_run_against_flux(cluster, flux):
+    """The runbook commands marked `[needs: make gitops]` (docs/runbooks/README.md), as written."""
+    import os
+    import sys
+
+    from test_runbooks import RUNBOOKS, commands
+
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+           "PATH": f"{cluster.bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    marked = [c for p in sorted(RUNBOOKS.glob("*.md")) for c, needs in commands(p.read_text())
+              if needs == "make gitops"]
+    assert len(marked) >= 4
+    for command in marked:
+        proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=320)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout}{proc.stderr}"
+        assert proc.stdout.strip(), command
+
+
 def test_a_commit_changing_a_sample_reaches_the_object(cluster, flux, checkout):
     edit(checkout, "samples/40-personaloads.yaml",
          "profile: {pattern: ramp, rate: 20, peakRate: 120", "profile: {pattern: ramp, rate: 25, peakRate: 120")
