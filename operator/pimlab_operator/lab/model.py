@@ -110,7 +110,9 @@ class ObservabilitySpec(ApiModel):
     prometheus_url: HttpUrl | None = Field(
         None, description="Prometheus (or Mimir) query URL the operator reads error budgets from; unset: none."
     )
-    otlp_endpoint: HttpUrl | None = Field(None, description="OTLP endpoint for traces; unset: tracing export off.")
+    otlp_endpoint: HttpUrl | None = Field(
+        None, description="OTLP over HTTP endpoint for traces (Tempo's is port 4318; the services append "
+                          "/v1/traces); unset: tracing export off.")
     grafana: GrafanaSpec | None = Field(None, description="Grafana to provision; unset: none.")
     service_monitor: bool = Field(
         True, description="Create a ServiceMonitor when the prometheus-operator CRD exists (default true)."
