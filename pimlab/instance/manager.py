@@ -9,7 +9,9 @@ serves a small HTTP API on `--http-port` that the operator (the failover manager
     POST /fence        stop PostgreSQL and keep it stopped (the old primary, before a promotion)
     POST /detach       a standby stops following its primary (positions stop moving)
     POST /promote      pg_promote(); then slots for the others and the synchronous quorum
-    POST /follow       {"primary": name}: stream from it (pg_rewind or re-clone first if needed)
+    POST /follow       {"primary": name, "address": ip}: stream from it (pg_rewind or re-clone
+                       first if needed); the operator gives the primary pod's IP, so re-pointing
+                       a standby during a failover does not wait on cluster DNS
     POST /write-probe  one write acknowledged by the synchronous quorum (or not)
 
 POST requires `Authorization: Bearer <token>` when the credentials directory holds
@@ -20,6 +22,7 @@ replication); it is never logged, printed or put into a command line or a config
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -102,6 +105,7 @@ class Instance:
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
         self.upstream: str | None = None
+        self.addresses: dict[str, str] = {}  # peer -> pod IP the operator gave with /follow
         self.fenced = False
         self.stopping = False
         self.busy = threading.RLock()      # one action at a time (boot, promote, follow, ...)
@@ -140,9 +144,15 @@ class Instance:
         return self.has_data and not (self.cfg.data_dir / "standby.signal").exists()
 
     def conninfo(self, peer: str, dbname: str = "postgres") -> str:
+        """A standby's WAL receiver connects without libpq's connect_timeout (it polls the
+        connection itself), and in failovers on the real node one sat 8 s on a connection that
+        did not complete. `tcp_user_timeout` bounds an attempt, so the receiver fails and tries
+        again with a fresh connection a second later; with the IP the operator gave, `hostaddr`
+        also takes the name lookup out of the way (`host` still names the peer)."""
         address = self.cfg.peers[peer]
-        return (f"host={address.host} port={address.pg_port} user={self.username} passfile={self.passfile} "
-                f"application_name={self.cfg.name} dbname={dbname} connect_timeout=3 "
+        hostaddr = f"hostaddr={self.addresses[peer]} " if peer in self.addresses else ""
+        return (f"host={address.host} {hostaddr}port={address.pg_port} user={self.username} passfile={self.passfile} "
+                f"application_name={self.cfg.name} dbname={dbname} connect_timeout=3 tcp_user_timeout=3000 "
                 "keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3")
 
     def write_config(self, role: str, upstream: str | None) -> None:
@@ -345,10 +355,14 @@ class Instance:
             log.warning("promoted to primary")
             return self.status()
 
-    def follow(self, primary: str) -> dict:
+    def follow(self, primary: str, address: str | None = None) -> dict:
         with self.busy:
             if primary == self.cfg.name:
                 raise ValueError("an instance cannot follow itself")
+            if address:
+                self.addresses[primary] = str(ipaddress.ip_address(address))  # ValueError: refused
+            else:
+                self.addresses.pop(primary, None)
             how = "repointed"
             if not self.has_data:
                 self.basebackup(primary)
@@ -502,7 +516,7 @@ def serve(instance: Instance, host: str, port: int) -> ThreadingHTTPServer:
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
             actions = {"/fence": instance.fence, "/detach": instance.detach, "/promote": instance.promote,
                        "/write-probe": instance.write_probe,
-                       "/follow": lambda: instance.follow(str(body.get("primary", "")))}
+                       "/follow": lambda: instance.follow(str(body.get("primary", "")), body.get("address") or None)}
             if self.path not in actions:
                 return self._send(404, {"error": "not found"})
             try:

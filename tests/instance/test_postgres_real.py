@@ -123,6 +123,10 @@ def test_kill9_of_the_primary_promotes_the_most_advanced_standby_and_loses_nothi
     acked = {i for i, _ in writer.acked}
     assert acked and acked <= ids_on(shard, shard.primary()), "an acknowledged write was lost"
     assert sum(1 for pod, role in shard.labels.items() if role == "primary") == 1
+    for pod in shard.members:  # re-pointed with the address the operator gave: no name lookup
+        if pod != shard.primary():
+            with shard.connect(pod) as conn:
+                assert "hostaddr=127.0.0.1 " in conn.execute("SHOW primary_conninfo").fetchone()[0]
     assert any(e.reason == "Promoted" for e in shard.events) and any(e.reason == "Fencing" for e in shard.events)
     figures = {"runs": len(outages), "unhealthyAfterSeconds": POLICY.unhealthy_after_seconds,
                "clientOutageSeconds": [round(x, 3) for x in outages],

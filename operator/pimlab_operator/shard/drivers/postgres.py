@@ -89,7 +89,8 @@ class PostgresDriver:
         self._post(pod, "/promote")
 
     def follow(self, pod: str, primary: str) -> None:
-        self._post(pod, "/follow", {"primary": primary})
+        endpoint = self.endpoints.get(primary)
+        self._post(pod, "/follow", {"primary": primary, **({"address": endpoint.host} if endpoint else {})})
 
     def write_probe(self, pod: str) -> bool:
         try:
