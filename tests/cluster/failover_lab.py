@@ -180,9 +180,9 @@ class FailoverLab:
         self.wait_ready(timeout=300)
         self.connect()
 
-    def connect(self) -> None:
+    def connect(self, patients: int = 3) -> None:
         """The client's side of the Lab once it is up: its development issuer, the gateway's
-        ClusterIP, the seed, patients."""
+        ClusterIP, the seed, `patients` new patients (spread over the shards by their ids)."""
         key = base64.b64decode(self.secret(dev_issuer_secret(LAB))["dev-issuer.pem"])
         path = self.workdir / "dev-issuer.pem"
         path.write_bytes(key)
@@ -195,7 +195,7 @@ class FailoverLab:
                                                     "pimlab", "seed", "--patients", "5", check=False,
                                                     timeout=300)).returncode == 0 and p.stdout,
                  timeout=180, interval=5, what="the shard to take the seed")
-        self.patients = [self._patient(c) for c in "ABC"]
+        self.patients = [self._patient(chr(ord("A") + i)) for i in range(patients)]
 
     def down(self) -> None:
         """Keep the shard's pod logs (in the work directory), then delete the Lab and the Shard

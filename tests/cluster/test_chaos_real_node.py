@@ -2,7 +2,8 @@
 Lab's services and PostgreSQL Shards running the project's image on a real kubelet): a podKill
 deletes exactly one real pod and its replacement's readiness is timed; a containerKill SIGKILLs
 the main process of one container through containerd, the same pod restarts it and the time to
-Ready is recorded; an sqlFailover asks shard-00's failover manager for a switchover, the Shard
+Ready is recorded; a podKill of an encounter pod while clients book across the three shards
+leaves every acknowledged booking readable; an sqlFailover asks shard-00's failover manager for a switchover, the Shard
 records it, the `-primary` Service takes a write on the new primary and no committed row is
 lost. Without a real node (kwok nodes run nothing) the module skips, saying so."""
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 
 import psycopg
 import pytest
 
+from failover_lab import FailoverLab, Writers
 from operator_process import real_lab, require_real_node
 from pimlab.waiting import wait_for
 from test_chaos_experiments import KILL_SWITCH, OPT_IN, condition, experiment, settled
@@ -112,6 +115,31 @@ def test_container_kill_restarts_the_same_pod_and_times_it(cluster, lab):
     injected = next(e for e in status["timeline"] if e["event"] == "Injected")
     assert "SIGKILL" in injected["detail"] and "containerd" in injected["detail"]
     print(f"containerKill of {target}: exit {terminated['exitCode']}, Ready again {status['recoverySeconds']} s later")
+
+
+def test_pod_kill_of_an_encounter_pod_under_load_loses_no_acknowledged_booking(cluster, lab, tmp_path):
+    """The sample lab's three shards: clients book through the gateway for patients spread over
+    them while a podKill takes one encounter pod; every acknowledged booking is readable through
+    the API afterwards, on whichever shard it landed."""
+    client = FailoverLab(cluster, lab, tmp_path)
+    client.connect(patients=6)
+    before = client.service_pods("encounter")
+    with Writers(client) as writers:
+        writers.wait_acks()
+        cluster.apply(experiment("real-encounter-kill", lab, duration="3m", blastRadius={"maxPods": 1, "maxPercent": 100},
+                                 target={"selector": {"matchLabels": client.service_labels("encounter")}, "mode": "one"}))
+        status = settled(cluster, "real-encounter-kill", lab, phases=("Completed", "Aborted", "Failed"),
+                         timeout=180)["status"]
+        writers.wait_acks()
+    assert status["verdict"] == "Passed", status
+    (killed,) = status["plannedTargets"]
+    assert killed in before and killed not in client.service_pods("encounter")
+    codes = Counter(r.status for r in writers.results)
+    assert set(codes) <= {202, 502, 503, 0} and codes[202] > 10, codes
+    unreadable = client.unreadable(writers.acknowledged())
+    assert not unreadable, f"{len(unreadable)} of {len(writers.acknowledged())} acknowledged bookings not readable: " \
+                           f"{sorted(unreadable.items())[:5]}"
+    print(f"podKill of {killed} under load on three shards: {dict(codes)}; all {codes[202]} bookings readable")
 
 
 def _primary_connection(cluster, namespace: str) -> psycopg.Connection:

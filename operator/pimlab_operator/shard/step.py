@@ -185,6 +185,11 @@ def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statef
         lock.release()
 
 
+#: Shard uid -> the (phase, reason) of its last logged pass: a pass is logged when it acts or
+#: when the decision changes, not every 2 s while a shard waits in the same state.
+_last_said: dict[str | None, tuple[str, str]] = {}
+
+
 def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
                  credentials_missing: bool) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
@@ -198,8 +203,10 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     result = run_pass(driver, desired.pod_names(name, spec.replicas), labels, set_label,
                       desired.policy_of(body, spec), desired.memory_from_status(body),
                       desired.synchronous_members(spec))
-    if result.steps or result.completed or result.decision.phase != "Ready":
+    said = (result.decision.phase, result.decision.reason)
+    if result.steps or result.completed or _last_said.get(body["metadata"].get("uid")) != said:
         log.info("shard %s/%s: %s (pass of %.2fs)", namespace, name, result.summary(), time.monotonic() - started)
+        _last_said[body["metadata"].get("uid")] = said
     for event in result.events:
         kube.post_event(body, "Warning" if event.warning else "Normal", event.reason, event.message or "")
     for error in result.errors:
