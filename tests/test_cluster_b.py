@@ -1,8 +1,9 @@
 """Cluster B (Grafana, Loki, Tempo, Pyroscope, kube-prometheus-stack) cannot run here. What
 Grafana would load is checked as Grafana reads it: the datasource provisioning file (fields,
 uids that cross-reference each other, `$` escaping), the dashboards' datasource references, and
-the names both clusters use for each other (remote write, datasource URLs) against the
-HelmReleases that make those Services. Dry runs on the apiserver: tests/cluster/test_cluster_b.py;
+the names both clusters use for each other (remote write, log push, OTLP, datasource URLs) against
+the HelmReleases and Services that answer them, and the labels cluster A's log agent gives its
+streams against the ones the datasources query. Dry runs on the apiserver: tests/cluster/test_cluster_b_manifests.py;
 the Loki derived field against a real log line: tests/services/test_observability.py."""
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def docs(path: Path) -> list[dict]:
 def release(cluster: str, name: str) -> dict:
     return next(d for d in docs(CLUSTERS / cluster / "flux.yaml")
                 if d["kind"] == "HelmRelease" and d["metadata"]["name"] == name)
+
+
+def receivers() -> dict[str, dict]:
+    """Cluster B's NodePort Services for cluster A's logs and traces, by name."""
+    return {d["metadata"]["name"]: d for d in docs(CLUSTERS / "cluster-b/receivers/services.yaml")}
 
 
 def datasources() -> dict[str, dict]:
@@ -198,3 +204,186 @@ def test_the_operators_slo_dashboards_and_alert_rules_query_a_provisioned_dataso
     from pimlab_operator.slo.desired import DATASOURCE_UID
 
     assert datasources()[DATASOURCE_UID]["type"] == "prometheus"
+
+
+# Cluster A's log and trace agent (Grafana Alloy). No Alloy binary is here to parse its config:
+# the blocks are read structurally (balanced braces and strings, every component a pipeline names
+# is declared), enough to read what the cross-references below depend on.
+
+ALLOY_BLOCK = re.compile(r'^([a-z_]+(?:\.[a-z_]+)+)\s+"([a-z_]+)"\s*\{', re.MULTILINE)
+
+
+def alloy_config() -> str:
+    return release("cluster-a", "alloy")["spec"]["values"]["alloy"]["configMap"]["content"]
+
+
+def alloy_components(config: str) -> dict[str, str]:
+    """`component.label` -> the text of its top-level block, braces matched outside strings."""
+    components = {}
+    for match in ALLOY_BLOCK.finditer(config):
+        depth, in_string, i = 1, False, match.end()
+        while depth:
+            char = config[i]
+            if in_string:
+                if char == "\\":
+                    i += 1
+                elif char == '"':
+                    in_string = False
+            elif char == '"':
+                in_string = True
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            i += 1
+        components[f"{match[1]}.{match[2]}"] = config[match.end():i - 1]
+    return components
+
+
+def alloy_string(body: str, attribute: str) -> str:
+    [value] = re.findall(rf'^\s*{attribute}\s*=\s*"([^"]*)"', body, re.MULTILINE)
+    return value
+
+
+def log_stream_labels() -> dict[str, str]:
+    """Every label cluster A's Alloy puts on a stream -> where its value comes from."""
+    components = alloy_components(alloy_config())
+    labels = {}
+    for rule in re.findall(r"rule\s*\{([^}]*)\}", components["discovery.relabel.pod_logs"]):
+        target = alloy_string(rule, "target_label")
+        if not target.startswith("__"):  # __path__ and the like are dropped before sending
+            labels[target] = " ".join(re.findall(r'"([^"]*)"', rule.split("source_labels", 1)[1].split("]")[0]))
+    external = re.search(r"external_labels\s*=\s*\{([^}]*)\}", components["loki.write.cluster_b"])[1]
+    labels.update({k: f"static {v}" for k, v in re.findall(r'([a-z_]+)\s*=\s*"([^"]*)"', external)})
+    return labels
+
+
+def loki_selector_labels(query: str) -> dict[str, str]:
+    """Label name -> value matched, of a LogQL stream selector `{a="x", b=~"y"} ...`."""
+    selector = re.match(r"\{([^}]*)\}", query)[1]
+    return dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"([^"]*)"', selector))
+
+
+def test_the_log_agent_config_is_well_formed_and_every_pipeline_reference_is_declared():
+    config = alloy_config()
+    components = alloy_components(config)
+    assert config.count("{") == config.count("}") and config.count('"') % 2 == 0
+    assert {"discovery.kubernetes.pods", "discovery.relabel.pod_logs", "local.file_match.pod_logs",
+            "loki.source.file.pod_logs", "loki.process.pod_logs", "loki.write.cluster_b",
+            "otelcol.receiver.otlp.lab", "otelcol.processor.batch.lab",
+            "otelcol.exporter.otlphttp.cluster_b"} == set(components)
+    references = re.findall(r"\b(?:targets|path_targets|forward_to|traces)\s*=\s*\[?([a-z_.]+(?:\s*,\s*[a-z_.]+)*)", config)
+    named = [r.strip() for group in references for r in group.split(",")]
+    assert len(named) == 7, named
+    for reference in named:
+        component, _, export = reference.rpartition(".")
+        assert component in components and export in {"targets", "output", "receiver", "input"}, reference
+
+
+def test_the_log_agent_ships_the_lab_namespaces_with_the_lines_as_written():
+    values = release("cluster-a", "alloy")["spec"]["values"]
+    components = alloy_components(alloy_config())
+    lab = next(d for d in docs(ROOT / "samples/10-lab.yaml") if d["kind"] == "Lab")
+    operator = docs(CLUSTERS / "base/operator/namespace.yaml")[0]["metadata"]["name"]
+    names = re.search(r"names\s*=\s*\[([^]]*)\]", components["discovery.kubernetes.pods"])[1]
+    assert set(re.findall(r'"([^"]*)"', names)) == {lab["metadata"]["namespace"], operator}
+    # the node's container logs: the chart mounts the host's /var/log when asked
+    assert values["controller"]["type"] == "daemonset" and values["alloy"]["mounts"]["varlog"] is True
+    path_rule = next(r for r in re.findall(r"rule\s*\{([^}]*)\}", components["discovery.relabel.pod_logs"])
+                     if '"__path__"' in r)
+    assert alloy_string(path_rule, "replacement").startswith("/var/log/pods/")
+    # containerd's prefix removed, nothing else: the JSON line (and its "trace_id") reaches Loki
+    # whole, which is what the derived field's regex is tested on (tests/services/test_observability.py)
+    assert re.findall(r"\bstage\.([a-z_]+)", components["loki.process.pod_logs"]) == ["cri"]
+
+
+def test_trace_to_logs_queries_only_labels_the_log_agent_sets():
+    """One set of labels: the agent's relabel rules and external labels on one side, the Tempo
+    datasource's trace-to-logs selector and span-tag mapping on the other."""
+    labels = log_stream_labels()
+    assert {"namespace", "pod", "app", "cluster"} <= set(labels), labels
+    to_logs = datasources()["tempo"]["jsonData"]["tracesToLogsV2"]
+    tags = {t["key"]: t["value"] for t in to_logs["tags"]}
+    # Grafana puts the mapped span tags in place of ${__tags}, as label="value" pairs
+    query = grafana_expanded(to_logs["query"])
+    assert "${__tags}" in query and "${__trace.traceId}" in query
+    selector = loki_selector_labels(query.replace("${__tags}", ", ".join(f'{v}="x"' for v in tags.values())))
+    assert set(selector) <= set(labels), f"queried but never set by the agent: {set(selector) - set(labels)}"
+    # the same cluster name as cluster A's metrics (its Prometheus's external label)
+    prometheus_a = release("cluster-a", "kube-prometheus-stack")["spec"]["values"]["prometheus"]["prometheusSpec"]
+    assert labels["cluster"] == f'static {selector["cluster"]}' == f'static {prometheus_a["externalLabels"]["cluster"]}'
+    # a span's service.name is its pod's app.kubernetes.io/name, which the agent makes `app`
+    assert tags == {"service.name": "app"}
+    assert labels["app"] == "__meta_kubernetes_pod_label_app_kubernetes_io_name"
+    deployments = [d for d in docs(ROOT / "tests/golden/lab-pim.yaml") if d["kind"] == "Deployment"]
+    assert len(deployments) >= 7
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == env["OTEL_SERVICE_NAME"], deployment["metadata"]["name"]
+
+
+def assert_written_once_and_documented(netloc: str) -> None:
+    written = [p for p in CLUSTERS.rglob("*.yaml") if netloc in p.read_text()]
+    assert written == [CLUSTERS / "cluster-a/flux.yaml"] and written[0].read_text().count(netloc) == 1, written
+    assert netloc in (ROOT / "docs/cluster-b.md").read_text(), f"{netloc} is not documented"
+
+
+def test_cluster_a_logs_reach_cluster_b_loki_through_one_value():
+    url = urlsplit(alloy_string(alloy_components(alloy_config())["loki.write.cluster_b"], "url"))
+    kind_b = yaml.safe_load((CLUSTERS / "kind/cluster-b.yaml").read_text())["name"]
+    assert url.hostname == f"{kind_b}-control-plane", "cluster B's kind node, on the shared kind network"
+    assert url.scheme == "http" and url.path == "/loki/api/v1/push"
+    service = receivers()["loki-push"]
+    [port] = service["spec"]["ports"]
+    assert service["spec"]["type"] == "NodePort" and url.port == port["nodePort"]
+    loki = release("cluster-b", "loki")["spec"]
+    assert loki["values"]["deploymentMode"] == "SingleBinary"
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": loki["chart"]["spec"]["chart"],
+                                           "app.kubernetes.io/instance": loki["releaseName"],
+                                           "app.kubernetes.io/component": "single-binary"}
+    assert port["targetPort"] == 3100, "Loki's HTTP port (the chart's default http_listen_port)"
+    assert_written_once_and_documented(url.netloc)
+
+
+def test_cluster_a_traces_reach_cluster_b_tempo_through_one_value():
+    alloy = release("cluster-a", "alloy")["spec"]
+    components = alloy_components(alloy["values"]["alloy"]["configMap"]["content"])
+    # the sample Lab's otlpEndpoint is the Service `tempo` that cluster A's Alloy answers
+    lab = next(d for d in docs(ROOT / "samples/10-lab.yaml") if d["kind"] == "Lab")
+    endpoint = urlsplit(lab["spec"]["observability"]["otlpEndpoint"])
+    [service] = [o for o in alloy["values"]["extraObjects"] if o["kind"] == "Service"]
+    [port] = service["spec"]["ports"]
+    assert endpoint.hostname == f'{service["metadata"]["name"]}.{alloy["targetNamespace"]}'
+    assert endpoint.port == port["port"]
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": alloy["chart"]["spec"]["chart"],
+                                           "app.kubernetes.io/instance": alloy["releaseName"]}
+    receiver = alloy_string(components["otelcol.receiver.otlp.lab"], "endpoint")
+    assert int(receiver.rpartition(":")[2]) == port["targetPort"]
+    assert port["targetPort"] in [p["targetPort"] for p in alloy["values"]["alloy"]["extraPorts"]]
+    # from there to cluster B's node port in front of Tempo's OTLP/HTTP receiver
+    url = urlsplit(alloy_string(components["otelcol.exporter.otlphttp.cluster_b"], "endpoint"))
+    kind_b = yaml.safe_load((CLUSTERS / "kind/cluster-b.yaml").read_text())["name"]
+    assert url.scheme == "http" and url.hostname == f"{kind_b}-control-plane" and url.path == ""
+    tempo_service = receivers()["tempo-otlp"]
+    [tempo_port] = tempo_service["spec"]["ports"]
+    assert tempo_service["spec"]["type"] == "NodePort" and url.port == tempo_port["nodePort"]
+    tempo = release("cluster-b", "tempo")["spec"]
+    assert tempo_service["spec"]["selector"] == {"app.kubernetes.io/name": tempo["chart"]["spec"]["chart"],
+                                                 "app.kubernetes.io/instance": tempo["releaseName"]}
+    http = tempo["values"]["tempo"]["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert int(http.rpartition(":")[2]) == tempo_port["targetPort"] == endpoint.port
+    assert_written_once_and_documented(url.netloc)
+
+
+def test_cluster_b_node_ports_are_distinct_and_reached_over_the_kind_network():
+    """Cluster A reaches cluster B's node ports on the kind Docker network: only Grafana's, for
+    the user's browser, is mapped to the host."""
+    flux_b = {d["metadata"]["name"]: d for d in docs(CLUSTERS / "cluster-b/flux.yaml") if d["kind"] == "HelmRelease"}
+    ports = [flux_b["kube-prometheus-stack"]["spec"]["values"]["prometheus"]["service"]["nodePort"],
+             flux_b["grafana"]["spec"]["values"]["service"]["nodePort"]]
+    ports += [p["nodePort"] for s in receivers().values() for p in s["spec"]["ports"]]
+    assert len(ports) == len(set(ports)) == 4 and all(30000 <= p <= 32767 for p in ports), ports
+    kind_b = yaml.safe_load((CLUSTERS / "kind/cluster-b.yaml").read_text())
+    mapped = [m["containerPort"] for n in kind_b["nodes"] for m in n.get("extraPortMappings", [])]
+    assert mapped == [flux_b["grafana"]["spec"]["values"]["service"]["nodePort"]]

@@ -10,8 +10,9 @@ Up, in order, each step said before it runs:
 4. bootstrap: the GitRepository and Kustomizations of clusters/cluster-a/flux.yaml, with the
    GitRepository's URL pointed at the loopback server. From here on Flux applies everything
    from Git: the lab's CRDs, the operator's namespace, RBAC and Deployment, the samples.
-   cluster-a's HelmRepositories/HelmReleases (prometheus-operator's CRDs, Chaos Mesh) are not
-   applied: no helm-controller runs here and no chart repository is reachable;
+   cluster-a's HelmRepositories/HelmReleases (prometheus-operator's CRDs, kube-prometheus-stack,
+   the Grafana Alloy log and trace agent, Chaos Mesh) are not applied: no helm-controller runs
+   here and no chart repository is reachable;
 5. the operator: its Deployment is Flux's, but kwok only simulates its pod, so the operator
    runs as a local process with the token of the ServiceAccount Flux created (the RBAC from
    Git is what it is held to), as `make lab` does.

@@ -93,7 +93,7 @@ def test_kind_configs_declare_the_two_clusters():
 def test_every_kustomization_under_clusters_builds_and_passes_a_server_side_dry_run(cluster, crds_installed):
     directories = sorted(p.parent for p in CLUSTERS.rglob("kustomization.yaml"))
     assert {d.relative_to(CLUSTERS).as_posix() for d in directories} >= {"base/operator", "local/operator",
-                                                                          "cluster-b/grafana"}
+                                                                          "cluster-b/grafana", "cluster-b/receivers"}
     cluster.apply(docs(CLUSTERS / "base/operator/namespace.yaml"))
     for directory in directories:
         built = cluster.kubectl("kustomize", str(directory)).stdout
