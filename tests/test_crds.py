@@ -16,6 +16,7 @@ from pimlab_operator.chaos.model import ChaosExperiment
 from pimlab_operator.kinds import KINDS as KIND_TABLE
 from pimlab_operator.lab.model import Lab
 from pimlab_operator.personaload.model import PersonaLoad
+from pimlab_operator.schema import duration_seconds
 from pimlab_operator.shard.model import Shard
 from pimlab_operator.slo.model import SLO
 
@@ -284,6 +285,34 @@ def test_samples_cover_the_lab():
     assert slots[0][0] == 0 and slots[-1][1] == 1023
     assert all(a[1] + 1 == b[0] for a, b in zip(slots, slots[1:])), "slot ranges must tile 0..1023"
     assert all(d["metadata"]["namespace"] == "lab" for d in docs)
+
+
+def _variant_objects():
+    """The samples' variants in subfolders: samples/postgres/ (the Shards on the real node) and
+    samples/tour/ (what the README's tour applies by hand)."""
+    for path in sorted((ROOT / "samples").glob("*/*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion") == "pim-sre.lab/v1alpha1":
+                yield pytest.param(doc, id=f"{path.parent.name}/{path.name}:{doc['kind']}/{doc['metadata']['name']}")
+
+
+@pytest.mark.parametrize("doc", list(_variant_objects()))
+def test_sample_variants_parse(doc):
+    BY_KIND[doc["kind"]].model_validate(doc)
+    assert doc["metadata"]["namespace"] == "lab"
+
+
+def test_the_tours_load_is_small_and_feeds_every_sample_slo():
+    """The README's tour runs it beside the lab on one 2-core node and then reads every SLO's
+    budget: short, modest, aimed at the sample Lab, and every journey an SLO watches is in it."""
+    loads = [d for d in yaml.safe_load_all((ROOT / "samples/tour/personaload.yaml").read_text()) if d]
+    assert [d["kind"] for d in loads] == ["PersonaLoad"]
+    load = BY_KIND["PersonaLoad"].model_validate(loads[0]).spec
+    assert load.target.lab_ref == "pim" and load.schedule is None and load.parallelism == 1
+    assert duration_seconds(load.profile.duration) <= 120 and load.profile.rate <= 10
+    journeys = {j for persona in load.personas for j in persona.journeys or []}
+    watched = {p.values[0]["spec"]["journey"] for p in _sample_objects() if p.values[0]["kind"] == "SLO"}
+    assert watched <= journeys, watched - journeys
 
 
 @pytest.mark.parametrize("kind", cases.VALID)

@@ -53,3 +53,22 @@ def test_the_local_operator_overlay_places_pim_system_like_the_layout_says():
     assert op["value"] == REAL_NODE_NAMESPACE_ANNOTATIONS
     (image,) = overlay["images"]
     assert f"{image['newName']}:{image['newTag']}" == PROJECT_IMAGE
+
+
+def test_a_running_lab_takes_a_changed_project_image_and_only_then(tmp_path, monkeypatch):
+    """`make lab` on a lab that already runs skips the cluster's image step: the project image
+    is checked on its own, at the node's containerd, and a fresh import is reported so that
+    the operator's pod is restarted onto it."""
+    import io
+
+    from pimlab.cluster import images
+    from pimlab.cluster.local_lab import LocalLab
+
+    lab = LocalLab(tmp_path, out=io.StringIO())
+    asked = []
+    answer = {PROJECT_IMAGE: "imported"}
+    monkeypatch.setattr(images, "ensure", lambda refs, address, log: asked.append((refs, address)) or answer)
+    assert lab.refresh_project_image() is True
+    answer[PROJECT_IMAGE] = "present"
+    assert lab.refresh_project_image() is False
+    assert asked == [([PROJECT_IMAGE], str(lab.plane.layout.containerd_socket))] * 2

@@ -166,11 +166,21 @@ class LocalLab:
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
 
+    def refresh_project_image(self) -> bool:
+        """The node's project image rebuilt and imported if its sources changed since it was
+        imported (a lab that already runs skips the cluster's own image step). True when it
+        was: the pods started before still run the old one."""
+        from pimlab.cluster import images
+
+        done = images.ensure([images.PROJECT_IMAGE], str(self.plane.layout.containerd_socket), self.out)
+        return done[images.PROJECT_IMAGE] == "imported"
+
     def up(self, samples: bool = True, local_operator: bool = False) -> None:
         home = project_home()
         self.plane.up()
         kubectl = self.plane.kubectl
         real = self.plane.real_node
+        refreshed = real and self.refresh_project_image()
         self.say("installing the CRDs from crds/")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
@@ -186,6 +196,11 @@ class LocalLab:
             self.say("installing the operator as a pod on the real node (clusters/local/operator)")
             kubectl("apply", "--server-side", "--force-conflicts", "-k",
                     str(home / "clusters/local/operator"))
+            if refreshed:
+                self.say("the project image changed since the lab started: restarting the operator "
+                         "(the Lab's and Shards' pods keep the old image until they are recreated, e.g. "
+                         "`kubectl -n lab rollout restart deployment`)")
+                kubectl("rollout", "restart", "deployment/pimlab-operator", "-n", OPERATOR_NAMESPACE)
             proc = kubectl("rollout", "status", "deployment/pimlab-operator", "-n",
                            OPERATOR_NAMESPACE, "--timeout=120s", check=False, timeout=130)
             if proc.returncode != 0:

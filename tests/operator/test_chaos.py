@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 
 from cr_samples import sample, spec_of
 
@@ -110,6 +111,43 @@ def test_sql_failover_recovers_when_the_shard_recorded_it_and_the_primary_servic
                          write_at=dt.datetime(2025, 1, 1, 1, 0, 4, 500000, tzinfo=dt.timezone.utc)).status
     assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 4.5
     assert [e["event"] for e in done["timeline"]][-2:] == ["FailoverRecorded", "TargetRecovered"]
+
+
+def test_a_recovering_sql_failover_sees_the_shards_record_within_a_poll_not_at_the_next_resync(monkeypatch):
+    """recoverySeconds counts from the injection to the probe write, which follows the Shard's
+    record: watched every poll, so the wait for a resync (5 s) is not counted in it."""
+    from pimlab_operator.chaos import step as chaos_step
+
+    body = copy.deepcopy(FAILOVER)
+    body["spec"]["dryRun"] = False
+    shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
+    planned = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
+                          shard=_shard(), at="2025-01-01T01:00:00Z")
+    after = chaos.injected(planned.status, "asked", at="2025-01-01T01:00:01Z").status
+    record = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PlannedSwitchover", "startedAt": "2025-01-01T01:00:01Z",
+              "completedAt": "2025-01-01T01:00:01.5Z", "durationSeconds": 0.5, "outageSeconds": 0.3}
+    def stored(*args):
+        return {**_shard(*args), "metadata": {"name": "shard-00", "namespace": "lab"}}
+
+    readings = iter([stored(), stored(), stored("shard-00-1", record)])
+    reads = []
+
+    def get(api_version, kind, name, namespace):
+        reads.append((kind, namespace, name))
+        return next(readings)
+
+    monkeypatch.setattr(chaos_step.kube, "get", get)
+    seen = chaos_step.await_failover_record(after, stored(), seconds=5, poll=0.01)
+    assert chaos.failover_record(after, seen) == record and reads == [("Shard", "lab", "shard-00")] * 3
+    readings = iter(stored, None)  # never records it: the last reading, after `seconds`
+    started = time.monotonic()
+    seen = chaos_step.await_failover_record(after, stored(), seconds=0.2, poll=0.01)
+    assert chaos.failover_record(after, seen) is None and 0.2 <= time.monotonic() - started < 2
+
+
+def test_status_messages_count_in_english():
+    assert [chaos.count_of(1), chaos.count_of(2), chaos.count_of(1, "replacement pods")] == \
+        ["1 pod", "2 pods", "1 replacement pod"]
 
 
 def test_container_kill_recovers_when_the_same_pod_restarted_its_container_and_is_ready():

@@ -94,6 +94,11 @@ def plan(body: dict, spec: ChaosExperimentSpec, pods: list[dict], shard: dict | 
     return Plan(targets, matched)
 
 
+def count_of(count: int, what: str = "pods") -> str:
+    """`1 pod`, `2 pods`, `1 replacement pod`: counts in status messages read as English."""
+    return f"{count} {what[:-1] if count == 1 and what.endswith('s') else what}"
+
+
 def event(name: str, detail: str, at: str) -> dict:
     """One timeline entry."""
     return {"time": at, "event": name, "detail": detail[:1024]}
@@ -167,7 +172,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
     limit = spec.blast_radius
     base["timeline"].append(event("Validated", f"namespace {target_namespace(body)} opted in, kill switch off, "
                                    f"{len(targets)} of {the_plan.matched} pods within the blast radius "
-                                   f"({limit.max_pods} pods, {limit.max_percent}%)", at))
+                                   f"({count_of(limit.max_pods)}, {limit.max_percent}%)", at))
     if slo_checked:
         base["timeline"].append(event("SLOChecked", slo_checked, at))
     if spec.dry_run:
@@ -184,7 +189,7 @@ def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_inst
                           f"(primary {targets[0]})")
         extra["affectedTargets"] = [targets[0], wanted]
     base["timeline"].append(event("Injecting", f"about to {spec.action} {', '.join(targets)}", at))
-    step = finish("Running", "Injecting", f"injecting {spec.action} into {len(targets)} pods", **extra)
+    step = finish("Running", "Injecting", f"injecting {spec.action} into {count_of(len(targets))}", **extra)
     if spec.action == "sqlFailover":
         step.action = "requestSwitchover" if _failover_mode(spec) == "switchover" else "deletePods"
     elif spec.action == "podKill":
@@ -345,12 +350,12 @@ def recover(body: dict, spec: ChaosExperimentSpec, status: dict, pods: list[dict
     elif spec.action == "containerKill":
         seconds, waiting = _container_kill_progress(status, pods, since)
         if seconds is not None:
-            return _recovered(status, f"{len(status.get('affectedTargets') or [])} pods Ready again "
+            return _recovered(status, f"{count_of(len(status.get('affectedTargets') or []))} Ready again "
                               f"{seconds:.1f}s after their container was killed", seconds, at)
     else:
         seconds, waiting = _pod_kill_progress(body, status, pods, since, parse_time(at))
         if seconds is not None:
-            return _recovered(status, f"{len(status.get('plannedTargets', []))} replacement pods Ready "
+            return _recovered(status, f"{count_of(len(status.get('plannedTargets', [])), 'replacement pods')} Ready "
                               f"{seconds:.0f}s after the kill", seconds, at, name="Recovered")
     if elapsed >= duration_seconds(spec.duration):
         detail = f"not recovered within {spec.duration}: {waiting}"

@@ -6,6 +6,7 @@ finalizer until it is)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import httpx
 
@@ -20,6 +21,10 @@ from pimlab_operator.schema import API_VERSION
 CHILDREN = ()
 #: An SLO reading older than this is not a reading (the SLO's timer refreshes every 30 s).
 SLO_MAX_AGE_SECONDS = 120
+#: How long one pass of a recovering sqlFailover watches its Shard for the failover record
+#: (one resync interval), so that the probe write follows the record within a poll and
+#: `recoverySeconds` is not inflated by the wait for the next resync.
+FAILOVER_WATCH_SECONDS, FAILOVER_POLL_SECONDS = 5.0, 0.25
 
 
 def in_flight(body: dict) -> bool:
@@ -38,6 +43,18 @@ def _pods_and_shard(body: dict) -> tuple[list[dict], dict | None]:
         return pods, shard
     labels = body["spec"]["target"]["selector"].get("matchLabels") or {}
     return kube.list_objects("v1", "Pod", namespace, label_selector(labels)), None
+
+
+def await_failover_record(status: dict, shard: dict | None, seconds: float = FAILOVER_WATCH_SECONDS,
+                           poll: float = FAILOVER_POLL_SECONDS) -> dict | None:
+    """The Shard as soon as it records the failover this run caused, re-read every `poll`
+    seconds for at most `seconds`; the last reading if it does not."""
+    deadline = time.monotonic() + seconds
+    while shard is not None and not desired.failover_record(status, shard) and time.monotonic() < deadline:
+        time.sleep(poll)
+        meta = shard["metadata"]
+        shard = kube.get(API_VERSION, "Shard", meta["name"], meta["namespace"]) or shard
+    return shard
 
 
 def slo_readings(body: dict, spec: ChaosExperimentSpec, at: dt.datetime) -> dict[str, dict | str]:
@@ -107,7 +124,11 @@ def _act(body: dict, spec: ChaosExperimentSpec, step: desired.Step) -> None:
                                    phase="Failed"))
         return
     kube.post_event(body, "Warning", "FaultInjected", detail)
-    _write(body, desired.injected(desired.run_fields(body["status"]), detail, affected=affected))
+    body = _write(body, desired.injected(desired.run_fields(body["status"]), detail, affected=affected))
+    if step.action == "requestSwitchover":
+        # Follow the switchover now: waiting for the next resync (5 s) would count that wait
+        # in recoverySeconds, a switchover itself taking well under a second.
+        _recovering(body, spec, body.get("status") or {})
 
 
 def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None, carry: dict | None = None) -> None:
@@ -240,8 +261,10 @@ def _recovering(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
             return
     pods, shard = _pods_and_shard(body)
     write_at = None
-    if spec.action == "sqlFailover" and desired.failover_record(status, shard):
-        write_at = inject.primary_write(shard)
+    if spec.action == "sqlFailover":
+        shard = await_failover_record(status, shard)
+        if desired.failover_record(status, shard):
+            write_at = inject.primary_write(shard)
     result = desired.recover(body, spec, desired.run_fields(status), pods, shard=shard, write_at=write_at)
     if result.status.get("phase") == "Completed" and spec.abort_if:
         readings = slo_readings(body, spec, dt.datetime.now(dt.timezone.utc))

@@ -245,7 +245,8 @@ def run_outcome(job: dict, pods: list[dict], thresholds: dict | None) -> RunOutc
         outcome.message = f"run {name} failed: {failed.get('reason')}: {failed.get('message', '')}"
     else:
         outcome.phase, outcome.reason = "Succeeded", "RunSucceeded"
-        outcome.message = f"run {name} completed: {outcome.summary['requests']} requests from {len(reports)} pods"
+        outcome.message = (f"run {name} completed: {outcome.summary['requests']} requests from {len(reports)} "
+                           f"{'pod' if len(reports) == 1 else 'pods'}")
     return outcome
 
 

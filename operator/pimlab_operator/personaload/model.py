@@ -136,7 +136,8 @@ class LoadProfile(ApiModel):
         description="constant: `rate`; ramp: rate -> peakRate over the duration; spike: rate with bursts at"
         " peakRate; diurnal: a day's curve between rate and peakRate, compressed into the duration. Default constant.",
     )
-    rate: float = Field(gt=0, le=100000, description="Base arrival rate, requests per second.")
+    rate: float = Field(gt=0, le=100000, description="Base arrival rate: journeys started per second (a journey is one or"
+                      " more requests, so the achieved request rate is higher).")
     peak_rate: float | None = Field(
         None, gt=0, le=100000, description="Highest arrival rate (>= rate); required unless pattern is constant."
     )
@@ -347,8 +348,8 @@ class PersonaLoad(Resource):
         columns=(
             PrinterColumn("Phase", ".status.phase"),
             PrinterColumn("Pattern", ".spec.profile.pattern", priority=1),
-            PrinterColumn("Rate", ".spec.profile.rate", type="number", description="Base arrival rate, req/s"),
-            PrinterColumn("Achieved", ".status.summary.achievedRate", type="number", description="Achieved rate, req/s"),
+            PrinterColumn("Rate", ".spec.profile.rate", type="number", description="Base arrival rate: journeys/s"),
+            PrinterColumn("Achieved", ".status.summary.achievedRate", type="number", description="Requests/s completed (journeys make several requests each)"),
             PrinterColumn("p95 ms", ".status.summary.latencyMs.p95", type="number", description="p95 latency, ms"),
             PrinterColumn("Errors", ".status.summary.errorRatio", type="number", description="Error ratio"),
             PrinterColumn("Schedule", ".spec.schedule", priority=1),
