@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from api_services.db import audit_events, audit_head, history, outbox
+from api_services.prepared import prebuilt
 
 GENESIS = "0" * 64
 
@@ -67,13 +68,14 @@ def chain_head_for_update():
 
 
 # The write path's statements, built once (building them per call cost more than running them).
-_HEAD = chain_head_for_update()
-_INSERT_AUDIT = audit_events.insert()
-_MOVE_HEAD = audit_head.update().where(audit_head.c.id == 1).values(seq=sa.bindparam("new_seq"),
-                                                                    hash=sa.bindparam("new_hash"))
-_INSERT_HEAD = audit_head.insert()
-_INSERT_HISTORY = history.insert()
-_INSERT_OUTBOX = outbox.insert()
+# On SQLite they run through the driver directly (api_services/prepared.py).
+_HEAD = prebuilt(chain_head_for_update())
+_INSERT_AUDIT = prebuilt(audit_events.insert())
+_MOVE_HEAD = prebuilt(audit_head.update().where(audit_head.c.id == 1).values(seq=sa.bindparam("new_seq"),
+                                                                             hash=sa.bindparam("new_hash")))
+_INSERT_HEAD = prebuilt(audit_head.insert())
+_INSERT_HISTORY = prebuilt(history.insert())
+_INSERT_OUTBOX = prebuilt(outbox.insert())
 
 
 def append_audit(conn: Connection, actor: Actor, action: str, entity: str, entity_id: str,

@@ -284,7 +284,10 @@ def sqlite_engine(path: str, synchronous: str = "FULL", acquire_seconds: float =
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A group commit opens its transaction on the driver (api_services/prepared.py); a statement
+        # SQLAlchemy runs inside it only joins it.
+        if not conn.connection.dbapi_connection.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -453,6 +456,10 @@ class Engines:
             raise Unavailable(f"shard {shard} is unavailable: {failed[1]}; retry later", "shard_unavailable",
                               headers={"Retry-After": str(int(self.RETRY_SECONDS))})
         raise Unavailable(f"shard {shard} is not configured", "shard_unavailable", headers={"Retry-After": "1"})
+
+    def built(self, shard: str) -> bool:
+        """Whether the shard's engines exist (getting them does no I/O)."""
+        return shard in self._by_shard
 
     def write(self, shard: str) -> Engine:
         return self._get(shard, 1)

@@ -10,10 +10,16 @@ audit chain stays linear because the batch runs the writes one after the other o
 
 PostgreSQL and SQL Server keep plain transactions (`transact` below): their servers already
 overlap the flushes of concurrent commits.
+
+Each write gets a `DriverConnection` (api_services/prepared.py): its prebuilt statements and its
+savepoint run on the sqlite3 connection directly, without SQLAlchemy's per-statement work. An
+async caller (`transact_async`) waits on an asyncio future the writer resolves, so a request
+needs no threadpool thread: event loop -> writer -> event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import threading
@@ -22,6 +28,7 @@ from typing import Callable
 
 from api_services.db import SerializedWrites
 from api_services.errors import Unavailable
+from api_services.prepared import DriverConnection
 from api_services.telemetry import GROUP_COMMIT_WRITES
 
 log = logging.getLogger("pim.group_commit")
@@ -46,13 +53,29 @@ class Changes:
 
 
 class _Job:
-    """One caller's write; it runs in the caller's context (request id, user, trace parent)."""
+    """One caller's write; it runs in the caller's context (request id, user, trace parent).
+    A thread caller waits on `done`; an async caller on `future`, resolved on its `loop`."""
 
-    __slots__ = ("fn", "context", "done", "result", "error", "state")
+    __slots__ = ("fn", "context", "done", "result", "error", "state", "loop", "future")
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, loop: asyncio.AbstractEventLoop | None = None):
         self.fn, self.context = fn, contextvars.copy_context()
-        self.done, self.result, self.error, self.state = threading.Event(), None, None, "queued"
+        self.result, self.error, self.state = None, None, "queued"
+        self.loop = loop
+        if loop is None:
+            self.done, self.future = threading.Event(), None
+        else:
+            self.done, self.future = None, loop.create_future()
+
+
+def _settle(jobs: list[_Job]) -> None:
+    """On the callers' event loop: hand each async caller its outcome."""
+    for job in jobs:
+        if not job.future.done():
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
 
 
 class GroupCommitWrites(SerializedWrites):
@@ -72,10 +95,10 @@ class GroupCommitWrites(SerializedWrites):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._conn = None
+        self._driver: DriverConnection | None = None
+        self._plans: dict = {}  # the prebuilt statements compiled for this shard's driver
 
-    def transact(self, fn: Callable):
-        """`fn(conn)` in its own savepoint of the next group commit; its result once durable."""
-        job = _Job(fn)
+    def _enqueue(self, job: _Job) -> None:
         with self._wake:
             if self._stopping:
                 raise Unavailable(f"shard {self.name} is shutting down; retry later", "shard_unavailable",
@@ -85,17 +108,43 @@ class GroupCommitWrites(SerializedWrites):
                 self._thread.start()
             self._queue.append(job)
             self._wake.notify()
+
+    def _busy(self) -> Unavailable:
+        return Unavailable(f"shard {self.name} is busy (its write was not started within "
+                           f"{self.acquire_seconds:g} s); retry later", "shard_unavailable",
+                           headers={"Retry-After": "1"})
+
+    def transact(self, fn: Callable):
+        """`fn(conn)` in its own savepoint of the next group commit; its result once durable."""
+        job = _Job(fn)
+        self._enqueue(job)
         if not job.done.wait(self.acquire_seconds):
             with self._wake:
                 if job.state == "queued":  # never started: safe to give up
                     job.state = "abandoned"
-                    raise Unavailable(f"shard {self.name} is busy (its write was not started within "
-                                      f"{self.acquire_seconds:g} s); retry later", "shard_unavailable",
-                                      headers={"Retry-After": "1"})
+                    raise self._busy()
             job.done.wait()  # started: its outcome is decided by the commit in flight
         if job.error is not None:
             raise job.error
         return job.result
+
+    async def transact_async(self, fn: Callable):
+        """`transact` for a caller on an event loop: awaits the commit without holding a thread."""
+        job = _Job(fn, asyncio.get_running_loop())
+        self._enqueue(job)
+
+        def give_up() -> None:  # on the loop, after acquire_seconds: only a write never started
+            with self._wake:
+                if job.state == "queued":
+                    job.state = "abandoned"
+                    if not job.future.done():
+                        job.future.set_exception(self._busy())
+
+        timer = job.loop.call_later(self.acquire_seconds, give_up)
+        try:
+            return await job.future
+        finally:
+            timer.cancel()
 
     def _run(self) -> None:
         while True:
@@ -117,23 +166,24 @@ class GroupCommitWrites(SerializedWrites):
             with self.lock:
                 if self._conn is None:
                     self._conn = self.engine.connect()
-                conn = self._conn
-                raw = conn.connection.dbapi_connection
-                with conn.begin():  # BEGIN IMMEDIATE (the engine's begin hook)
+                    self._driver = DriverConnection(self._conn, self._plans)
+                conn, driver = self._conn, self._driver
+                raw = driver.raw
+                with driver.transaction():  # BEGIN IMMEDIATE ... COMMIT, on the driver
                     for job in batch:
                         if not raw.in_transaction:  # SQLite rolled the whole transaction back (I/O error, full disk)
                             raise Unavailable(f"shard {self.name} rolled the transaction back; retry with the "
                                               "same Idempotency-Key", "shard_unavailable",
                                               headers={"Retry-After": "1"})
-                        savepoint = conn.begin_nested()
+                        driver.savepoint()
                         try:
-                            job.result = job.context.run(job.fn, conn)
+                            job.result = job.context.run(job.fn, driver)
                         except BaseException as exc:  # only this write is undone
                             job.error = exc
                             if raw.in_transaction:
-                                savepoint.rollback()
+                                driver.rollback_savepoint()
                         else:
-                            savepoint.commit()
+                            driver.release()
             self._batch_size.observe(len(batch))
         except BaseException as exc:  # BEGIN or COMMIT failed: nothing in the batch is durable
             log.warning("group commit failed", extra={"shard_name": self.name, "writes": len(batch),
@@ -143,8 +193,17 @@ class GroupCommitWrites(SerializedWrites):
                     job.error, job.result = exc, None
             self._drop_connection()
         finally:
+            by_loop: dict = {}
             for job in batch:
-                job.done.set()
+                if job.loop is None:
+                    job.done.set()
+                else:
+                    by_loop.setdefault(job.loop, []).append(job)
+            for loop, jobs in by_loop.items():  # one wake-up per loop and batch, not per write
+                try:
+                    loop.call_soon_threadsafe(_settle, jobs)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -153,7 +212,7 @@ class GroupCommitWrites(SerializedWrites):
                 self._conn.close()
             except Exception:
                 pass
-            self._conn = None
+            self._conn = self._driver = None
 
     def dispose(self) -> None:
         with self._wake:
@@ -164,8 +223,17 @@ class GroupCommitWrites(SerializedWrites):
         with self.lock:
             if self._conn is not None:
                 self._conn.close()
-                self._conn = None
+                self._conn = self._driver = None
         self.engine.dispose()
+
+
+async def transact_async(engine, fn: Callable):
+    """`transact` from an event loop: the group-commit writer directly, or a threadpool thread."""
+    if isinstance(engine, GroupCommitWrites):
+        return await engine.transact_async(fn)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(transact, engine, fn)
 
 
 def transact(engine, fn: Callable):

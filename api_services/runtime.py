@@ -98,6 +98,14 @@ class Runtime:
     def shard_map(self):
         return self.watcher.get()
 
+    async def fresh_map(self) -> None:
+        """For async endpoints: a due map check (a stat, and on a change engine rebuilds that may
+        connect to a server) runs on a threadpool thread, never on the event loop."""
+        if self.watcher.due():
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self.watcher.get)
+
     def shard_names(self) -> list[str]:
         return [s.name for s in self.shard_map.shards]
 

@@ -147,6 +147,10 @@ class ShardMapWatcher:
         except FileNotFoundError:
             return None
 
+    def due(self) -> bool:
+        """Whether the next `get` checks the file (and may rebuild engines on a change)."""
+        return time.monotonic() - self._checked >= self.interval
+
     def get(self) -> ShardMap:
         now = time.monotonic()
         if now - self._checked >= self.interval:

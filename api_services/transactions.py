@@ -19,12 +19,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api_services.audit import now_iso
 from api_services.db import idempotency_keys
 from api_services.errors import ApiError, Conflict, Unavailable
-from api_services.group_commit import transact
+from api_services.group_commit import GroupCommitWrites, transact, transact_async
+from api_services.prepared import prebuilt
 from api_services.telemetry import DB_TX_DURATION, tracer
 
 log = logging.getLogger("pim.transactions")
@@ -77,9 +79,9 @@ def _cutoff(ttl_seconds: float) -> str:
 
 # Built once: a statement built per call cost more CPU than executing it.
 _KEY = (idempotency_keys.c.user_id == sa.bindparam("u"), idempotency_keys.c.key == sa.bindparam("k"))
-_SELECT_KEY = sa.select(idempotency_keys).where(*_KEY)
-_DELETE_KEY = idempotency_keys.delete().where(*_KEY)
-_INSERT_KEY = idempotency_keys.insert()
+_SELECT_KEY = prebuilt(sa.select(idempotency_keys).where(*_KEY))
+_DELETE_KEY = prebuilt(idempotency_keys.delete().where(*_KEY))
+_INSERT_KEY = prebuilt(idempotency_keys.insert())
 
 
 def _stored(conn, user_id: str, key: str, ttl_seconds: float = DEFAULT_TTL_SECONDS):
@@ -101,13 +103,9 @@ def _replay(row, req_hash: str) -> tuple[int, dict, bool]:
     return row.status_code, json.loads(row.response), True
 
 
-def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
-              idempotency_key: str | None = None, req_hash: str = "",
-              ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
-    """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed).
-
-    `idempotency_key` is the key's digest: the record is kept in this transaction."""
-    started = time.perf_counter()
+def _transaction(fn: Callable, status: int, user_id: str, idempotency_key: str | None, req_hash: str,
+                 ttl_seconds: float) -> Callable:
+    """The one transaction of a write: the idempotency record checked, `fn`, the record kept."""
 
     def transaction(conn) -> tuple[int, dict, bool]:
         if idempotency_key:
@@ -125,18 +123,64 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
                                        "created_at": now_iso()})
         return status, body, False
 
-    with tracer().start_as_current_span("repository.transaction", attributes={
-            "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action}):
+    return transaction
+
+
+def _twin_answer(engine, user_id: str, idempotency_key: str, req_hash: str, ttl_seconds: float):
+    """After an IntegrityError on the key: the answer of the concurrent twin that committed first."""
+    with engine.connect() as conn:
+        row = _stored(conn, user_id, idempotency_key, ttl_seconds)
+    if row is None or row.status_code == PENDING:
+        return None
+    return _replay(row, req_hash)
+
+
+def _span(engine, shard: str, action: str):
+    return tracer().start_as_current_span("repository.transaction", attributes={
+        "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action})
+
+
+def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
+              idempotency_key: str | None = None, req_hash: str = "",
+              ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
+    """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed).
+
+    `idempotency_key` is the key's digest: the record is kept in this transaction."""
+    started = time.perf_counter()
+    with _span(engine, shard, action):
         try:
-            return transact(engine, transaction)
+            return transact(engine, _transaction(fn, status, user_id, idempotency_key, req_hash, ttl_seconds))
         except IntegrityError:
             if not idempotency_key:
                 raise
-            with engine.connect() as conn:  # a concurrent twin committed first: answer as it did
-                row = _stored(conn, user_id, idempotency_key, ttl_seconds)
-            if row is None or row.status_code == PENDING:
+            answer = _twin_answer(engine, user_id, idempotency_key, req_hash, ttl_seconds)
+            if answer is None:
                 raise
-            return _replay(row, req_hash)
+            return answer
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard, exc) from exc
+        finally:
+            DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
+
+
+async def run_write_async(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
+                          idempotency_key: str | None = None, req_hash: str = "",
+                          ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
+    """`run_write` from an event loop (the same transaction, answers and errors)."""
+    started = time.perf_counter()
+    with _span(engine, shard, action):
+        try:
+            return await transact_async(engine, _transaction(fn, status, user_id, idempotency_key, req_hash,
+                                                             ttl_seconds))
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            answer = await run_in_threadpool(_twin_answer, engine, user_id, idempotency_key, req_hash, ttl_seconds)
+            if answer is None:
+                raise
+            return answer
         except DBAPIError as exc:
             if not transient(exc):
                 raise
@@ -209,6 +253,22 @@ def write(rt, shard: str, action: str, fn: Callable, *, status: int, user_id: st
     rt.engines.changes(shard).bump()
     _settle(home_engine, user_id, key, req_hash, (out[0], out[1]))
     return out
+
+
+async def write_async(rt, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
+                      idempotency_key: str | None = None, req_hash: str = "") -> tuple[int, dict, bool]:
+    """`write` for an async endpoint. A write that is one transaction on its own shard (no key, or
+    the key's home is that shard) waits for its group commit on the event loop, with no
+    threadpool thread; a write that must reserve its key on another shard runs `write` in one."""
+    engine = rt.write_engine(shard) if rt.engines.built(shard) else None  # else a rebuild: not on the loop
+    key = key_digest(idempotency_key) if idempotency_key else None
+    if isinstance(engine, GroupCommitWrites) and (key is None or rt.idempotency_home(user_id, key) == shard):
+        out = await run_write_async(engine, shard, action, fn, status=status, user_id=user_id, idempotency_key=key,
+                                    req_hash=req_hash, ttl_seconds=rt.settings.idempotency_ttl_seconds)
+        rt.engines.changes(shard).bump()  # wakes the relay
+        return out
+    return await run_in_threadpool(write, rt, shard, action, fn, status=status, user_id=user_id,
+                                   idempotency_key=idempotency_key, req_hash=req_hash)
 
 
 def purge_expired_keys(engine, ttl_seconds: float) -> int:

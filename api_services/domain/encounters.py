@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import diagnoses, encounters, medications, procedures
 from api_services.domain import ids
+from api_services.prepared import prebuilt
 from api_services.redaction import FreeText
 
 
@@ -115,7 +116,7 @@ def for_patient(conn, patient_id: str) -> list[dict]:
     return [snapshot(conn, i) for i in ids_]
 
 
-_INSERT_ENCOUNTER = encounters.insert()
+_INSERT_ENCOUNTER = prebuilt(encounters.insert())
 
 
 def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:

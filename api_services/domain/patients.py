@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
 from api_services.db import patients
+from api_services.prepared import prebuilt
 from api_services.redaction import FreeText
 
 Sex = Literal["F", "M", "X"]
@@ -47,7 +48,7 @@ class PatientCreated(BaseModel):
     status: Literal["created"] = "created"
 
 
-_PATIENT = sa.select(patients).where(patients.c.patient_id == sa.bindparam("id"))
+_PATIENT = prebuilt(sa.select(patients).where(patients.c.patient_id == sa.bindparam("id")))
 
 
 def snapshot(conn, patient_id: str) -> dict | None:

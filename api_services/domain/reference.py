@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from api_services.db import facilities, providers
+from api_services.prepared import prebuilt
 
 
 class Facility(BaseModel):
@@ -29,8 +30,8 @@ def list_facilities(conn) -> list[dict]:
     return [dict(r) for r in conn.execute(sa.select(facilities).order_by(facilities.c.facility_id)).mappings()]
 
 
-_PROVIDER = sa.select(providers.c.provider_id).where(providers.c.provider_id == sa.bindparam("id"))
-_FACILITY = sa.select(facilities.c.facility_id).where(facilities.c.facility_id == sa.bindparam("id"))
+_PROVIDER = prebuilt(sa.select(providers.c.provider_id).where(providers.c.provider_id == sa.bindparam("id")))
+_FACILITY = prebuilt(sa.select(facilities.c.facility_id).where(facilities.c.facility_id == sa.bindparam("id")))
 
 
 def provider_exists(conn, provider_id: str) -> bool:

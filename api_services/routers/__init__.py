@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Header, Response
+from fastapi.responses import JSONResponse
 
 from api_services.audit import Actor
 from api_services.auth import Principal
@@ -24,6 +25,15 @@ def answer_write(response: Response, status: int, location: str, replayed: bool)
     response.headers["Location"] = location
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
+
+
+def written(status: int, body: dict, location: str, replayed: bool) -> JSONResponse:
+    """`answer_write` as the response itself, for a body built to the route's response model
+    (FastAPI then skips validating and re-serializing it through that model)."""
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _link(operation: str, description: str, parameters: dict | None = None, body: dict | None = None) -> dict:

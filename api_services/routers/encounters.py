@@ -9,7 +9,7 @@ from api_services.domain import encounters as dom
 from api_services.domain import ids, reference
 from api_services.domain import patients as pat_dom
 from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, Invalid, NotFound
-from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
+from api_services.routers import LINKS, IdempotencyKey, actor, answer_write, written
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
 from api_services import transactions
@@ -26,13 +26,16 @@ def _unknown(field: str, what: str) -> Invalid:
 
 @router.post("/encounters", status_code=202, response_model=dom.Accepted,
              responses={**WRITE_RESPONSES, 202: LINKS["encounter_booked"]})
-def book_encounter(body: dom.BookEncounter, request: Request, response: Response,
-                   who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
+async def book_encounter(body: dom.BookEncounter, request: Request,
+                         who: Principal = Depends(principal), idempotency_key: str | None = IdempotencyKey):
     """Patients book for themselves, clinicians for anyone; answered 202 with a tracking id."""
+    # Async: the write waits for its group commit on the event loop (no threadpool thread); the
+    # transaction itself runs on the shard's writer thread.
     require(who, "patient", "clinician")
     if who.persona == "patient" and who.user_id != body.patient_id:
         raise Forbidden("patients may only book for themselves", "not_own_record")
     rt = runtime(request)
+    await rt.fresh_map()
     shard, slot = rt.route_patient(body.patient_id)
     encounter_id = ids.slotted_id("enc", slot)
 
@@ -46,12 +49,11 @@ def book_encounter(body: dom.BookEncounter, request: Request, response: Response
         return dom.book(conn, actor(who), encounter_id, body)
 
     with tracer().start_as_current_span("encounter.book"):
-        status, out, replayed = transactions.write(
+        status, out, replayed = await transactions.write_async(
             rt, shard, "encounter.book", write, status=202, user_id=who.user_id,
             idempotency_key=idempotency_key,
             req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
-    answer_write(response, status, f"/encounters/{out['tracking_id']}", replayed)
-    return out
+    return written(status, out, f"/encounters/{out['tracking_id']}", replayed)  # `out` is a dom.Accepted
 
 
 def _load(conn, encounter_id: str) -> dict:

@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -33,13 +32,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.services.conftest import PYTHON, free_port, run_cli, start_server  # noqa: E402
+from tests.benchmarks.seeded import (CLIENT_CORE, SERVER_CORE, bookings, code_tree, http_request,  # noqa: E402
+                                     pin, seeded_server)
+from tests.services.conftest import PYTHON, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BAR_P99_MS = 50.0
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVER_CORE, CLIENT_CORE = (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
-ENV = {"PIM_RATE_LIMIT_RPS": "100000", "PIM_RATE_LIMIT_BURST": "100000", "PIM_LOG_LEVEL": "WARNING"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,29 +47,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def pin(pid: int, core: int | None) -> None:
-    """Pin every thread of a process (threads it starts later inherit the mask)."""
-    if core is None:
-        return
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), {core})
-        except OSError:
-            pass
-
-
 def load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def http_request(method: str, path: str, token: str | None = None, body: dict | None = None) -> str:
-    data = json.dumps(body) if body is not None else ""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(data.encode())}"]
-    return "\r\n".join(lines) + "\r\n\r\n" + data
 
 
 def drive(port: int, pid: int, rate: float, seconds: float, requests: list[str], workdir: Path) -> dict:
@@ -131,39 +109,13 @@ def start_floor(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("the floor app did not start")
 
 
-def code_tree(ref: str | None) -> Path | None:
-    """`ref`'s files in a temporary directory (git archive), or None for this tree."""
-    if ref is None:
-        return None
-    dest = Path(tempfile.mkdtemp(prefix="pim-bench-base-"))
-    archive = dest / "src.tar"
-    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), ref], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    archive.unlink()
-    return dest
-
-
 def measure(label: str, tree: Path | None, rates: list[float], seconds: float, healthz_rate: float) -> dict:
     """Seed, serve, and measure /healthz and the booking steps for one code tree."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"pim-bench-{label}-"))
-    env = dict(ENV)
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-    run_cli(workdir, "seed", "--patients", "90", env=env)
-    server = start_server(workdir, env=env)
-    pin(server.proc.pid, SERVER_CORE)
-    try:
-        from api_services.seed import seeded_patient_id
-
-        token = server.token("clinician", "prv-0001")
-        bookings = [http_request("POST", "/encounters", token, {
-            "patient_id": seeded_patient_id(42, i % 90), "provider_id": f"prv-{i % 20 + 1:04d}",
-            "facility_id": f"fac-{i % 5 + 1:03d}", "scheduled_for": "2025-06-01T09:00:00Z",
-            "reason": "benchmark visit"}) for i in range(180)]
+    with seeded_server(tree, f"bench-{label.replace(':', '-')}") as (server, workdir):
+        requests = bookings(server)
         healthz = [http_request("GET", "/healthz")]
         pid = server.proc.pid
-        drive(server.port, pid, 100, 2.0, bookings, workdir)  # warm-up: connections, caches, threads
+        drive(server.port, pid, 100, 2.0, requests, workdir)  # warm-up: connections, caches, threads
         pin(pid, SERVER_CORE)
         wait_idle(server.url)
         idle0 = cpu_seconds(pid)
@@ -174,7 +126,7 @@ def measure(label: str, tree: Path | None, rates: list[float], seconds: float, h
         steps, best = [], None
         for rate in rates:
             wait_idle(server.url)
-            step = drive(server.port, pid, rate, seconds, bookings, workdir)
+            step = drive(server.port, pid, rate, seconds, requests, workdir)
             steps.append(step)
             print(json.dumps({label: {"booking": step}}), flush=True)
             if sustained(step):
@@ -184,8 +136,6 @@ def measure(label: str, tree: Path | None, rates: list[float], seconds: float, h
         kept = [s for s in steps if keeps_up(s)]
         return {"idle_cpu_pct_of_core": idle_pct, "healthz": health, "best_booking": best,
                 "highest_kept_up": kept[-1] if kept else None, "booking_steps": steps}
-    finally:
-        server.stop()
 
 
 def main() -> None:

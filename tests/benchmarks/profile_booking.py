@@ -16,15 +16,14 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.bench_booking import ENV, SERVER_CORE, code_tree, drive, http_request, pin, wait_idle  # noqa: E402
-from tests.services.conftest import run_cli, start_server  # noqa: E402
+from tests.benchmarks.bench_booking import drive, wait_idle  # noqa: E402
+from tests.benchmarks.seeded import SERVER_CORE, bookings, code_tree, pin, seeded_server  # noqa: E402
 
 COMPONENTS = (("sqlalchemy", "SQLAlchemy"), ("opentelemetry", "OpenTelemetry"), ("prometheus_client", "metrics"),
               ("uvicorn", "uvicorn"), ("h11", "h11"), ("httptools", "httptools"), ("starlette", "Starlette"),
@@ -50,20 +49,9 @@ def main() -> None:
     parser.add_argument("--baseline", default=None)
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    tree = code_tree(args.baseline)
-    workdir = Path(tempfile.mkdtemp(prefix="pim-profile-"))
-    env = dict(ENV, **({"PYTHONPATH": str(tree)} if tree else {}))
-    run_cli(workdir, "seed", "--patients", "90", env=env)
-    server = start_server(workdir, env=env)
-    pin(server.proc.pid, SERVER_CORE)
-    try:
-        from api_services.seed import seeded_patient_id
-
-        token = server.token("clinician", "prv-0001")
-        bookings = [http_request("POST", "/encounters", token, {
-            "patient_id": seeded_patient_id(42, i % 90), "provider_id": "prv-0001", "facility_id": "fac-001",
-            "scheduled_for": "2025-06-01T09:00:00Z", "reason": "profiled visit"}) for i in range(90)]
-        drive(server.port, server.proc.pid, 100, 2.0, bookings, workdir)
+    with seeded_server(code_tree(args.baseline), "profile") as (server, workdir):
+        requests = bookings(server, reason="profiled visit")
+        drive(server.port, server.proc.pid, 100, 2.0, requests, workdir)
         pin(server.proc.pid, SERVER_CORE)
         wait_idle(server.url)
         out = workdir / "profile.txt"
@@ -72,12 +60,10 @@ def main() -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         result: dict = {}
         t = threading.Thread(target=lambda: result.update(
-            drive(server.port, server.proc.pid, args.rate, args.seconds, bookings, workdir)))
+            drive(server.port, server.proc.pid, args.rate, args.seconds, requests, workdir)))
         t.start()
         t.join()
         rec.wait(timeout=60)
-    finally:
-        server.stop()
     by_component: collections.Counter = collections.Counter()
     by_function: collections.Counter = collections.Counter()
     total = 0
@@ -90,7 +76,7 @@ def main() -> None:
         by_component[component(leaf)] += n
         func, _, where = leaf.rpartition(" (")
         by_function[f"{func} ({where.split('site-packages/', 1)[-1].split('/python3.11/', 1)[-1]}"] += n
-    print(json.dumps({"step": result, "samples": total}))
+    print(json.dumps({"step": result, "samples": total, "raw_profile": str(out)}))
     print("share of samples by component:")
     for name, n in by_component.most_common():
         print(f"  {name:22s} {100 * n / total:5.1f} %")
