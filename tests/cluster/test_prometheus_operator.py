@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pimlab.cluster import monitoring, prometheus_operator_build
+from pimlab.waiting import wait_for
 from pimlab_operator.slo import desired as slo
 from pimlab_operator.slo.model import SLOSpec
 
@@ -101,9 +102,10 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
         rendered = yaml.safe_load(found["data"][key])
         names = [r.get("record") or r.get("alert") for g in rendered["groups"] for r in g["rules"]]
         assert "slo:error_budget:remaining_ratio" in names and "SLOErrorBudgetBurnPage" in names
-        # prometheus-operator also made the StatefulSet the Prometheus pods will run in.
-        sts = cluster.get("statefulset", "prometheus-lab", namespace)
-        assert sts is not None, log_path.read_text()[-3000:]
+        # prometheus-operator also makes the StatefulSet the Prometheus pods will run in (after
+        # the rule ConfigMap: a moment later)
+        sts = wait_for(lambda: cluster.get("statefulset", "prometheus-lab", namespace), timeout=60, interval=0.5,
+                       what="prometheus-operator's StatefulSet prometheus-lab")
         containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
         assert containers["prometheus"]["image"] == monitoring.PROMETHEUS_IMAGE  # upstream's, built here
         assert "--web.enable-lifecycle" in containers["prometheus"]["args"]
