@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-operator bench-load bench-failover flux gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover flux gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -93,10 +93,13 @@ test: deps controlplane prometheus-operator flux image ## run the test suite (st
 slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve
 	PIMLAB_NODE=real $(PY) -m pytest -q -p no:cacheprovider tests/cluster/test_slo_alerts_real_node.py
 
-bench: bench-booking bench-load bench-operator ## every benchmark, printed as figures and ratios against a baseline
+bench: bench-booking bench-stack bench-load bench-operator ## every benchmark, printed as figures and ratios against a baseline
 
 bench-booking: deps venv ## bookings: highest rate at p99 < 50 ms, CPU per booking and per /healthz against a bare FastAPI floor (BENCH_BASELINE=main: the unchanged code too, same run)
 	$(PY) tests/benchmarks/bench_booking.py
+
+bench-stack: deps venv ## the per-request stack part by part, and the relay and projection per event (BENCH_BASELINE=main: that revision too)
+	$(PY) tests/benchmarks/bench_request_stack.py $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as a ratio to wrk
 	$(PY) tests/benchmarks/bench_load_engine.py

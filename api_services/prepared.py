@@ -4,9 +4,10 @@ directly inside a group commit.
 A statement wrapped in `prebuilt(...)` is the one definition every engine uses: PostgreSQL and
 SQL Server execute it through SQLAlchemy as before; a SQLite group commit compiles it once (per
 set of parameter names) to the driver's SQL and runs it on the sqlite3 connection, which keeps
-its own prepared-statement cache. Anything else given to `DriverConnection.execute` (a statement
-built per call, a list of parameter sets) goes through SQLAlchemy on the same connection and
-transaction, so every write function works unchanged.
+its own prepared-statement cache; a list of parameter sets with the same names is one
+`executemany`. Anything else given to `DriverConnection.execute` (a statement built per call,
+mixed parameter names) goes through SQLAlchemy on the same connection and transaction, so every
+write function works unchanged.
 
 Only statements whose columns need no type conversion on SQLite take the direct path (strings,
 integers, floats); one that would need a bind or result processor falls back to SQLAlchemy.
@@ -140,17 +141,14 @@ class DriverConnection:
         self._plans = plans  # per engine: (id(statement), parameter names) -> _Plan, or None
 
     def execute(self, statement, parameters=None, **kwargs):
-        if kwargs or id(statement) not in _PREBUILT or not (parameters is None or type(parameters) is dict):
+        if kwargs or id(statement) not in _PREBUILT:
             return self.conn.execute(statement, parameters, **kwargs)
+        if type(parameters) is list:  # executemany: one set of parameter names for every row
+            return self._executemany(statement, parameters)
+        if not (parameters is None or type(parameters) is dict):
+            return self.conn.execute(statement, parameters)
         params = parameters or {}
-        key = (id(statement), tuple(params))
-        plan = self._plans.get(key, False)
-        if plan is False:
-            try:
-                plan = _Plan(statement, key[1])
-            except _NotDirect:
-                plan = None
-            self._plans[key] = plan
+        plan = self._plan(statement, tuple(params))
         if plan is None:
             return self.conn.execute(statement, parameters)
         try:
@@ -158,6 +156,28 @@ class DriverConnection:
         except sqlite3.Error as exc:
             raise DBAPIError.instance(plan.sql, params, exc, sqlite3.Error, dialect=self.conn.dialect) from exc
         return DriverResult(cursor, plan, params)
+
+    def _executemany(self, statement, rows: list):
+        names = tuple(rows[0]) if rows and type(rows[0]) is dict else None
+        plan = self._plan(statement, names) if names is not None else None
+        if plan is None or any(type(row) is not dict or tuple(row) != names for row in rows):
+            return self.conn.execute(statement, rows)
+        try:
+            cursor = self.raw.executemany(plan.sql, [plan.values(row) for row in rows])
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(plan.sql, rows[0], exc, sqlite3.Error, dialect=self.conn.dialect) from exc
+        return DriverResult(cursor, plan, rows[0])
+
+    def _plan(self, statement, names: tuple[str, ...]) -> _Plan | None:
+        key = (id(statement), names)
+        plan = self._plans.get(key, False)
+        if plan is False:
+            try:
+                plan = _Plan(statement, names)
+            except _NotDirect:
+                plan = None
+            self._plans[key] = plan
+        return plan
 
     @contextmanager
     def transaction(self):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -135,9 +136,20 @@ def _twin_answer(engine, user_id: str, idempotency_key: str, req_hash: str, ttl_
     return _replay(row, req_hash)
 
 
-def _span(engine, shard: str, action: str):
-    return tracer().start_as_current_span("repository.transaction", attributes={
-        "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action})
+@contextmanager
+def _measured(engine, shard: str, action: str):
+    """Around one write transaction: its span, its duration, and a failover's error as 503."""
+    started = time.perf_counter()
+    with tracer().start_as_current_span("repository.transaction", attributes={
+            "db.system": engine.dialect.name, "pim.shard": shard, "pim.action": action}):
+        try:
+            yield
+        except DBAPIError as exc:
+            if not transient(exc):
+                raise
+            raise unavailable(shard, exc) from exc
+        finally:
+            DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
 
 
 def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
@@ -145,48 +157,32 @@ def run_write(engine, shard: str, action: str, fn: Callable, *, status: int, use
               ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
     """Run `fn(conn) -> response body` in one transaction; returns (status, body, replayed).
 
-    `idempotency_key` is the key's digest: the record is kept in this transaction."""
-    started = time.perf_counter()
-    with _span(engine, shard, action):
+    `idempotency_key` is the key's digest: the record is kept in this transaction. When a
+    concurrent twin with the same key committed first, its answer is the answer."""
+    with _measured(engine, shard, action):
         try:
             return transact(engine, _transaction(fn, status, user_id, idempotency_key, req_hash, ttl_seconds))
         except IntegrityError:
-            if not idempotency_key:
-                raise
-            answer = _twin_answer(engine, user_id, idempotency_key, req_hash, ttl_seconds)
+            answer = _twin_answer(engine, user_id, idempotency_key, req_hash, ttl_seconds) if idempotency_key else None
             if answer is None:
                 raise
             return answer
-        except DBAPIError as exc:
-            if not transient(exc):
-                raise
-            raise unavailable(shard, exc) from exc
-        finally:
-            DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
 
 
 async def run_write_async(engine, shard: str, action: str, fn: Callable, *, status: int, user_id: str,
                           idempotency_key: str | None = None, req_hash: str = "",
                           ttl_seconds: float = DEFAULT_TTL_SECONDS) -> tuple[int, dict, bool]:
     """`run_write` from an event loop (the same transaction, answers and errors)."""
-    started = time.perf_counter()
-    with _span(engine, shard, action):
+    with _measured(engine, shard, action):
         try:
             return await transact_async(engine, _transaction(fn, status, user_id, idempotency_key, req_hash,
                                                              ttl_seconds))
         except IntegrityError:
-            if not idempotency_key:
-                raise
-            answer = await run_in_threadpool(_twin_answer, engine, user_id, idempotency_key, req_hash, ttl_seconds)
+            answer = (await run_in_threadpool(_twin_answer, engine, user_id, idempotency_key, req_hash, ttl_seconds)
+                      if idempotency_key else None)
             if answer is None:
                 raise
             return answer
-        except DBAPIError as exc:
-            if not transient(exc):
-                raise
-            raise unavailable(shard, exc) from exc
-        finally:
-            DB_TX_DURATION.labels(shard, action).observe(time.perf_counter() - started)
 
 
 def _reserve(engine, shard: str, user_id: str, key: str, req_hash: str, ttl: float) -> tuple[int, dict, bool] | None:

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from api_services.db import financial_kpis
+from api_services.prepared import prebuilt
 
 KPI_NAMES = ("encounters_booked", "encounters_documented", "claims_submitted", "claims_amount_cents")
 
@@ -35,12 +36,15 @@ def deltas(event_type: str, payload: dict) -> dict[str, int]:
     return {}
 
 
+_ADD = prebuilt(financial_kpis.update().where(financial_kpis.c.kpi == sa.bindparam("name"))
+                .values(value=financial_kpis.c.value + sa.bindparam("delta")))
+_FIRST = prebuilt(financial_kpis.insert())
+
+
 def apply(conn, changes: dict[str, int]) -> None:
     for kpi, delta in changes.items():
-        done = conn.execute(financial_kpis.update().where(financial_kpis.c.kpi == kpi)
-                            .values(value=financial_kpis.c.value + delta)).rowcount
-        if not done:
-            conn.execute(financial_kpis.insert().values(kpi=kpi, value=delta))
+        if not conn.execute(_ADD, {"name": kpi, "delta": delta}).rowcount:
+            conn.execute(_FIRST, {"kpi": kpi, "value": delta})
 
 
 def read(conn) -> dict[str, int]:

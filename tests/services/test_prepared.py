@@ -80,3 +80,46 @@ def test_async_callers_are_answered_after_their_commit(shard):
 
     assert asyncio.run(many()) == [1] * 50
     assert _count(path, "select count(*) from encounters") == 50
+
+
+def test_a_list_of_parameter_sets_is_one_executemany_on_the_driver(shard):
+    writes, path = shard
+    seen = {}
+
+    def write(conn):
+        seen["many"] = conn.execute(_INSERT_ENCOUNTER, [_row(f"enc-{i}") for i in range(5)])
+
+    def mixed(conn):  # different parameter names per row: SQLAlchemy decides, and refuses
+        conn.execute(_INSERT_ENCOUNTER, [_row("enc-5"), {k: v for k, v in _row("enc-6").items() if k != "notes"}])
+
+    writes.transact(write)
+    assert isinstance(seen["many"], DriverResult) and seen["many"].rowcount == 5
+    with pytest.raises(sa.exc.StatementError, match="notes"):
+        writes.transact(mixed)
+    assert _count(path, "select count(*) from encounters") == 5
+
+
+def test_the_relay_and_projection_write_through_the_group_commit_on_the_driver(shard):
+    """The background steps are writes of the shard's group commit: their prebuilt statements
+    run on sqlite3, and every event is published and projected exactly once."""
+    from api_services.audit import Actor, record_write
+    from api_services.workers import _APPEND, _MARK_PROCESSED, _PENDING, _UNPROCESSED, project_once, relay_once
+
+    writes, path = shard
+    actor = Actor(user_id="u-1", persona="clinician", request_id="r-1")
+    for i in range(7):
+        writes.transact(lambda conn, i=i: record_write(
+            conn, actor, action="encounter.book", entity="encounter", entity_id=f"enc-{i}", version=1,
+            before=None, after={"i": i}, event_type="encounter.booked"))
+    assert relay_once(writes, "s", "relay:test:1", batch=5) == 5
+    assert relay_once(writes, "s", "relay:test:1", batch=5) == 2
+    assert relay_once(writes, "s", "relay:test:1", batch=5) == 0
+    assert project_once(writes, "s", batch=4) == 4
+    assert project_once(writes, "s", batch=4) == 3
+    assert project_once(writes, "s", batch=4) == 0
+    direct = {key[0] for key, plan in writes._plans.items() if plan is not None}
+    assert {id(_PENDING), id(_APPEND), id(_UNPROCESSED), id(_MARK_PROCESSED)} <= direct
+    assert _count(path, "select count(*) from event_stream") == 7
+    assert _count(path, "select count(*) from outbox where published_at is null") == 0
+    assert _count(path, "select count(*) from processed_events") == 7
+    assert _count(path, "select value from financial_kpis where kpi='encounters_booked'") == 7

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from api_services.audit import Actor, record_write
 from api_services.db import event_stream, metadata, outbox, processed_events, sqlite_engine
+from api_services import workers
 from api_services.workers import project_once, relay_once
 
 
@@ -93,10 +94,13 @@ def test_no_committed_state_has_a_claimed_but_unpublished_row(tmp_path):
     assert _count(engine, "select count(*) from outbox where claimed_by = 'relay:host:1'") == 3
 
 
-def test_projection_picks_up_events_committed_below_its_checkpoint(tmp_path):
-    """A stream event whose position is below the checkpoint (committed later, e.g. identity
-    order != commit order on SQL Server) is still projected, exactly once."""
+def test_projection_picks_up_events_committed_below_its_checkpoint(tmp_path, monkeypatch):
+    """On a server database a stream event whose position is below the checkpoint (committed
+    later: identity order != commit order) is still projected, exactly once. SQLite makes
+    positions visible in order, so it re-checks nothing; the server's window is forced here."""
     engine = _engine(tmp_path, 3)
+    assert workers.reorder_window(engine) == 0
+    monkeypatch.setattr(workers, "reorder_window", lambda conn: workers.REORDER_WINDOW)
     relay_once(engine, "s", "relay:host:1")
     with engine.begin() as conn:  # hold position 1 back, as if its transaction committed late
         late = conn.execute(sa.select(event_stream).where(event_stream.c.position == 1)).mappings().one()
