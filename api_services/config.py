@@ -34,7 +34,7 @@ class Settings:
     rate_limit_burst: int = 100
     max_body_bytes: int = 64 * 1024
     sqlite_synchronous: str = "FULL"
-    sqlite_group_commit: bool = True
+    group_commit: bool = True
     otlp_endpoint: str | None = None
     log_level: str = "INFO"
     worker_poll_seconds: float = 0.2
@@ -70,7 +70,7 @@ def load_settings() -> Settings:
         rate_limit_burst=int(_env("PIM_RATE_LIMIT_BURST", "100")),
         max_body_bytes=int(_env("PIM_MAX_BODY_BYTES", str(64 * 1024))),
         sqlite_synchronous=_env("PIM_SQLITE_SYNCHRONOUS", "FULL").upper(),
-        sqlite_group_commit=_env("PIM_SQLITE_GROUP_COMMIT", "on").lower() not in ("off", "0", "false", "no"),
+        group_commit=_env("PIM_GROUP_COMMIT", "on").lower() not in ("off", "0", "false", "no"),
         otlp_endpoint=_env("PIM_OTLP_ENDPOINT", _env("OTEL_EXPORTER_OTLP_ENDPOINT")),
         log_level=_env("PIM_LOG_LEVEL", "INFO").upper(),
         worker_poll_seconds=float(_env("PIM_WORKER_POLL_SECONDS", "0.2")),

@@ -246,11 +246,21 @@ class QuorumWrites:
                 notices.append(diagnostic.message_primary or "")
 
             raw.add_notice_handler(on_notice)
-            timer = threading.Timer(self.timeout, raw.cancel)
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                raw.cancel()
+
+            timer = threading.Timer(self.timeout, expire)
             timer.start()
             try:
                 with conn.begin():
                     yield conn
+                    if expired.is_set():  # cancelled while the body ran (a group commit goes on after
+                        # a cancelled statement): the COMMIT's wait would no longer be bounded
+                        raise sa.exc.OperationalError("COMMIT", None, RuntimeError(
+                            f"the transaction ran past its {self.timeout:g} s bound"))
             finally:
                 timer.cancel()
                 raw.remove_notice_handler(on_notice)
@@ -427,7 +437,12 @@ class Engines:
                 migrate(base)
             reporting = sa.create_engine(postgres_url(shard, self.credentials_root, readonly=True),
                                          pool_pre_ping=True, pool_timeout=self.write_timeout)
-            return QuorumWrites(base, self.write_timeout), base, reporting
+            writes = QuorumWrites(base, self.write_timeout)
+            if self.group_commit:
+                from api_services.group_commit import GroupCommitWrites
+
+                writes = GroupCommitWrites(writes, shard.name, self.acquire_seconds)
+            return writes, base, reporting
         write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True,
                                  pool_timeout=self.acquire_seconds)
         if self.create_schema:

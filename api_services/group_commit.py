@@ -1,22 +1,25 @@
-"""Group commit for SQLite shards, and the one call every request write goes through.
+"""Group commit per shard, and the one call every request write goes through.
 
-A SQLite shard has one writer at a time and each COMMIT with `synchronous=FULL` is an fsync.
-`GroupCommitWrites` keeps one writer thread per shard: it takes every write queued while the
-previous commit ran, runs each in its own SAVEPOINT inside one `BEGIN IMMEDIATE ... COMMIT`,
-and answers the callers only after that COMMIT returned (the fsync that covers them). A write
-that fails rolls back to its savepoint only; the others in the batch commit. Each write is still
-one atomic unit with its row, history, audit link, outbox event and idempotency record, and the
-audit chain stays linear because the batch runs the writes one after the other on one connection.
+A shard's COMMIT is its expensive part: with SQLite and `synchronous=FULL` an fsync of the WAL;
+with PostgreSQL the wait until the synchronous standbys have the commit. And a shard's writes
+are serialized anyway, by SQLite's one writer or by the audit chain's head row, which each write
+locks until it commits. `GroupCommitWrites` keeps one writer thread per shard: it takes every
+write queued while the previous commit ran, runs each in its own SAVEPOINT inside one
+transaction, and answers the callers only after that COMMIT returned (the fsync, or the quorum's
+acknowledgement, that covers them). A write that fails rolls back to its savepoint only; the
+others in the batch commit. Each write is still one atomic unit with its row, history, audit
+link, outbox event and idempotency record, and the audit chain stays linear because the batch
+runs the writes one after the other on one connection.
 
-PostgreSQL and SQL Server keep plain transactions (`transact` below): their servers already
-overlap the flushes of concurrent commits.
-
-Each write gets a `DriverConnection` (api_services/prepared.py): its prebuilt statements and its
-savepoint run on the sqlite3 connection directly, without SQLAlchemy's per-statement work. An
-async caller (`transact_async`) waits on an asyncio future the writer resolves, so a request
-needs no threadpool thread: event loop -> writer -> event loop.
+On SQLite each write gets a `DriverConnection` (api_services/prepared.py): its prebuilt
+statements and its savepoint run on the sqlite3 connection directly, without SQLAlchemy's
+per-statement work. On PostgreSQL the batch is one bounded, quorum-acknowledged transaction of
+`QuorumWrites` (api_services/db.py) and each write gets its SQLAlchemy connection; a batch whose
+COMMIT is not acknowledged in time fails as a whole, so none of its writes is acknowledged.
+SQL Server keeps plain transactions (`transact` below). An async caller (`transact_async`) waits
+on an asyncio future the writer resolves, so a request needs no threadpool thread: event loop ->
+writer -> event loop.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -79,10 +82,12 @@ def _settle(jobs: list[_Job]) -> None:
 
 
 class GroupCommitWrites(SerializedWrites):
-    """A SQLite write engine whose request writes are group-committed by one thread per shard.
+    """A shard's write engine (SQLite, or PostgreSQL's `QuorumWrites`) whose writes through
+    `transact` are group-committed by one thread per shard.
 
-    `begin()` (seeding, relay, projection, refusal audit) is unchanged: it queues on the same
-    in-process lock the writer holds for each batch, so the two never meet at SQLite's busy handler.
+    `begin()` (seeding, refusal audit, idempotency home records) is unchanged: it queues on the
+    same in-process lock the writer holds for each batch, so the two never meet at SQLite's busy
+    handler.
     """
 
     MAX_BATCH = 128
@@ -97,6 +102,7 @@ class GroupCommitWrites(SerializedWrites):
         self._conn = None
         self._driver: DriverConnection | None = None
         self._plans: dict = {}  # the prebuilt statements compiled for this shard's driver
+        self._sqlite = engine.dialect.name == "sqlite"
 
     def _enqueue(self, job: _Job) -> None:
         with self._wake:
@@ -164,26 +170,10 @@ class GroupCommitWrites(SerializedWrites):
     def _commit(self, batch: list[_Job]) -> None:
         try:
             with self.lock:
-                if self._conn is None:
-                    self._conn = self.engine.connect()
-                    self._driver = DriverConnection(self._conn, self._plans)
-                conn, driver = self._conn, self._driver
-                raw = driver.raw
-                with driver.transaction():  # BEGIN IMMEDIATE ... COMMIT, on the driver
-                    for job in batch:
-                        if not raw.in_transaction:  # SQLite rolled the whole transaction back (I/O error, full disk)
-                            raise Unavailable(f"shard {self.name} rolled the transaction back; retry with the "
-                                              "same Idempotency-Key", "shard_unavailable",
-                                              headers={"Retry-After": "1"})
-                        driver.savepoint()
-                        try:
-                            job.result = job.context.run(job.fn, driver)
-                        except BaseException as exc:  # only this write is undone
-                            job.error = exc
-                            if raw.in_transaction:
-                                driver.rollback_savepoint()
-                        else:
-                            driver.release()
+                if self._sqlite:
+                    self._commit_on_driver(batch)
+                else:
+                    self._commit_on_server(batch)
             self._batch_size.observe(len(batch))
         except BaseException as exc:  # BEGIN or COMMIT failed: nothing in the batch is durable
             log.warning("group commit failed", extra={"shard_name": self.name, "writes": len(batch),
@@ -204,6 +194,45 @@ class GroupCommitWrites(SerializedWrites):
                     loop.call_soon_threadsafe(_settle, jobs)
                 except RuntimeError:  # the loop is closed: nobody waits any more
                     pass
+
+    def _commit_on_server(self, batch: list[_Job]) -> None:
+        """One transaction of the server's write engine (bounded, acknowledged by the quorum on
+        PostgreSQL); SQLAlchemy's nested transactions are the savepoints."""
+        with self.engine.begin() as conn:
+            for job in batch:
+                savepoint = conn.begin_nested()
+                try:
+                    job.result = job.context.run(job.fn, conn)
+                except BaseException as exc:  # only this write is undone
+                    job.error = exc
+                    if conn.invalidated:  # the connection is lost: the batch fails, every write with this error
+                        raise
+                    savepoint.rollback()
+                else:
+                    savepoint.commit()
+
+    def _commit_on_driver(self, batch: list[_Job]) -> None:
+        """BEGIN IMMEDIATE ... COMMIT and the savepoints on the sqlite3 connection, kept open."""
+        if self._conn is None:
+            self._conn = self.engine.connect()
+            self._driver = DriverConnection(self._conn, self._plans)
+        driver = self._driver
+        raw = driver.raw
+        with driver.transaction():  # BEGIN IMMEDIATE ... COMMIT, on the driver
+            for job in batch:
+                if not raw.in_transaction:  # SQLite rolled the whole transaction back (I/O error, full disk)
+                    raise Unavailable(f"shard {self.name} rolled the transaction back; retry with the "
+                                      "same Idempotency-Key", "shard_unavailable",
+                                      headers={"Retry-After": "1"})
+                driver.savepoint()
+                try:
+                    job.result = job.context.run(job.fn, driver)
+                except BaseException as exc:  # only this write is undone
+                    job.error = exc
+                    if raw.in_transaction:
+                        driver.rollback_savepoint()
+                else:
+                    driver.release()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -238,7 +267,7 @@ async def transact_async(engine, fn: Callable):
 
 def transact(engine, fn: Callable):
     """`fn(conn)` as one write transaction on `engine`: group-committed where the engine does it,
-    a plain transaction otherwise (PostgreSQL, SQL Server, serialized SQLite)."""
+    a plain transaction otherwise (SQL Server, or group commit turned off)."""
     if isinstance(engine, GroupCommitWrites):
         return engine.transact(fn)
     with engine.begin() as conn:

@@ -77,7 +77,7 @@ class Runtime:
         self.engines = Engines(settings.credentials_root, settings.sqlite_synchronous,
                                acquire_seconds=settings.shard_acquire_seconds,
                                write_timeout=settings.db_write_timeout_seconds,
-                               group_commit=settings.sqlite_group_commit) if with_db else None
+                               group_commit=settings.group_commit) if with_db else None
         self.watcher = ShardMapWatcher(settings.shard_map_file, on_change=self._map_changed)
         self._map_changed(self.watcher.current)
         self.auth = Authenticator(settings)

@@ -200,3 +200,45 @@ def test_the_write_engine_never_connects_to_a_standby(stack):
         engine(standby).connect()
     with engine(standby, readonly=True).connect() as conn:  # the -readonly Service takes any
         assert conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar() is True
+
+
+def test_concurrent_bookings_share_quorum_commits_and_a_refused_one_takes_only_itself_out(stack):
+    """Group commit on PostgreSQL: concurrent bookings are made durable by shared COMMITs (each
+    acknowledged by the synchronous standby), a booking refused inside a batch (unknown patient)
+    writes nothing, and every acknowledged one is on the primary with the audit chain intact."""
+    shard, url, token, _ = stack
+    admin = {"Authorization": f"Bearer {token('admin', 'admin-1')}"}
+    patient = httpx.post(url + "/patients", headers=admin, timeout=10,
+                         json={"pseudonym": "Grouped Pg", "birth_year": 1975, "sex": "M"}).json()["patient_id"]
+    headers = {"Authorization": f"Bearer {token('clinician', 'prv-0001')}"}
+    unknown = "pat-" + "0" * 32
+    answers: list[tuple[int, str | None]] = []
+
+    def writer(n: int):
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
+            for i in range(15):
+                resp = client.post("/encounters", json=booking(unknown if i == 7 else patient))
+                answers.append((resp.status_code, resp.json().get("tracking_id")))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    codes = Counter(code for code, _ in answers)
+    assert codes == {202: 12 * 14, 422: 12}, codes
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    count = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("pim_group_commit_writes_count"))
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("pim_group_commit_writes_sum"))
+    assert total >= 12 * 15 and count < total, f"{total} writes in {count} commits: none grouped"
+    with shard.connect(shard.primary()) as conn:
+        stored = {row[0] for row in conn.execute("SELECT encounter_id FROM encounters WHERE patient_id = %s",
+                                                 (patient,))}
+        strays = conn.execute("SELECT count(*) FROM encounters WHERE patient_id = %s", (unknown,)).fetchone()[0]
+    assert {tid for code, tid in answers if code == 202} <= stored
+    assert strays == 0
+    verify = httpx.post(url + "/admin/audit/verify", timeout=30,
+                        headers={"Authorization": f"Bearer {token('sre', 'sre-1')}"})
+    assert verify.status_code == 200 and verify.json()["ok"], verify.text

@@ -1,5 +1,6 @@
-"""Group commit (SQLite): a write is acknowledged only after the COMMIT that covers it, each write
-is still one atomic unit, and a failing write takes only itself out of its batch."""
+"""Group commit on SQLite (PostgreSQL's is in tests/instance/test_services_on_postgres.py): a write
+is acknowledged only after the COMMIT that covers it, each write is still one atomic unit, and a
+failing write takes only itself out of its batch."""
 
 from __future__ import annotations
 
