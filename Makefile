@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover flux gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -106,6 +106,10 @@ bench-load: deps venv ## the load engine's capacity (p99 schedule lag < 5 ms) as
 
 bench-failover: deps controlplane image ## shard failover on the real node: primary loss -> first acknowledged write, median/max of 5 (PIMLAB_NODE=real)
 	$(PY) tests/benchmarks/bench_failover.py
+
+# Not in `make bench`: it brings up the real node and the lab (minutes, the machine's one real node).
+bench-gateway: deps controlplane image ## bookings through the gateway on the real node: gateway -> encounter -> PostgreSQL primary (sync standbys); p99 < 50 ms rate, CPU per booking by pod
+	PIMLAB_NODE=real $(PY) tests/benchmarks/bench_gateway.py
 
 bench-operator: deps controlplane ## 300 objects through the operator against the floor (direct apply) on kwok; RSS, idle CPU
 	$(PY) tests/benchmarks/bench_operator.py

@@ -80,10 +80,10 @@ def _descendants(roots: Iterable[int]) -> set[int]:
     return found
 
 
-def _kubepods_cgroups() -> list[Path]:
-    """Every `kubepods` cgroup directory kubelet made, in every mounted hierarchy."""
+def kubepods_cgroups(base: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """Every `kubepods` cgroup directory kubelet made, in every mounted hierarchy (also what
+    tests/benchmarks/pod_cpu.py reads the pods' CPU time from)."""
     found = []
-    base = Path("/sys/fs/cgroup")
     for hierarchy in [base, *(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []:
         candidate = hierarchy / "kubepods"
         if candidate.is_dir():
@@ -93,7 +93,7 @@ def _kubepods_cgroups() -> list[Path]:
 
 def _pod_pids() -> set[int]:
     pids = set()
-    for root in _kubepods_cgroups():
+    for root in kubepods_cgroups():
         for procs in root.rglob("cgroup.procs"):
             try:
                 pids.update(int(p) for p in procs.read_text().split())
@@ -137,7 +137,7 @@ def _cgroup_tree(root: Path) -> list[Path]:
 
 
 def remove_cgroups() -> None:
-    for root in _kubepods_cgroups():
+    for root in kubepods_cgroups():
         for directory in _cgroup_tree(root):
             try:
                 directory.rmdir()
@@ -275,8 +275,8 @@ def leftovers(layout: Layout) -> list[str]:
             found.append(f"veths: {veths}")
     for (tool, table), chains in our_chains().items():
         found.append(f"{tool} {table} chains: {chains}")
-    if _kubepods_cgroups():
-        found.append(f"cgroups: {[str(p) for p in _kubepods_cgroups()]}")
+    if kubepods_cgroups():
+        found.append(f"cgroups: {[str(p) for p in kubepods_cgroups()]}")
     if CNI_CACHE.is_dir():
         cached = [p.name for p in CNI_CACHE.iterdir()
                   if p.name.startswith((f"{node.CNI_NETWORK}-", "cni-loopback-"))]

@@ -51,21 +51,29 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def drive(port: int, pid: int, rate: float, seconds: float, requests: list[str], workdir: Path) -> dict:
-    """One open-model step from the client process; adds the server's CPU per request."""
+def client_step(port: int, rate: float, seconds: float, requests: list[str], workdir: Path,
+                host: str = "127.0.0.1", core: int | None = CLIENT_CORE) -> dict:
+    """One open-model step from the client process (pinned to `core` when given): its result,
+    with its own CPU per request. bench_gateway.py drives the pods through the gateway with it."""
     req_file = workdir / "requests.json"
     req_file.write_text(json.dumps(requests))
-    cmd = [PYTHON, str(HERE / "open_client.py"), "--port", str(port), "--rate", str(rate),
+    cmd = [PYTHON, str(HERE / "open_client.py"), "--host", host, "--port", str(port), "--rate", str(rate),
            "--seconds", str(seconds), "--requests", str(req_file)]
-    if CLIENT_CORE is not None:
-        cmd = ["taskset", "-c", str(CLIENT_CORE)] + cmd
-    cpu0, load0 = cpu_seconds(pid), load()
+    if core is not None:
+        cmd = ["taskset", "-c", str(core)] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr[-2000:]}")
     step = json.loads(out.stdout.strip().splitlines()[-1])
-    step["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - cpu0) * 1000 / step["requests"], 3)
     step["client_cpu_ms_per_request"] = round(step["client_cpu_s"] * 1000 / step["requests"], 3)
+    return step
+
+
+def drive(port: int, pid: int, rate: float, seconds: float, requests: list[str], workdir: Path) -> dict:
+    """One open-model step against the local server `pid`; adds the server's CPU per request."""
+    cpu0, load0 = cpu_seconds(pid), load()
+    step = client_step(port, rate, seconds, requests, workdir)
+    step["server_cpu_ms_per_request"] = round((cpu_seconds(pid) - cpu0) * 1000 / step["requests"], 3)
     step["load_avg_1m"] = max(load0, load())
     return step
 

@@ -24,47 +24,17 @@ import json
 import statistics
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
+sys.path.insert(0, str(ROOT))
 
-from conftest import Cluster, _install_crds  # noqa: E402
+from tests.benchmarks.real_node import Dirs, cluster_with_real_node  # noqa: E402  (puts tests/cluster on the path)
+
 from failover_lab import UNHEALTHY_AFTER, FailoverLab  # noqa: E402
 from operator_process import operator_process  # noqa: E402
 
-from pimlab.cluster.local import LocalCluster  # noqa: E402
-
 NOCENTINO_THRESHOLD_S = 30.0
-
-
-class _Dirs:
-    """tmp_path_factory's one method, for the shared test helpers."""
-
-    def __init__(self, base: Path):
-        self.base = base
-
-    def mktemp(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.base))
-
-
-@contextmanager
-def cluster_with_real_node():
-    plane = LocalCluster(ROOT)
-    started = not plane.healthy()
-    if started:
-        plane.up()
-    try:
-        cluster = Cluster(plane, started)
-        if not plane.real_node:
-            sys.exit(f"bench-failover needs a real node; this cluster's node mode: {plane.node_mode()} "
-                     "(PIMLAB_NODE=real; another tree may hold it: /run/pimlab/real-node.owner)")
-        _install_crds(cluster, ROOT / "crds")
-        yield cluster
-    finally:
-        if started:
-            plane.down(quiet=True)
 
 
 def summary(values: list[float]) -> dict:
@@ -109,8 +79,9 @@ def report(rows: list[dict]) -> dict:
 
 
 def main(runs: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp, cluster_with_real_node() as cluster, \
-            operator_process(cluster, _Dirs(Path(tmp)), "bench-ha") as operator:
+    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp, \
+            cluster_with_real_node("bench-failover") as cluster, \
+            operator_process(cluster, Dirs(Path(tmp)), "bench-ha") as operator:
         lab = FailoverLab(cluster, operator.namespace, Path(tmp))
         try:
             lab.up()

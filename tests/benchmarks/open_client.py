@@ -6,7 +6,7 @@ latency is measured from the intended start, so a slow server shows in every req
 (status line, Content-Length): the client must cost far less CPU than the server it measures,
 which httpx (about 1 ms per request) did not. Prints one JSON line, including its own CPU time.
 
-    python open_client.py --port P --rate R --seconds S --requests FILE
+    python open_client.py [--host H] --port P --rate R --seconds S --requests FILE
 """
 
 from __future__ import annotations
