@@ -25,6 +25,10 @@ def test_gateway_forwards_to_separate_services_and_rate_limits(tmp_path):
             assert booked.status_code == 202, booked.text
             enc = c.get(booked.headers["location"])
             assert enc.status_code == 200 and enc.json()["patient_id"] == pid
+            # the service's answer passes through as it came: the same bytes, the same media type
+            with encounter.client("clinician", "prv-0001") as direct:
+                same = direct.get(booked.headers["location"])
+            assert enc.content == same.content and enc.headers["content-type"] == same.headers["content-type"]
             assert c.get(f"/patients/{pid}").json()["patient_id"] == pid
             unauth = gateway.client().get(f"/patients/{pid}")
             assert unauth.status_code == 401
