@@ -32,6 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 from tests.benchmarks.seeded import (CLIENT_CORE, SERVER_CORE, bookings, code_tree, http_request,  # noqa: E402
                                      pin, seeded_server)
 from tests.services.conftest import PYTHON, free_port  # noqa: E402
@@ -192,4 +193,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    unwind_on_sigterm()
     main()

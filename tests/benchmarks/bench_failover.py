@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks.real_node import Dirs, cluster_with_real_node  # noqa: E402  (puts tests/cluster on the path)
+from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 
 from failover_lab import UNHEALTHY_AFTER, FailoverLab  # noqa: E402
 from operator_process import operator_process  # noqa: E402
@@ -95,6 +96,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    unwind_on_sigterm()
     report = main(args.runs)
     print(json.dumps(report, indent=2))
     sys.exit(1 if report["lostAcknowledged"] else 0)

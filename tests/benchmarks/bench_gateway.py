@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.benchmarks.real_node import Dirs, cluster_with_real_node  # noqa: E402  (puts tests/cluster on the path)
+from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 
 from failover_lab import PODS, FailoverLab  # noqa: E402
 from operator_process import operator_process  # noqa: E402
@@ -207,6 +208,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each step")
     parser.add_argument("--healthz-rate", type=float, default=200.0, help="rate of the /healthz floor")
     args = parser.parse_args()
+    unwind_on_sigterm()
     result = main([float(r) for r in args.rates.split(",")], args.seconds, args.healthz_rate)
     print(json.dumps(result, indent=2))
     print(summary(result), flush=True)

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pimlab.cluster.local import LocalCluster  # noqa: E402
+from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
 from pimlab_operator.chaos.governance import OPT_IN_LABEL  # noqa: E402
 
@@ -525,6 +526,7 @@ if __name__ == "__main__":
     parser.add_argument("--backed-off", type=float, default=420,
                         help="seconds after reconciled when idle CPU is measured again, resyncs backed off")
     args = parser.parse_args()
+    unwind_on_sigterm()
     started = time.monotonic()
     report = main(args.labs, args.timeout, args.settle, args.idle_window, args.backed_off)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
