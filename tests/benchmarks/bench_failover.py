@@ -23,17 +23,15 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.real_node import Dirs, cluster_with_real_node  # noqa: E402  (puts tests/cluster on the path)
+from tests.benchmarks.real_node import failover_lab_up  # noqa: E402  (puts tests/cluster on the path)
 from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 
 from failover_lab import UNHEALTHY_AFTER, FailoverLab  # noqa: E402
-from operator_process import operator_process  # noqa: E402
 
 NOCENTINO_THRESHOLD_S = 30.0
 
@@ -80,15 +78,8 @@ def report(rows: list[dict]) -> dict:
 
 
 def main(runs: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp, \
-            cluster_with_real_node("bench-failover") as cluster, \
-            operator_process(cluster, Dirs(Path(tmp)), "bench-ha") as operator:
-        lab = FailoverLab(cluster, operator.namespace, Path(tmp))
-        try:
-            lab.up()
-            rows = measure(lab, cluster, runs)
-        finally:
-            lab.down()
+    with failover_lab_up("bench-failover", "bench-ha") as (lab, cluster, _workdir):
+        rows = measure(lab, cluster, runs)
     return report(rows)
 
 

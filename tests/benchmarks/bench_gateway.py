@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,11 +34,10 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.real_node import Dirs, cluster_with_real_node  # noqa: E402  (puts tests/cluster on the path)
+from tests.benchmarks.real_node import failover_lab_up  # noqa: E402  (puts tests/cluster on the path)
 from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
 
 from failover_lab import PODS, FailoverLab  # noqa: E402
-from operator_process import operator_process  # noqa: E402
 
 from api_services.seed import seeded_patient_id  # noqa: E402
 from tests.benchmarks.bench_booking import BAR_P99_MS, client_step, keeps_up, load, sustained  # noqa: E402
@@ -187,16 +185,9 @@ def summary(report: dict) -> str:
 
 def main(rates: list[float], seconds: float, healthz_rate: float) -> dict:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, \
-            cluster_with_real_node("bench-gateway") as cluster, \
-            operator_process(cluster, Dirs(Path(tmp)), "bench-gw") as operator:
-        lab = FailoverLab(cluster, operator.namespace, Path(tmp))
-        try:
-            lab.up()
-            print(f"lab up after {time.monotonic() - started:.0f} s; gateway {lab.url}", flush=True)
-            report = measure(lab, Path(tmp), rates, seconds, healthz_rate)
-        finally:
-            lab.down()
+    with failover_lab_up("bench-gateway", "bench-gw") as (lab, _cluster, workdir):
+        print(f"lab up after {time.monotonic() - started:.0f} s; gateway {lab.url}", flush=True)
+        report = measure(lab, workdir, rates, seconds, healthz_rate)
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     return report
 

@@ -51,3 +51,21 @@ def cluster_with_real_node(what: str):
     finally:
         if started:
             plane.down(quiet=True)
+
+
+@contextmanager
+def failover_lab_up(what: str, namespace_prefix: str):
+    """tests/cluster/failover_lab.py's lab up on the real node with the operator running: yields
+    (lab, cluster, work directory); the lab is taken down afterwards, the cluster stopped if
+    started here."""
+    from failover_lab import FailoverLab
+    from operator_process import operator_process
+
+    with tempfile.TemporaryDirectory(prefix=f"{what}-") as tmp, cluster_with_real_node(what) as cluster, \
+            operator_process(cluster, Dirs(Path(tmp)), namespace_prefix) as operator:
+        lab = FailoverLab(cluster, operator.namespace, Path(tmp))
+        try:
+            lab.up()
+            yield lab, cluster, Path(tmp)
+        finally:
+            lab.down()
