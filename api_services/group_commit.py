@@ -20,6 +20,7 @@ SQL Server keeps plain transactions (`transact` below). An async caller (`transa
 on an asyncio future the writer resolves, so a request needs no threadpool thread: event loop ->
 writer -> event loop.
 """
+
 from __future__ import annotations
 
 import asyncio

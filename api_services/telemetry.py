@@ -131,8 +131,9 @@ HTTP_DURATION = Histogram("pim_http_request_duration_seconds", "HTTP request lat
                           LABELS, buckets=LATENCY_BUCKETS, registry=REGISTRY)
 DB_TX_DURATION = Histogram("pim_db_transaction_duration_seconds", "Duration of one write transaction.",
                            ("shard", "action"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
-GROUP_COMMIT_WRITES = Histogram("pim_group_commit_writes", "Writes made durable by one group commit (one fsync on SQLite, one quorum acknowledgement on PostgreSQL).",
-                                ("shard",), buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
+GROUP_COMMIT_WRITES = Histogram("pim_group_commit_writes",
+                                "Writes made durable by one group commit (one fsync on SQLite, one quorum "
+                                "acknowledgement on PostgreSQL).", ("shard",), buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY)
 SHARD_MAP_VERSION = Gauge("pim_shard_map_version", "Version of the shard map in use.", registry=REGISTRY)
 OUTBOX_PUBLISHED = Counter("pim_outbox_published_events", "Outbox events relayed to the event stream.",
                            ("shard",), registry=REGISTRY)
