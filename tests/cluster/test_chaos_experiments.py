@@ -266,13 +266,14 @@ def test_a_network_fault_ends_with_its_duration_and_its_chaos_mesh_object_is_rem
                              parameters={"latency": "100ms", "jitter": "10ms"}))
     running = settled(cluster, "short-delay", lab, phases=("Recovering", "Completed"))
     (generated,) = running["status"]["generatedObjects"]
+    # the operator records CleanedUp, then releases its finalizer: wait for the last of the two
     done = wait_for(lambda: (o := cluster.get("chaosexperiment", "short-delay", lab))
+                    and "pim-sre.lab/chaos-cleanup" not in (o["metadata"].get("finalizers") or [])
                     and o["status"]["timeline"][-1]["event"] == "CleanedUp" and o, timeout=40,
-                    what="the fault's end and its cleanup")
+                    what="the fault's end, its cleanup and the finalizer released")
     assert done["status"]["phase"] == "Completed" and done["status"]["verdict"] == "Passed"
     assert f"NetworkChaos/{generated['name']}" in done["status"]["timeline"][-1]["detail"]
     assert cluster.get("networkchaos", generated["name"], lab) is None
-    assert "pim-sre.lab/chaos-cleanup" not in (done["metadata"].get("finalizers") or [])
 
 
 class _Recorder(BaseHTTPRequestHandler):

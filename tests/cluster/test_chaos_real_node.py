@@ -173,10 +173,11 @@ def test_sql_failover_switches_over_records_it_on_both_objects_and_loses_nothing
     events = [e["event"] for e in status["timeline"]]
     assert events[-3:] == ["Injected", "FailoverRecorded", "TargetRecovered"]
     assert 0 < status["recoverySeconds"] < 200
+    # the operator records CleanedUp, then releases its finalizer: wait for the last of the two
     cleaned = wait_for(lambda: (o := cluster.get("chaosexperiment", "real-switchover", lab))
-                       and o["status"]["timeline"][-1]["event"] == "CleanedUp" and o, timeout=30,
-                       what="the switchover request removed")
-    assert "pim-sre.lab/chaos-cleanup" not in (cleaned["metadata"].get("finalizers") or [])
+                       and "pim-sre.lab/chaos-cleanup" not in (o["metadata"].get("finalizers") or []) and o,
+                       timeout=30, what="the switchover request removed and the finalizer released")
+    assert cleaned["status"]["timeline"][-1]["event"] == "CleanedUp"
     assert "pim-sre.lab/switchover-to" not in (cluster.get("shard", "shard-00", lab)["metadata"].get("annotations") or {})
     with _primary_connection(cluster, lab) as conn:
         assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
