@@ -53,20 +53,15 @@ def prometheus_binary() -> Path:
 def build_prometheus(log=sys.stderr) -> Path:
     """Compile Prometheus once into prometheus_binary() (about 10 min cold on 2 cores)."""
     target = prometheus_binary()
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent.parent / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
-        started = time.monotonic()
-        print(f"building prometheus {PROMETHEUS_VERSION} into {target} (once; ~10 min cold)", file=log, flush=True)
+
+    def missing() -> None:
         work = target.parent.parent / "work"
         work.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         (work / "go.mod").write_text(f"module pimlab.local/prometheus\n\ngo 1.23.0\n\n"
                                      f"require {PROMETHEUS_MODULE} {PROMETHEUS_MODULE_VERSION}\n")
-        (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{PROMETHEUS_MODULE}/cmd/prometheus"\n')
+        (work / "tools.go").write_text(
+            f'//go:build tools\n\npackage tools\n\nimport _ "{PROMETHEUS_MODULE}/cmd/prometheus"\n')
         go(["mod", "tidy", "-e"], work, log)
         pkg = "github.com/prometheus/common/version"
         values = {"Version": PROMETHEUS_VERSION.lstrip("v"), "Revision": f"module-{PROMETHEUS_MODULE_VERSION}",
@@ -76,7 +71,9 @@ def build_prometheus(log=sys.stderr) -> Path:
         go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), f"{PROMETHEUS_MODULE}/cmd/prometheus"],
            work, log)
         partial.rename(target)
-        print(f"built prometheus {PROMETHEUS_VERSION} in {time.monotonic() - started:.0f} s", file=log, flush=True)
+
+    build_once(target.parent.parent, target.is_file, missing,
+               f"prometheus {PROMETHEUS_VERSION} into {target} (~10 min cold)", log)
     return target
 
 
