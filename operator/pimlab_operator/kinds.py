@@ -69,6 +69,9 @@ def register() -> None:
         kopf.on.event(group, version, child_kind, labels=kube.MANAGED_BY,
                       id=f"child-{child_kind.lower()}")(watches.child_event(BY_NAME, child_kind))
     kopf.on.event(GROUP, VERSION, Shard.crd.plural, id="shard-to-lab")(watches.shard_to_labs(BY_NAME["Lab"]))
+    # returns None: kopf writes an event handler's result into the object's status
+    kopf.on.event(GROUP, VERSION, Shard.crd.plural, id="shard-forget",
+                  when=lambda type, **_: type == "DELETED")(lambda body, **_: shard.forget(dict(body)))
     _register_failover_timer(BY_NAME["Shard"])
     kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-cleanup",
                   when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(

@@ -261,6 +261,52 @@ def test_a_postgres_shard_gets_the_instance_manager_and_says_why_it_waits(cluste
     cluster.kubectl("delete", "shard", "pg-07", "-n", ns)
 
 
+def test_a_changed_pod_template_replaces_shard_pods_that_never_ran(cluster, operator):
+    """The StatefulSet is OnDelete, so the operator replaces the pods (shard/rollout.py). On kwok
+    the shard's pods never run (no volume is bound): a pod where nothing answers is restarted at
+    once, one per pass, so a bad template is fixed by the next one instead of stalling the rollout.
+    Restarting live standbys in turn and the switchover are proven on the real node."""
+    ns = operator.namespace
+    cluster.apply({"apiVersion": "pim-sre.lab/v1alpha1", "kind": "Shard",
+                   "metadata": {"name": "pg-08", "namespace": ns},
+                   "spec": {"engine": "postgres", "ordinal": 8, "slots": {"start": 10, "end": 19},
+                            "storage": {"size": "1Gi"}}})
+
+    def pods() -> list[dict]:
+        items = json.loads(cluster.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/instance=pg-08",
+                                           "-o", "json").stdout)["items"]
+        return [p for p in items if p["metadata"]["name"].startswith("pg-08-")]
+
+    def rolling() -> dict:
+        return ((cluster.get("shard", "pg-08", ns) or {}).get("status") or {}).get("rollingUpdate") or {}
+
+    sts = wait_for(lambda: (s := cluster.get("statefulset", "pg-08", ns)) and len(pods()) == 3
+                   and (r := rolling()).get("reason") == "UpToDate"
+                   and r["revision"] == (s.get("status") or {}).get("updateRevision")
+                   and s, timeout=90, what="three pods and the rollout's status up to date")
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    first = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods()}
+    cluster.kubectl("patch", "shard", "pg-08", "-n", ns, "--type=merge", "-p",
+                    json.dumps({"spec": {"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}}))
+    revision = wait_for(lambda: (r := cluster.get("statefulset", "pg-08", ns)["status"].get("updateRevision"))
+                        != sts["status"]["updateRevision"] and r, what="the new revision")
+    wait_for(lambda: (now := pods()) and len(now) == 3
+             and all(p["metadata"]["labels"]["controller-revision-hash"] == revision for p in now)
+             and (r := rolling()).get("reason") == "UpToDate" and r.get("revision") == revision,
+             timeout=120, what="every pod on the new revision")
+    now = pods()
+    assert all(p["metadata"]["uid"] != first[p["metadata"]["name"]] for p in now)
+    assert all(p["spec"]["containers"][0]["resources"]["requests"]["memory"] == "64Mi" for p in now)
+    events = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    said = [(e["reason"], e["message"]) for e in events if e["involvedObject"]["name"] == "pg-08"
+            and e["reason"].startswith("RollingUpdate")]
+    restarts = sorted(m for r, m in said if r == "RollingUpdate")
+    assert restarts == sorted(f"restarting standby pg-08-{2 - k} on revision {revision} (nothing answers in it); "
+                              f"{k}/3 updated" for k in range(3)), said
+    assert ("RollingUpdateCompleted", f"every pod runs revision {revision}") in said, said
+    cluster.kubectl("delete", "shard", "pg-08", "-n", ns)
+
+
 def test_slo_becomes_a_prometheus_rule_where_the_crd_exists(cluster, operator, thirdparty_crds):
     ns = operator.namespace
     slo = next(d for d in sample_docs("SLO", ns) if d["metadata"]["name"] == "encounter-booking-availability")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 from failover_lab import PODS, SHARD, UNHEALTHY_AFTER, FailoverLab, Writers, condition
@@ -169,6 +170,57 @@ def test_planned_switchover_loses_nothing(lab):
     assert (last["from"], last["to"], last["reason"], last["planned"]) == (old, target, "PlannedSwitchover", True), last
     assert lab.restarts() == restarts_before, "the switchover restarted a pod"
     check_writes(lab, writers, target)
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_a_rolling_update_restarts_the_standbys_then_switches_over_and_loses_nothing(lab):
+    """A changed pod template (here the memory limit) rolls out as shard/rollout.py says: each
+    standby in turn, a planned switchover to an updated standby, then the old primary, restarted
+    as a standby. The primary is never restarted in place, so no unplanned failover happens."""
+    status = lab.wait_ready()["status"]
+    old, history = status["currentPrimary"], len(status.get("failoverHistory") or [])
+    before = lab.restarts()
+    revision = lab.cluster.get("statefulset", SHARD, lab.namespace)["status"]["updateRevision"]
+    resources = lab.shard()["spec"]["resources"]
+    limit = "640Mi" if resources["limits"]["memory"] != "640Mi" else "512Mi"
+    with Writers(lab) as writers:
+        writers.wait_acks()
+        patched = time.monotonic()
+        lab.cluster.kubectl("patch", "shard", SHARD, "-n", lab.namespace, "--type=merge", "-p",
+                            json.dumps({"spec": {"resources": {**resources, "limits": {"memory": limit}}}}))
+        done = wait_for(lambda: (s := lab.shard()["status"]) and (r := s.get("rollingUpdate") or {})
+                        and r.get("revision") not in (None, revision) and r["reason"] == "UpToDate"
+                        and lab.healthy() and s, timeout=300, interval=2, what="the rolling update to finish")
+        writers.wait_acks()
+    pods = {name: lab.cluster.get("pod", name, lab.namespace) for name in PODS}
+    assert all(p["metadata"]["uid"] != before[name][0] for name, p in pods.items()), "a pod was not replaced"
+    assert all(p["metadata"]["labels"]["controller-revision-hash"] == done["rollingUpdate"]["revision"]
+               and p["spec"]["containers"][0]["resources"]["limits"]["memory"] == limit for p in pods.values())
+    record = done["lastFailover"]
+    assert len(done["failoverHistory"]) == history + 1, done["failoverHistory"][history:]
+    assert (record["from"], record["reason"], record["planned"]) == (old, "PlannedSwitchover", True), record
+    new = record["to"]
+    assert done["currentPrimary"] == new != old
+    # the standbys were replaced before the switchover started, the old primary after
+    switched = _parse(record["startedAt"])
+    for name, pod in pods.items():
+        created = _parse(pod["metadata"]["creationTimestamp"])
+        assert (created <= switched) if name != old else (created >= switched.replace(microsecond=0)), \
+            (name, pod["metadata"]["creationTimestamp"], record)
+    events = json.loads(lab.cluster.kubectl("get", "events", "-n", lab.namespace, "-o", "json").stdout)["items"]
+    said = [e["message"] for e in events if e["reason"] in ("RollingUpdate", "RollingUpdateCompleted")
+            and e["involvedObject"]["name"] == SHARD]
+    assert sum(m.startswith("restarting standby") for m in said) == 3 and \
+        any(m.startswith("every standby runs revision") for m in said), said
+    outage = writers.outage_after(patched)
+    assert outage is None or outage < UNHEALTHY_AFTER + SLACK, outage
+    check_writes(lab, writers, new)
+    print(f"rolling update {revision} -> {done['rollingUpdate']['revision']}: switchover {old} -> {new} in "
+          f"{record['durationSeconds']} s; longest write outage {outage or 0:.2f} s; "
+          f"{len(writers.acknowledged())} bookings acknowledged, none lost")
 
 
 def test_a_pod_kill_of_the_encounter_service_under_load_loses_no_acknowledged_booking(lab):

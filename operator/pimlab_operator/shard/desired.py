@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pimlab_operator.shard.failover import Memory, Policy
 from pimlab_operator.shard.manager import PassResult
 from pimlab_operator.shard.model import ShardSpec
+from pimlab_operator.shard.rollout import Rollout, rollout_status
 from pimlab_operator.conditions import Condition
 from pimlab_operator.objects import pod_ready
 from pimlab_operator.render import owned, render, render_text
@@ -196,7 +197,7 @@ def _unschedulable(pod: dict) -> str | None:
 
 
 def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
-                 credentials_missing: bool = False) -> tuple[dict, list[Condition]]:
+                 credentials_missing: bool = False, rollout: Rollout | None = None) -> tuple[dict, list[Condition]]:
     """Status fields and conditions from the StatefulSet and its pods."""
     name = shard["metadata"]["name"]
     wanted = shard["spec"].get("replicas", 3)
@@ -214,9 +215,7 @@ def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
             reasons.setdefault(_unschedulable(p), []).append(p["metadata"]["name"])
     stuck = [f"{', '.join(names)}: {reason}" for reason, names in reasons.items()]
     failed = [p["metadata"]["name"] for p in own if (p.get("status") or {}).get("phase") == "Failed"]
-    sts_status = (statefulset or {}).get("status") or {}
-    rolling = bool(sts_status.get("updateRevision")) and \
-        sts_status.get("updateRevision") != sts_status.get("currentRevision")
+    rolling = bool(rollout and rollout.in_progress)
 
     if credentials_missing:
         secret = credentials_secret_name(shard)
@@ -252,6 +251,7 @@ def shard_status(shard: dict, statefulset: dict | None, pods: list[dict],
         "readyReplicas": ready,
         "replicas": replicas,
         "credentialsSecretName": credentials_secret_name(shard),
+        "rollingUpdate": rollout_status(rollout) if rollout else None,
     }
     return ({k: v for k, v in status.items() if v is not None},
             [Condition("Ready", False, reason, message), progressing, degraded])
@@ -282,8 +282,14 @@ def memory_from_status(shard: dict) -> Memory:
 
 
 def policy_of(shard: dict, typed: ShardSpec) -> Policy:
+    """While a rolling update runs, its switchover target (or none) replaces spec.primary and the
+    annotation: a pin to an outdated pod would switch back to it before it could be restarted."""
     annotations = shard["metadata"].get("annotations") or {}
-    planned = typed.primary or annotations.get(SWITCHOVER_ANNOTATION) or None
+    rolling = (shard.get("status") or {}).get("rollingUpdate") or {}
+    if rolling.get("outdatedPods"):
+        planned = rolling.get("switchoverTo")
+    else:
+        planned = typed.primary or annotations.get(SWITCHOVER_ANNOTATION) or None
     return Policy(automatic=typed.failover.automatic, unhealthy_after_seconds=typed.failover.unhealthy_after_seconds,
                   allow_data_loss=typed.failover.allow_data_loss,
                   synchronous_required=typed.synchronous_replica_count(), planned_primary=planned)
@@ -296,7 +302,8 @@ def synchronous_members(typed: ShardSpec) -> int:
 
 def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], result: PassResult | None,
                     details: dict[str, dict], now: datetime, credentials_missing: bool = False,
-                    unreachable_reason: str | None = None) -> tuple[dict, list[Condition]]:
+                    unreachable_reason: str | None = None,
+                    rollout: Rollout | None = None) -> tuple[dict, list[Condition]]:
     """Status of a Shard after a failover pass (None: no pass could run): every postgres Shard,
     and a sqlserver one once its availability group exists."""
     name = shard["metadata"]["name"]
@@ -348,14 +355,16 @@ def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], res
     else:
         phase, reason, message = decision.phase, decision.reason, decision.message
     ready_ok = phase == "Ready"
+    rolling = bool(rollout and rollout.in_progress)
     degraded = phase in ("Degraded", "Failed") or bool(decision and decision.refused)
     conditions = [
         Condition("Ready", ready_ok, reason if not ready_ok else "Healthy",
                   message or f"{current} is primary; {ready}/{wanted} replicas streaming"),
-        Condition("Progressing", phase in ("FailingOver", "Bootstrapping", "Pending") or current != target,
+        Condition("Progressing", phase in ("FailingOver", "Bootstrapping", "Pending") or current != target or rolling,
                   reason if phase in ("FailingOver", "Bootstrapping") else
-                  ("PrimaryChangePending" if current != target else "Stable"),
-                  f"primary {current or 'none'} -> target {target or 'none'}"),
+                  ("PrimaryChangePending" if current != target else "RollingUpdate" if rolling else "Stable"),
+                  f"primary {current or 'none'} -> target {target or 'none'}"
+                  + (f"; {rollout.message}" if rolling else "")),
         Condition("Degraded", degraded, reason if degraded else "ReplicasHealthy",
                   message if degraded else f"{ready}/{wanted} replicas ready"),
     ]
@@ -378,5 +387,6 @@ def failover_status(shard: dict, statefulset: dict | None, pods: list[dict], res
         "lastFailover": last,
         "failoverHistory": history or None,
         "credentialsSecretName": credentials_secret_name(shard),
+        "rollingUpdate": rollout_status(rollout) if rollout else None,
     }
     return {k: v for k, v in status.items() if v is not None}, conditions

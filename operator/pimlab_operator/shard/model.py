@@ -231,6 +231,28 @@ class FailoverProgress(StatusModel):
     started_at: datetime = Field(description="When the operator decided to fail over.")
 
 
+class RollingUpdateStatus(StatusModel):
+    """The rollout of a changed pod template: standbys first, a switchover, the old primary last."""
+
+    revision: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        None, description="The StatefulSet's update revision: the template every pod should run."
+    )
+    updated_replicas: int | None = Field(None, ge=0, description="Pods running that revision.")
+    outdated_pods: list[PodName] | None = Field(
+        None, max_length=MAX_REPLICAS, description="Pods still on an older revision; absent once the rollout is done."
+    )
+    reason: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        None,
+        description="Pending (no revision yet), UpToDate, Paused (a failover or an unhealthy primary),"
+        " WaitingForReplicas, RestartingStandby, SwitchingOver or RestartingPrimary (only when no synchronous"
+        " standby can take over).",
+    )
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(None, description="The step, in words.")
+    switchover_to: PodName | None = Field(
+        None, description="The updated standby the rollout switches over to; replaces spec.primary until it is done."
+    )
+
+
 class ShardStatus(StatusBase):
     """What the operator observed; `currentPrimary != targetPrimary` means a failover is in progress."""
 
@@ -259,6 +281,9 @@ class ShardStatus(StatusBase):
     )
     credentials_secret_name: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         None, description="Secret holding the database login (its values are never shown in status)."
+    )
+    rolling_update: RollingUpdateStatus | None = Field(
+        None, description="The rollout of the pods' template: which pods are outdated and the next step."
     )
 
 

@@ -1,5 +1,6 @@
 """Shard -> database StatefulSet, its Services, PDB, config and (generated once) credentials;
-for `engine: postgres` also one pass of the failover manager per reconcile."""
+then one pass of the failover manager (postgres, and SQL Server once its availability group
+exists) and one step of a rolling update (shard/rollout.py) per reconcile."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from datetime import datetime, timezone
 from pimlab_operator import kube, reconcile
 from pimlab_operator.objects import label_selector, pod_ready
 from pimlab_operator.reconcile import ChildKind
-from pimlab_operator.shard import desired
+from pimlab_operator.shard import desired, rollout
 from pimlab_operator.shard.bootstrap import bootstrap_steps, carry_out
 from pimlab_operator.shard.drivers.postgres import Endpoint, PostgresDriver
 from pimlab_operator.shard.drivers.sqlserver import SqlServerDriver, Target, pyodbc_connect
-from pimlab_operator.shard.manager import run_pass
+from pimlab_operator.shard.manager import PassResult, run_pass
 from pimlab_operator.shard.model import ShardSpec
 
 log = logging.getLogger("pimlab.shard")
@@ -114,7 +115,8 @@ def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     # once the group exists, no reachable pod is a failover pass's business (all unreachable),
     # never a return to the pre-bootstrap status, which would forget the group
     if (not addresses and memory.current_primary is None) or not password or credentials_missing:
-        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
+        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing,
+                                              _roll(body, spec, statefulset, pods, None))
         reconcile.write_status(body, fields, wanted)
         return
     driver = SqlServerDriver({pod: Target(ip, desired.SQL_PORT) for pod, ip in addresses.items()}, name,
@@ -132,7 +134,8 @@ def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
         log.warning("shard %s/%s: bootstrap: %s", namespace, name, error)
         kube.post_event(body, "Warning", "BootstrapFailed", error)
     if memory.current_primary is None and not group_primary and not any(s.role == "primary" for s in done):
-        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing)
+        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing,
+                                              _roll(body, spec, statefulset, pods, None))
         reconcile.write_status(body, fields, wanted)
         return
     _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
@@ -149,7 +152,8 @@ def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
         reason = ("the pods run on simulated (kwok) nodes or have no IP yet: no instance manager to ask"
                   if pods else None)
         fields, wanted = desired.failover_status(body, statefulset, pods, None, {}, datetime.now(timezone.utc),
-                                                 credentials_missing, reason)
+                                                 credentials_missing, reason,
+                                                 rollout=_roll(body, spec, statefulset, pods, None))
         reconcile.write_status(body, fields, wanted)
         return
     driver = PostgresDriver(endpoints, token=_secret_value(body, "manager-token"))
@@ -190,6 +194,14 @@ def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statef
 _last_said: dict[str | None, tuple[str, str]] = {}
 
 
+def forget(body: dict) -> None:
+    """A deleted Shard: drop what the passes kept about it."""
+    uid = body["metadata"].get("uid")
+    with _PASSES_GUARD:
+        _PASSES.pop(uid or f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+    _last_said.pop(uid, None)
+
+
 def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
                  credentials_missing: bool) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
@@ -215,10 +227,44 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
         kube.post_event(body, "Normal", "FailoverCompleted",
                         f"{result.completed['from']} -> {result.completed['to']} in {result.completed['durationSeconds']}s "
                         f"({result.completed['reason']}; writes out for {result.completed['outageSeconds']}s)")
-    fields, wanted = desired.failover_status(body, statefulset, _pods(body), result,
+    pods = _pods(body)
+    fields, wanted = desired.failover_status(body, statefulset, pods, result,
                                              driver.replica_details(result.memory.current_primary), now,
-                                             credentials_missing)
+                                             credentials_missing, rollout=_roll(body, spec, statefulset, pods, result))
     _write_pass_status(body, fields, wanted)
+
+
+def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict],
+          result: PassResult | None) -> rollout.Rollout:
+    """One step of a rolling update: at most one pod deleted per pass, judged by this pass's
+    observations (`result`), or by the kubelet's readiness when no pass could run."""
+    namespace = body["metadata"]["namespace"]
+    sts_status = (statefulset or {}).get("status") or {}
+    previous = (body.get("status") or {}).get("rollingUpdate") or {}
+    paused = None
+    if statefulset and sts_status.get("observedGeneration") != statefulset["metadata"].get("generation"):
+        paused = "the StatefulSet controller has not taken in the new template yet"
+    elif result and not (result.decision.phase == "Ready" or result.decision.reason == "StandbysNotStreaming"):
+        paused = f"the shard is {result.decision.phase} ({result.decision.reason})"
+    primary = result.memory.current_primary if result else None
+    replicas = rollout.replicas_of(pods, desired.pod_names(body["metadata"]["name"], spec.replicas), desired.ROLE_LABEL,
+                                   primary, result.observations if result else None)
+    step_ = rollout.plan(replicas, sts_status.get("updateRevision"), spec.replicas, paused, previous.get("switchoverTo"))
+    if step_.restart:
+        uid = next(p["metadata"]["uid"] for p in pods if p["metadata"]["name"] == step_.restart)
+        try:  # the uid precondition: never the pod the StatefulSet has already recreated
+            kube.delete("v1", "Pod", step_.restart, namespace, {"preconditions": {"uid": uid}})
+        except kube.ApiError as error:
+            log.warning("shard %s/%s: rolling update: deleting %s: %s", namespace, body["metadata"]["name"],
+                        step_.restart, error)
+        else:
+            log.info("shard %s/%s: rolling update: %s", namespace, body["metadata"]["name"], step_.message)
+            kube.post_event(body, "Normal", "RollingUpdate", step_.message)
+    if step_.reason == "SwitchingOver" and previous.get("reason") != "SwitchingOver":
+        kube.post_event(body, "Normal", "RollingUpdate", step_.message)
+    if previous.get("outdatedPods") and not step_.in_progress:
+        kube.post_event(body, "Normal", "RollingUpdateCompleted", f"every pod runs revision {step_.revision}")
+    return step_
 
 
 def _write_pass_status(body: dict, fields: dict, wanted: list) -> None:
