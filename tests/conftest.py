@@ -96,5 +96,8 @@ def crds_installed(cluster: Cluster) -> Cluster:
 
 @pytest.fixture(scope="session")
 def thirdparty_crds(cluster: Cluster) -> list[str]:
-    """The third-party CRDs (prometheus-operator, Chaos Mesh, grafana-operator, Flux)."""
+    """The third-party CRDs (prometheus-operator, Chaos Mesh, grafana-operator, Flux). They live
+    beside the checkout, in the workplace's shared directory, not in the repository."""
+    if not THIRDPARTY_CRDS.is_dir():
+        pytest.fail(f"no third-party CRDs at {THIRDPARTY_CRDS}: clone the repository beside shared/")
     return _install_crds(cluster, THIRDPARTY_CRDS)
