@@ -39,7 +39,7 @@ def _build(target: Path, log) -> None:
 
     work = target.parent.parent / "work"
     out = subprocess.run(["go", "mod", "download", "-json", f"{MODULE}@{VERSION}"],
-                         cwd=target.parent, capture_output=True, text=True)
+                         cwd=target.parent.parent, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"go mod download {MODULE}@{VERSION} failed: {out.stderr or out.stdout}")
     shutil.rmtree(work, ignore_errors=True)
