@@ -89,14 +89,14 @@ def plan(replicas: list[Replica], revision: str | None, wanted: int, paused: str
                        message=f"waiting for {', '.join(leaving) or f'{wanted - len(present)} missing pod(s)'} "
                                f"to be recreated; {updated}/{wanted} updated")
 
-    def others_serving(pod: str) -> list[str]:
+    def others_not_serving(pod: str) -> list[str]:
         return [r.pod for r in replicas if r.pod != pod and not r.serving]
 
     standbys = sorted((r for r in replicas if not r.primary and r.revision != revision),
                       key=lambda r: (not r.broken, -_ordinal(r.pod)))
     if standbys:
         chosen = standbys[0]
-        blocking = others_serving(chosen.pod) + ([] if chosen.serving else [chosen.pod])
+        blocking = others_not_serving(chosen.pod) + ([] if chosen.serving else [chosen.pod])
         if not chosen.broken and blocking:
             return Rollout(**base, reason="WaitingForReplicas",
                            message=f"waiting for {', '.join(blocking)} to serve before restarting {chosen.pod}; "
@@ -106,7 +106,7 @@ def plan(replicas: list[Replica], revision: str | None, wanted: int, paused: str
                        message=f"restarting standby {chosen.pod} on revision {revision} ({why}); "
                                f"{updated}/{wanted} updated")
     primary = next(r for r in replicas if r.primary)
-    blocking = others_serving(primary.pod)
+    blocking = others_not_serving(primary.pod)
     if blocking:
         return Rollout(**base, reason="WaitingForReplicas",
                        message=f"waiting for {', '.join(blocking)} to serve before updating the primary {primary.pod}")
