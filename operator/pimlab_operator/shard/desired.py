@@ -14,7 +14,7 @@ import secrets
 import string
 from datetime import datetime, timezone
 
-from pimlab_operator.shard.failover import Memory, Policy
+from pimlab_operator.shard.failover import Memory, Policy, ordinal
 from pimlab_operator.shard.manager import PassResult
 from pimlab_operator.shard.model import ShardSpec
 from pimlab_operator.shard.rollout import Rollout, rollout_status
@@ -161,15 +161,11 @@ def postgres_children(shard: dict, typed: ShardSpec, password: str | None, manag
     return owned(children, shard)
 
 
-def _ordinal(pod: dict) -> int:
-    return int(pod["metadata"]["name"].rsplit("-", 1)[1])
-
-
 def _own_pods(shard: dict, pods: list[dict]) -> list[dict]:
     """The shard's pods, by ordinal; terminating pods are leaving and hold no role."""
     wanted = set(pod_names(shard["metadata"]["name"], shard["spec"].get("replicas", 3)))
     return sorted((p for p in pods if p["metadata"]["name"] in wanted
-                   and not p["metadata"].get("deletionTimestamp")), key=_ordinal)
+                   and not p["metadata"].get("deletionTimestamp")), key=lambda p: ordinal(p["metadata"]["name"]))
 
 
 def initial_primary(shard: dict) -> str:

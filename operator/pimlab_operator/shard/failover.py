@@ -116,7 +116,8 @@ def quorum_needed(synchronous_members: int, required: int) -> int:
     return max(1, synchronous_members - required + 1)
 
 
-def _ordinal(pod: str) -> int:
+def ordinal(pod: str) -> int:
+    """A StatefulSet pod's ordinal (`shard-00-2` -> 2)."""
     tail = pod.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
@@ -132,7 +133,7 @@ def choose_candidate(observations: list[Observation], policy: Policy, exclude: s
     def best(pool: list[Observation]) -> Observation:
         # highest position; on a tie the planned target, then the lowest ordinal
         return sorted(pool, key=lambda o: (-(o.position or 0), o.pod != policy.planned_primary,
-                                           _ordinal(o.pod)))[0]
+                                           ordinal(o.pod)))[0]
 
     if synchronous and len(synchronous) >= needed:
         chosen = best(synchronous)

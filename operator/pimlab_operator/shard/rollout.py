@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pimlab_operator.objects import pod_ready
-from pimlab_operator.shard.failover import Observation
+from pimlab_operator.shard.failover import Observation, ordinal
 
 REVISION_LABEL = "controller-revision-hash"  # set by the StatefulSet controller on each pod
 
@@ -63,18 +63,13 @@ class Rollout:
         return bool(self.outdated)
 
 
-def _ordinal(pod: str) -> int:
-    tail = pod.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
 def plan(replicas: list[Replica], revision: str | None, wanted: int, paused: str | None = None,
          switching_to: str | None = None) -> Rollout:
     """The next step of the rollout to `revision` (the StatefulSet's updateRevision). `paused`:
     why the failover manager must not be disturbed now (a failover under way, an unhealthy
     primary). `switching_to`: the switchover target the previous pass chose, kept while it runs."""
     updated = sum(1 for r in replicas if r.revision == revision and not r.leaving)
-    outdated = tuple(r.pod for r in sorted(replicas, key=lambda r: _ordinal(r.pod)) if r.revision != revision)
+    outdated = tuple(r.pod for r in sorted(replicas, key=lambda r: ordinal(r.pod)) if r.revision != revision)
     base = dict(revision=revision, updated=updated, outdated=outdated)
     if revision is None:
         return Rollout(None, 0, (), reason="Pending", message="the StatefulSet has no update revision yet")
@@ -93,7 +88,7 @@ def plan(replicas: list[Replica], revision: str | None, wanted: int, paused: str
         return [r.pod for r in replicas if r.pod != pod and not r.serving]
 
     standbys = sorted((r for r in replicas if not r.primary and r.revision != revision),
-                      key=lambda r: (not r.broken, -_ordinal(r.pod)))
+                      key=lambda r: (not r.broken, -ordinal(r.pod)))
     if standbys:
         chosen = standbys[0]
         blocking = others_not_serving(chosen.pod) + ([] if chosen.serving else [chosen.pod])
@@ -111,7 +106,7 @@ def plan(replicas: list[Replica], revision: str | None, wanted: int, paused: str
         return Rollout(**base, reason="WaitingForReplicas",
                        message=f"waiting for {', '.join(blocking)} to serve before updating the primary {primary.pod}")
     candidates = sorted((r for r in replicas if r.candidate and r.revision == revision),
-                        key=lambda r: (-(r.position or 0), _ordinal(r.pod)))
+                        key=lambda r: (-(r.position or 0), ordinal(r.pod)))
     if candidates:
         target = switching_to if switching_to in {c.pod for c in candidates} else candidates[0].pod
         return Rollout(**base, reason="SwitchingOver", switchover_to=target,
@@ -129,7 +124,7 @@ def replicas_of(pods: list[dict], names: list[str], role_label: str, primary: st
     labels (kwok nodes, SQL Server before its availability group exists)."""
     observed = {o.pod: o for o in observations or []}
     replicas = []
-    for pod in sorted((p for p in pods if p["metadata"]["name"] in names), key=lambda p: _ordinal(p["metadata"]["name"])):
+    for pod in sorted((p for p in pods if p["metadata"]["name"] in names), key=lambda p: ordinal(p["metadata"]["name"])):
         name, labels = pod["metadata"]["name"], pod["metadata"].get("labels") or {}
         base = dict(pod=name, revision=labels.get(REVISION_LABEL), leaving=bool(pod["metadata"].get("deletionTimestamp")))
         if observations is None:
