@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"

@@ -8,7 +8,7 @@ import yaml
 
 from pimlab.cluster.images import PROJECT_IMAGE
 from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
-from pimlab.cluster.local_lab import sample_documents
+from pimlab.cluster.lab import sample_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_a_running_lab_takes_a_changed_project_image_and_only_then(tmp_path, mon
     import io
 
     from pimlab.cluster import images
-    from pimlab.cluster.local_lab import LocalLab
+    from pimlab.cluster.lab import LocalLab
 
     lab = LocalLab(tmp_path, out=io.StringIO())
     asked = []

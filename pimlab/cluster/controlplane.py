@@ -2,7 +2,7 @@
 on loopback, TLS everywhere, client-certificate authentication and Node,RBAC authorization.
 
 This module says how each is started (credentials, flags, health checks) and registers the kwok
-nodes; `pimlab.cluster.local` runs them, with the real node beside them.
+nodes; `pimlab.cluster.local_cluster` runs them, with the real node beside them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pimlab.cluster import build
+from pimlab.cluster.handle import write_kubeconfig
 from pimlab.cluster.layout import (
     HOST, KUBERNETES_SERVICE_IP, KWOK_NODES, KWOK_POD_CIDR, SERVICE_CIDR, Layout,
 )
 from pimlab.cluster.pki import CertificateAuthority, KeyPair, service_account_keys
-from pimlab.cluster.procs import Component, https_ok, port_open, write_kubeconfig
+from pimlab.cluster.procs import Component, https_ok, port_open
 
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 

@@ -50,9 +50,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pimlab.cluster.local import LocalCluster  # noqa: E402
+from pimlab.cluster.local_cluster import LocalCluster  # noqa: E402
 from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
+from pimlab.cluster.local_operator import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
 from pimlab_operator.chaos.governance import OPT_IN_LABEL  # noqa: E402
 
 GROUP_VERSION = "pim-sre.lab/v1alpha1"

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, sample_documents, write_operator_kubeconfig
+from pimlab.cluster.lab import sample_documents
+from pimlab.cluster.local_operator import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 
 

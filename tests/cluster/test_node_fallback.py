@@ -13,7 +13,7 @@ import pytest
 
 from pimlab.cluster import node
 from pimlab.cluster.layout import KWOK_NODES
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.local_cluster import LocalCluster
 from pimlab.cluster.procs import ClusterError, spare_port_offset
 
 

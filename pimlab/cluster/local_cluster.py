@@ -18,19 +18,15 @@ from pathlib import Path
 
 import yaml
 
-from pimlab.cluster import addons, build, node, teardown
+from pimlab.cluster import addons, build, gitops_processes, images, node, teardown
 from pimlab.cluster.controlplane import START_ORDER as CONTROL_PLANE, ControlPlane
+from pimlab.cluster.handle import ClusterHandle, write_kubeconfig
 from pimlab.cluster.layout import HOST, NODE_NAME, Layout
-from pimlab.cluster.procs import (
-    ClusterError, port_open, https_ok, pid_alive, running, start, terminate, write_kubeconfig,
-)
+from pimlab.cluster.procs import ClusterError, https_ok, pid_alive, port_open, running, start, terminate
 from pimlab.waiting import TimedOut, wait_for
 
 MARKER_NAMESPACE, MARKER_NAME = "kube-system", "pimlab-control-plane"
 NODE_MODES = ("auto", "real", "kwok")
-
-
-
 
 
 def requested_node_mode() -> str:
@@ -40,16 +36,14 @@ def requested_node_mode() -> str:
     return mode
 
 
-class LocalCluster:
+class LocalCluster(ClusterHandle):
+    """The cluster of the working tree at `root`: starts, checks and stops its processes;
+    `log` is where its progress is said (nothing when None)."""
+
     def __init__(self, root: Path | str = ".", log=None):
-        self.layout = Layout(Path(root).resolve())
+        super().__init__(Layout(Path(root).resolve()), out=log)
         self.plane = ControlPlane(self.layout)
         self.node = node.NodeRunner(self.layout)
-        self.out = log
-
-    def say(self, message: str) -> None:
-        if self.out is not None:
-            print(message, file=self.out, flush=True)
 
     @property
     def ca(self) -> Path:
@@ -153,11 +147,9 @@ class LocalCluster:
         self._wait_nodes_ready()
         self._wait_default_service_account()
         if mode == "real":
-            addons.install(self, build_log or self.out)
+            addons.install(self)
 
     def _node_up(self, log) -> None:
-        from pimlab.cluster import images
-
         self.node.prepare(images.PAUSE_IMAGE)
         start(self.layout, self.node.containerd(), self.say)
         self.say(f"importing images into the node's containerd: {', '.join(addons.NODE_IMAGES)}")
@@ -180,18 +172,6 @@ class LocalCluster:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(bin_dir / name)
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120):
-        import subprocess
-
-        proc = subprocess.run(
-            [str(self.layout.bin / "kubectl"), f"--kubeconfig={self.layout.kubeconfig}", *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc
 
     def _mark_cluster(self) -> None:
         """A ConfigMap holding this cluster's id: the tests refuse a cluster without it."""
@@ -238,9 +218,7 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component this tree started, take the node apart, delete the state."""
-        from pimlab.cluster import gitops
-
-        gitops.stop(self.layout, (lambda _: None) if quiet else self.say)
+        gitops_processes.stop(self.layout, (lambda _: None) if quiet else self.say)
         if self.real_node or node.owner() == str(self.layout.root) or \
                 self.layout.node.exists():
             teardown.teardown_node(self.layout, lambda name: self._stop(name, quiet))
