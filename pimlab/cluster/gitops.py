@@ -15,7 +15,9 @@ Up, in order, each step said before it runs:
    here and no chart repository is reachable;
 5. the operator: its Deployment is Flux's, but kwok only simulates its pod, so the operator
    runs as a local process with the token of the ServiceAccount Flux created (the RBAC from
-   Git is what it is held to), as `make lab` does.
+   Git is what it is held to), as `make lab` does. The namespaces Flux fills (the operator's
+   and the samples') are made first, if missing, tolerating the kwok nodes' taint: with a real
+   node beside them, their pods are simulated as with kwok nodes only.
 
 Every process is recorded in `.lab/cluster/pids/` like the control plane's, and
 `pimlab cluster down` stops them (gitops_processes.stop()).
@@ -35,7 +37,7 @@ from pimlab.cluster.gitops_processes import COMPONENTS, REPOSITORY, gitops_dir, 
 from pimlab.cluster.handle import write_sa_kubeconfig
 from pimlab.cluster.layout import HOST, Layout
 from pimlab.cluster.local_cluster import LocalCluster
-from pimlab.cluster.local_operator import lab_operator, write_operator_kubeconfig
+from pimlab.cluster.local_operator import OPERATOR_NAMESPACE, lab_operator, write_operator_kubeconfig
 from pimlab.cluster.procs import ClusterError, Component, http_ok, port_open, start
 from pimlab_operator.render import render
 
@@ -45,6 +47,8 @@ LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/compone
 FLUX_MANIFEST = Path("clusters/cluster-a/flux.yaml")
 #: what the local Flux applies from cluster A's file: the Git path, not the Helm one
 GIT_KINDS = ("GitRepository", "Kustomization")
+#: the samples' namespace, which Flux fills from samples/
+LAB_NAMESPACE = "lab"
 
 
 def url(layout: Layout) -> str:
@@ -145,6 +149,8 @@ class GitOps:
         return found
 
     def bootstrap(self, home: Path) -> None:
+        for namespace in (OPERATOR_NAMESPACE, LAB_NAMESPACE):
+            self.plane.ensure_kwok_namespace(namespace)
         self.say(f"bootstrapping: {FLUX_MANIFEST}'s GitRepository and Kustomizations, "
                  f"the source at {url(self.layout)} (branch {BRANCH})")
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",

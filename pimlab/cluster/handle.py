@@ -10,12 +10,13 @@ are or hold one.
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from pimlab.cluster.layout import Layout
+from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS, SCHEDULER_ANNOTATION_PREFIX, Layout
 from pimlab.cluster.pki import KeyPair
 from pimlab.cluster.procs import ClusterError
 
@@ -41,6 +42,26 @@ class ClusterHandle:
         if check and proc.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
+
+    def ensure_kwok_namespace(self, name: str) -> None:
+        """Namespace `name`, its pods tolerating the kwok nodes' taint: for what is meant to be
+        simulated, such as the Deployment beside a locally run operator. Created if missing,
+        annotated if it exists and places its pods nowhere yet, left as it is otherwise."""
+        proc = self.kubectl("get", "namespace", name, "-o", "json", check=False)
+        if proc.returncode != 0:
+            namespace = {"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": name, "annotations": KWOK_NAMESPACE_ANNOTATIONS}}
+            self.kubectl("create", "-f", "-", input=yaml.safe_dump(namespace))
+        elif not placed(json.loads(proc.stdout)):
+            self.kubectl("annotate", "namespace", name,
+                         *[f"{key}={value}" for key, value in KWOK_NAMESPACE_ANNOTATIONS.items()])
+
+
+def placed(namespace: dict) -> bool:
+    """Whether a namespace places its pods on some node (the scheduler annotations of
+    layout.REAL_NODE_NAMESPACE_ANNOTATIONS or KWOK_NAMESPACE_ANNOTATIONS)."""
+    annotations = namespace["metadata"].get("annotations") or {}
+    return any(key.startswith(SCHEDULER_ANNOTATION_PREFIX) for key in annotations)
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, client: KeyPair, user: str) -> None:

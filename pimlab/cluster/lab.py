@@ -10,7 +10,8 @@ and the samples.
   is Ready only when their pods are.
 - With kwok nodes only, or `--local-operator`: the operator runs as a local process
   authenticated as its own ServiceAccount (so its RBAC is what it is held to); kwok simulates
-  the pods.
+  the pods (with `--local-operator` on the real node, the operator's own Deployment beside it:
+  its namespace tolerates the kwok nodes' taint).
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ class LocalLab:
             why = "--local-operator" if real else "kwok only simulates its pod"
             self.say("installing the operator's namespace, RBAC and Deployment "
                      f"(clusters/base/operator); {why}, so the operator runs as a local process")
+            if real:  # the Deployment's pod is simulated beside the local process, not run
+                self.plane.ensure_kwok_namespace(OPERATOR_NAMESPACE)
             install_operator_manifests(self.plane)
             if self.operator.pid():
                 self.say("restarting the operator")

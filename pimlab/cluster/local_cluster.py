@@ -1,6 +1,7 @@
 """The local cluster of one working tree: the control plane, kwok nodes for scale tests and,
 where the machine can run containers, one real node with cluster DNS and a default
-StorageClass.
+StorageClass. With the real node, the kwok nodes carry kwok's NoSchedule taint (only pods that
+tolerate it are simulated there); with kwok nodes only they carry none.
 
 `PIMLAB_NODE` chooses the node: `real` (fail when a real node cannot run), `kwok` (kwok nodes
 only) or `auto` (the default: a real node when `node.probe()` finds nothing against it, else
@@ -119,6 +120,7 @@ class LocalCluster(ClusterHandle):
         if self.healthy():
             self.say(f"cluster already running: {self.layout.server} "
                      f"(node: {self.node_mode()})")
+            self._apply_kwok_nodes()
             self._wait_nodes_ready()
             return
         if self.running() or node.owner() == str(self.layout.root):
@@ -140,7 +142,7 @@ class LocalCluster(ClusterHandle):
             start(self.layout, component, self.say)
         write_kubeconfig(self.layout.kubeconfig, self.layout.server, self.ca,
                          creds["admin"], "pimlab-admin")
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(self.plane.kwok_nodes()))
+        self._apply_kwok_nodes()
         self._mark_cluster()
         if mode == "real":
             self._node_up(build_log or self.out)
@@ -148,6 +150,12 @@ class LocalCluster(ClusterHandle):
         self._wait_default_service_account()
         if mode == "real":
             addons.install(self)
+
+    def _apply_kwok_nodes(self) -> None:
+        """The kwok nodes, tainted when the real node runs beside them (also on a cluster that
+        runs already: a cluster started before the taint existed gets it)."""
+        nodes = self.plane.kwok_nodes(tainted=self.real_node)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
 
     def _node_up(self, log) -> None:
         self.node.prepare(images.PAUSE_IMAGE)
