@@ -37,8 +37,8 @@ KINDS = (
     Kind(Shard, shard.step, Resync(20), children=shard.CHILDREN),
     Kind(PersonaLoad, personaload.step, Resync(15, follow=personaload.running), children=personaload.CHILDREN),
     Kind(ChaosExperiment, chaos.step, Resync(5, follow=chaos.in_flight), children=chaos.CHILDREN),
-    Kind(SLO, slo.step, Resync(lambda settings: settings.slo_refresh_seconds, follow=slo.reads_budget, follow_trigger="refresh"),
-         children=slo.CHILDREN),
+    Kind(SLO, slo.step, Resync(lambda settings: settings.slo_refresh_seconds, follow=slo.reads_budget,
+                               follow_trigger="refresh"), children=slo.CHILDREN),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 
@@ -59,10 +59,10 @@ def _register_kind(ctx: Context, kind: Kind) -> None:
     kopf.daemon(GROUP, VERSION, kind.plural, id=f"{prefix}-resync", cancellation_timeout=10)(resync.daemon(ctx, kind))
 
 
-def register(operator_settings: Settings) -> Context:
+def register(operator_settings: Settings) -> None:
     """Hand every trigger to kopf: kopf's settings, each kind's own, its children's, Shard ->
     Lab. Every handler reconciles in one context: `operator_settings` and the operator's one
-    `ReconcileMemory`, made here (returned for the caller to look at)."""
+    `ReconcileMemory`, made here."""
     ctx = Context(operator_settings, ReconcileMemory())
     kopf.on.startup()(settings.configure)
     for kind in KINDS:
@@ -83,7 +83,6 @@ def register(operator_settings: Settings) -> Context:
     kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-cleanup",
                   when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
         lambda body, **_: chaos.finalize(dict(body)))
-    return ctx
 
 
 def _register_failover_timer(ctx: Context, kind: Kind) -> None:

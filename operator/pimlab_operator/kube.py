@@ -2,8 +2,8 @@
 status through the status subresource, and discovery of optional third-party kinds.
 
 Plain HTTP with JSON in and out (urllib3, one connection pool shared by the worker threads):
-the kubernetes client library cost the operator a third of its memory (its ~700 model classes,
-imported whole) for calls that are a URL and a dict each. Configuration is the pod's
+the kubernetes client library would cost the operator a third of its memory (its ~700 model
+classes, imported whole) for calls that are a URL and a dict each. Configuration is the pod's
 ServiceAccount in a cluster, else a kubeconfig (token or client certificate): `config.ApiServer`,
 given once at start (`connect`).
 """

@@ -21,8 +21,8 @@ from pimlab_operator.config import Settings  # noqa: E402
 
 class RoutineSuccesses(logging.Filter):
     """Drops kopf's INFO line for every successful timer pass: the failover pass runs every 2 s
-    per Shard, and its "Timer 'shard-failover' succeeded." made up about two thirds of the log
-    of an idle lab. A failed pass (ERROR), every handler's outcome and the failover manager's
+    per Shard, and its "Timer 'shard-failover' succeeded." would make up about two thirds of the
+    log of an idle lab. A failed pass (ERROR), every handler's outcome and the failover manager's
     own decisions are kept."""
 
     def filter(self, record: logging.LogRecord) -> bool:
