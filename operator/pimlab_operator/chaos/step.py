@@ -112,7 +112,8 @@ def _act(body: dict, spec: ChaosExperimentSpec, step: desired.Step) -> None:
             detail = f"deleted {', '.join(targets)} (grace {grace}s)"
         elif step.action == "killContainers":
             pods = [kube.get("v1", "Pod", name, namespace) for name in targets]
-            detail = inject.kill_containers([p for p in pods if p], spec.parameters.container if spec.parameters else None)
+            detail = inject.kill_containers([p for p in pods if p], spec.parameters.container if spec.parameters else None,
+                                            reconcile.context().settings.cri_socket)
         elif step.action == "requestSwitchover":
             affected = step.status["affectedTargets"]
             detail = inject.request_switchover(body, body["spec"]["target"]["shardRef"], namespace, affected[1])
@@ -138,7 +139,7 @@ def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None, carry: dic
         desired.CHAOS_MESH_VERSION, desired.CHAOS_MESH[spec.action])
     target_ns = desired.target_namespace(body)
     refusal = governance.namespace_refusal(target_ns, kube.get("v1", "Namespace", target_ns, None),
-                                           governance.operator_namespace())
+                                           reconcile.context().settings.operator_namespace)
     if not refusal and paused and not spec.dry_run:
         refusal = ("KillSwitchEngaged", paused)
     checked = None
@@ -169,7 +170,7 @@ def _replan(body: dict, spec: ChaosExperimentSpec, status: dict) -> None:
     pods, shard = _pods_and_shard(body)
     target_ns = desired.target_namespace(body)
     refusal = governance.namespace_refusal(target_ns, kube.get("v1", "Namespace", target_ns, None),
-                                           governance.operator_namespace())
+                                           reconcile.context().settings.operator_namespace)
     fresh = desired.start(body, spec, desired.plan(body, spec, pods, shard), True, refusal=refusal,
                           carry=_schedule_fields(status))
     if (fresh.status.get("plannedTargets"), fresh.status["phase"], fresh.status.get("abortReason")) != \
@@ -221,7 +222,7 @@ def _schedule(body: dict, spec: ChaosExperimentSpec, status: dict, paused: str |
 
 def step(body: dict, spec: ChaosExperimentSpec) -> None:
     status = body.get("status") or {}
-    paused = governance.kill_switch(kube.get("v1", "Namespace", governance.operator_namespace(), None))
+    paused = governance.kill_switch(kube.get("v1", "Namespace", reconcile.context().settings.operator_namespace, None))
     phase = status.get("phase")
     if phase in desired.ACTIVE and paused:
         _write(body, desired.abort(desired.run_fields(status), "KillSwitchEngaged", paused))
