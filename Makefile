@@ -14,7 +14,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ prometheus-operator: venv ## compile prometheus-operator, its config reloader an
 
 flux: venv ## compile Flux's source-controller and kustomize-controller once into ~/.cache/pimlab (Go module proxy)
 	$(PY) -m pimlab.cluster.flux_build
+
+thirdparty-crds: venv ## fetch the Flux, Chaos Mesh and grafana-operator CRDs the tests install from their Go modules into ~/.cache/pimlab (pinned in pimlab/cluster/thirdparty_crds.py)
+	$(PY) -m pimlab.cluster.thirdparty_crds
 
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
 	$(PY) -m pimlab.dashboards
@@ -87,7 +90,7 @@ up: venv ## with Docker and kind: kind cluster A, the image built and loaded, th
 down: venv ## delete the kind cluster (without Docker: `make lab-down`)
 	@if $(PIMLAB) kind check >/dev/null; then $(PIMLAB) kind down; else $(MAKE) lab-down; fi
 
-test: deps controlplane prometheus-operator flux image ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve
