@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 from pathlib import Path
 
+import pytest
+
+from pimlab.cli import build_parser
 from pimlab.docs import check
 from pimlab_operator import crdgen, docgen
 from pimlab_operator.kinds import KINDS
@@ -100,3 +105,40 @@ def test_docs_validate_names_each_kind_of_mistake(tmp_path):
     unparsed = [p for p in found if p.startswith("README.md:10: does not parse")]
     assert len(unparsed) == 1 and "Parse error" in unparsed[0], found
     assert len(found) == len(expected) + 1, found
+
+
+def test_every_readme_and_tour_command_names_a_cli_command_and_files_that_exist():
+    """The README's and the tour's shell commands: each `pimlab` invocation is one the CLI accepts,
+    each file `kubectl apply -f` reads is in the repository (docs-validate checks the make targets)."""
+    parser = build_parser()
+    seen = {"pimlab": 0, "apply": 0}
+    for doc in (ROOT / "README.md", ROOT / "docs" / "tour.md"):
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for words in _commands(line.split(" #", 1)[0]):
+                    command = " ".join(words)
+                    if words and words[0].endswith("pimlab") and words[0] != "pimlab.cluster":
+                        seen["pimlab"] += 1
+                        try:
+                            parser.parse_args(words[1:])
+                        except SystemExit:
+                            pytest.fail(f"{doc.name}: `{command}` is not a pimlab command")
+                    if words[:2] == ["kubectl", "apply"] and "-f" in words:
+                        seen["apply"] += 1
+                        path = words[words.index("-f") + 1]
+                        assert (ROOT / path).exists(), f"{doc.name}: `{command}` reads a missing {path}"
+    assert seen["pimlab"] >= 2 and seen["apply"] >= 2, seen
+
+
+def _commands(line: str) -> list[list[str]]:
+    """A shell line's simple commands, split at `&&`, `;`, `|`, `&` and `$( )`, quotes kept."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, words = [], []
+    for token in lexer:
+        if token and set(token) <= set("();<>|&"):
+            commands.append(words)
+            words = []
+        else:
+            words.append(token)
+    return [c for c in commands + [words] if c]
