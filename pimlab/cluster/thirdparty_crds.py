@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -90,8 +89,7 @@ def is_resolved() -> bool:
 def module_dir(module: CrdModule) -> Path:
     """The module's source in the Go module cache, downloaded if missing (the zip only)."""
     proc = subprocess.run(["go", "mod", "download", "-json", f"{module.module}@{module.version}"],
-                          cwd=cache_root(), capture_output=True, text=True,
-                          env=dict(os.environ, GOFLAGS="-mod=mod"))
+                          cwd=cache_root(), capture_output=True, text=True)
     found = json.loads(proc.stdout) if proc.stdout.strip() else {}
     if proc.returncode != 0 or "Dir" not in found:
         raise RuntimeError(f"go mod download {module.module}@{module.version} failed: "
