@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIMLAB := $(VENV)/bin/pimlab
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Debian packages the project needs: unixODBC for pyodbc (SQL Server driver manager),
 # Prometheus and promtool for real rule evaluation; podman, mmdebstrap, gcc and containerd's
 # ctr to build the node's images without a registry and import them (`make image`); the real
@@ -14,7 +15,7 @@ PIMLAB := $(VENV)/bin/pimlab
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams node gitops gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -46,6 +47,9 @@ prometheus-operator: venv ## compile prometheus-operator, its config reloader an
 flux: venv ## compile Flux's source-controller and kustomize-controller once into ~/.cache/pimlab (Go module proxy)
 	$(PY) -m pimlab.cluster.flux_build
 
+thirdparty-crds: venv ## fetch the Flux, Chaos Mesh and grafana-operator CRDs the tests install from their Go modules into ~/.cache/pimlab (pinned in pimlab/cluster/thirdparty_crds.py)
+	$(PY) -m pimlab.cluster.thirdparty_crds
+
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
 	$(PY) -m pimlab.dashboards
 
@@ -57,6 +61,19 @@ cluster-down: venv ## stop the local cluster and remove every trace (processes, 
 
 cluster-status: venv ## which components run, the node mode, nodes and add-on pods
 	$(PIMLAB) cluster status
+
+# Node.js and npm run the Mermaid tools; Debian's, unless the machine has them already.
+node: ## Node.js and npm, for the Mermaid parser and renderer (npm packages cached in ~/.cache/pimlab)
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+
+docs-validate: venv node ## check the docs: repository paths and make targets they name, links, the CRD reference, Mermaid diagrams
+	$(PIMLAB) docs-validate
+
+diagrams: venv node ## render docs/diagrams/*.mmd into SVGs with mermaid-cli and Debian's chromium (both installed if missing)
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(PIMLAB) diagrams
 
 crds: venv ## regenerate crds/ from the pydantic models
 	$(PIMLAB) crds
@@ -87,7 +104,7 @@ up: venv ## with Docker and kind: kind cluster A, the image built and loaded, th
 down: venv ## delete the kind cluster (without Docker: `make lab-down`)
 	@if $(PIMLAB) kind check >/dev/null; then $(PIMLAB) kind down; else $(MAKE) lab-down; fi
 
-test: deps controlplane prometheus-operator flux image ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
 	$(PY) -m pytest
 
 slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve

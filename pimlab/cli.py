@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from api_services import cli as services_cli
     from pimlab import kind as kind_cli
     from pimlab.cluster import cli as cluster_cli
+    from pimlab.docs import check as docs_check
     from pimlab_load import cli as load_cli
     from pimlab.instance import cli as instance_cli
     from pimlab_operator import cli as operator_cli
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     services_cli.add_commands(sub)
     load_cli.add_commands(sub)
     instance_cli.add_commands(sub)
+    docs_check.add_commands(sub)
     return parser
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pimlab.cluster import thirdparty_crds as thirdparty
 from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS
 from pimlab.cluster.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
-THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
 
 
 @dataclass
@@ -81,10 +81,10 @@ def namespace(cluster: Cluster) -> str:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _install_crds(cluster: Cluster, directory: Path) -> list[str]:
-    files = sorted(directory.glob("*.yaml"))
+def _install_crds(cluster: Cluster, files: list[Path]) -> list[str]:
     names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(directory))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                    *[arg for f in files for arg in ("-f", str(f))])
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     *[f"crd/{n}" for n in names])
     return names
@@ -93,14 +93,12 @@ def _install_crds(cluster: Cluster, directory: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def crds_installed(cluster: Cluster) -> Cluster:
     """The project's CRDs from crds/, applied and Established."""
-    _install_crds(cluster, ROOT / "crds")
+    _install_crds(cluster, sorted((ROOT / "crds").glob("*.yaml")))
     return cluster
 
 
 @pytest.fixture(scope="session")
 def thirdparty_crds(cluster: Cluster) -> list[str]:
-    """The third-party CRDs (prometheus-operator, Chaos Mesh, grafana-operator, Flux). They live
-    beside the checkout, in the workplace's shared directory, not in the repository."""
-    if not THIRDPARTY_CRDS.is_dir():
-        pytest.fail(f"no third-party CRDs at {THIRDPARTY_CRDS}: clone the repository beside shared/")
-    return _install_crds(cluster, THIRDPARTY_CRDS)
+    """The third-party CRDs (prometheus-operator, Chaos Mesh, grafana-operator, Flux): the
+    repository's crds/thirdparty/ and the ones resolved from their projects' Go modules."""
+    return _install_crds(cluster, thirdparty.all_files())

@@ -29,11 +29,13 @@ import sys
 from pathlib import Path
 
 from pimlab.cluster.build import build_once, cache_root, go
+from pimlab.cluster.thirdparty_crds import FLUX_KUSTOMIZE_CONTROLLER, FLUX_SOURCE_CONTROLLER
 
-# binary name -> (module, version); the binary is the module's root package
+# binary name -> (module, version); the binary is the module's root package. The versions are
+# pinned with the CRDs the tests install, in thirdparty_crds.
 CONTROLLERS = {
-    "source-controller": ("github.com/fluxcd/source-controller", "v1.9.0"),
-    "kustomize-controller": ("github.com/fluxcd/kustomize-controller", "v1.9.6"),
+    "source-controller": (FLUX_SOURCE_CONTROLLER.module, FLUX_SOURCE_CONTROLLER.version),
+    "kustomize-controller": (FLUX_KUSTOMIZE_CONTROLLER.module, FLUX_KUSTOMIZE_CONTROLLER.version),
 }
 
 

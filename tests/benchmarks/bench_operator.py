@@ -57,7 +57,7 @@ from pimlab.cluster.local_operator import OperatorProcess, install_operator_rbac
 from pimlab_operator.chaos.governance import OPT_IN_LABEL  # noqa: E402
 
 GROUP_VERSION = "pim-sre.lab/v1alpha1"
-THIRDPARTY = ROOT.parent / "shared" / "thirdparty-crds"
+THIRDPARTY = ROOT / "crds" / "thirdparty"
 MONITORING_CRDS = ("monitoring.coreos.com_prometheusrules.yaml", "monitoring.coreos.com_servicemonitors.yaml")
 BENCH_NODES = ("kwok-bench-0", "kwok-bench-1")
 WORKERS = 8  # the operator's settings.execution.max_workers
@@ -445,12 +445,9 @@ def _install_crds(plane: LocalCluster) -> set[str]:
     """Project CRDs and the two prometheus-operator CRDs; returns the CRDs that were not there."""
     before = _crd_names(plane)
     plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    if (THIRDPARTY / MONITORING_CRDS[0]).exists():
-        for name in MONITORING_CRDS:
-            plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(THIRDPARTY / name))
+    for name in MONITORING_CRDS:
+        plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(THIRDPARTY / name))
     plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    if "customresourcedefinition.apiextensions.k8s.io/prometheusrules.monitoring.coreos.com" not in _crd_names(plane):
-        raise SystemExit(f"the prometheus-operator CRDs are needed: {THIRDPARTY} is missing")
     return _crd_names(plane) - before
 
 

@@ -1,0 +1,1 @@
+"""The docs tooling: `pimlab docs-validate` and `pimlab diagrams` (check.py), Mermaid (mermaid.py)."""
