@@ -24,7 +24,7 @@ from pimlab_operator import conditions, kube
 from pimlab_operator.metrics import APPLIED, PRUNED, observed
 from pimlab_operator.objects import label_selector, owned_by
 from pimlab_operator.render import owner_labels
-from pimlab_operator.schema import Resource
+from pimlab_operator.schema import Condition, Resource, StatusBase
 
 log = logging.getLogger(__name__)
 
@@ -229,20 +229,23 @@ def _announce(body: dict, previous: list[dict], written: list[dict]) -> None:
                         f"{condition['type']}={condition['status']}: {condition['message']}")
 
 
-def write_status(body: dict, fields: dict, wanted: list[conditions.Condition]) -> dict:
-    """Write `fields` and the `wanted` conditions through the status subresource, guarded by
+def write_status(body: dict, status: StatusBase, wanted: list[conditions.Condition]) -> dict:
+    """Write `status` and the `wanted` conditions through the status subresource, guarded by
     the resourceVersion `body` was read at (a 409 means someone wrote since: `run` decides
-    again from a fresh read). Stamps observedGeneration on status and on every condition, and
+    again from a fresh read). The kind's status model is dumped by alias, so nothing the CRD's
+    schema lacks is written. Stamps observedGeneration on status and on every condition, and
     keeps each condition's lastTransitionTime unless its status changes. Returns the object as
     written, to chain a second write within one step."""
     meta = body["metadata"]
     generation = meta.get("generation", 1)
     previous = (body.get("status") or {}).get("conditions") or []
     merged = conditions.merge(previous, wanted, generation)
-    status = {**fields, "observedGeneration": generation, "conditions": merged}
-    if body.get("status") == {k: v for k, v in status.items() if v is not None}:
+    stamped = status.model_copy(update={
+        "observed_generation": generation, "conditions": [Condition.model_validate(c) for c in merged]})
+    fields = stamped.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if body.get("status") == fields:
         return body  # exactly what is there already: the write would change nothing
-    written = kube.apply_status(body, status)
+    written = kube.apply_status(body, fields)
     if written["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
         _changed()
     _announce(body, previous, merged)
