@@ -37,7 +37,7 @@ def test_plan_over_the_blast_radius_is_refused():
     body["spec"]["target"].update(mode="all")
     refused = chaos.plan(body, spec_of(body), PODS, None)
     assert refused.refusal[0] == "BlastRadiusExceeded" and len(refused.targets) == 4
-    step = run.start(body, spec_of(body), refused, True, at="2025-01-01T00:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T00:00:00Z")
     assert step.status.phase == "Aborted" and step.action is None
     assert "blast radius allows 1 pods" in step.status.abort_reason
     assert step.conditions[0].reason == "BlastRadiusExceeded"
@@ -50,7 +50,7 @@ def test_percent_limit_refuses_even_within_max_pods():
 
 
 def test_dry_run_plans_and_injects_nothing():
-    step = run.start(POD_KILL, spec_of(POD_KILL), chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None), True, at="2025-01-01T00:00:00Z")
+    step = run.start(POD_KILL, spec_of(POD_KILL), PODS, None, True, at="2025-01-01T00:00:00Z")
     assert step.action is None and step.status.phase == "DryRun"
     assert step.status.verdict == "Inconclusive" and step.status.timeline[0].event == "Planned"
     assert step.status.planned_targets == chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None).targets
@@ -75,15 +75,14 @@ def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    step = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
     assert step.action == "requestSwitchover" and step.status.phase == "Running"
     assert step.status.affected_targets == ["shard-00-0", "shard-00-1"]
     assert chaos.needs_cleanup(spec_of(body))  # the Shard's switchover annotation must go again
     lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [
         {"pod": "shard-00-0", "role": "primary", "ready": True},
         {"pod": "shard-00-1", "role": "secondary", "ready": False, "streaming": True}]}}
-    refused = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, lonely), True, shard=lonely)
+    refused = run.start(body, spec_of(body), shard_pods, lonely, True)
     assert refused.action is None and refused.status.phase == "Failed"
     assert refused.conditions[0].reason == "NoSwitchoverTarget"
 
@@ -91,12 +90,10 @@ def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
 def test_sql_failover_recovers_when_the_shard_recorded_it_and_the_primary_service_took_a_write():
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
-    step = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), [], _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), [], _shard(), True, at="2025-01-01T01:00:00Z")
     assert step.status.phase == "Aborted"  # no running pod: nothing to fail over
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    step = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
     after = run.injected(step.status, "asked", at="2025-01-01T01:00:01Z").status
     waiting = run.recover(spec_of(body), after, shard_pods, at="2025-01-01T01:00:03Z", shard=_shard())
     assert waiting.status.phase == "Recovering" and "fail over away from shard-00-0" in waiting.status.phase_reason
@@ -123,8 +120,7 @@ def test_a_recovering_sql_failover_sees_the_shards_record_within_a_poll_not_at_t
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    planned = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                          shard=_shard(), at="2025-01-01T01:00:00Z")
+    planned = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
     after = run.injected(planned.status, "asked", at="2025-01-01T01:00:01Z").status
     record = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PlannedSwitchover", "startedAt": "2025-01-01T01:00:01Z",
               "completedAt": "2025-01-01T01:00:01.5Z", "durationSeconds": 0.5, "outageSeconds": 0.3}
@@ -156,7 +152,7 @@ def test_container_kill_recovers_when_the_same_pod_restarted_its_container_and_i
     body = copy.deepcopy(POD_KILL)
     body["spec"].update(action="containerKill", dryRun=False)
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = run.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
     assert step.action == "killContainers" and not chaos.needs_cleanup(spec_of(body))
     after = run.injected(step.status, "killed", at="2025-01-01T01:00:01Z", affected=planned.targets).status
     (name,) = planned.targets
@@ -173,18 +169,17 @@ def test_container_kill_recovers_when_the_same_pod_restarted_its_container_and_i
 def test_governance_refusal_and_slo_check_shape_the_first_step():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    planned = chaos.plan(body, spec_of(body), PODS, None)
-    refused = run.start(body, spec_of(body), planned, True, refusal=("NamespaceNotOptedIn", "not opted in"))
+    refused = run.start(body, spec_of(body), PODS, None, True, refusal=("NamespaceNotOptedIn", "not opted in"))
     assert refused.action is None and refused.status.phase == "Aborted"
     assert refused.conditions[0].reason == "NamespaceNotOptedIn" and refused.status.abort_reason == "not opted in"
-    ok = run.start(body, spec_of(body), planned, True, slo_checked="before injection: fine", at="2025-01-01T01:00:00Z")
+    ok = run.start(body, spec_of(body), PODS, None, True, slo_checked="before injection: fine", at="2025-01-01T01:00:00Z")
     assert [e.event for e in ok.status.timeline] == ["Planned", "Validated", "SLOChecked", "Injecting"]
 
 
 def test_abort_stops_a_running_experiment_with_its_reason():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    step = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), PODS, None), True, at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
     running = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
     aborted = run.abort(running, "KillSwitchEngaged", "the chaos kill switch is engaged", at="2025-01-01T01:00:02Z")
     assert aborted.status.phase == "Aborted" and aborted.status.verdict == "Failed"
@@ -196,7 +191,7 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = run.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
     assert step.action == "deletePods" and step.status.phase == "Running"
     assert [e.event for e in step.status.timeline] == ["Planned", "Validated", "Injecting"]
     after = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
@@ -216,7 +211,7 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
 def test_no_recovery_within_the_duration_fails_the_verdict():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    step = run.start(body, spec_of(body), chaos.plan(body, spec_of(body), PODS, None), True, at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
     after = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
     late = run.recover(spec_of(body), after, [], at="2025-01-01T01:03:00Z").status  # duration 2m
     assert late.verdict == "Failed" and late.timeline[-1].event == "RecoveryTimedOut"
@@ -226,13 +221,13 @@ def test_network_fault_renders_chaos_mesh_on_exactly_the_planned_pods_or_fails_w
     body = copy.deepcopy(POD_KILL)
     body["spec"].update(action="networkDelay", dryRun=False, parameters={"latency": "200ms", "jitter": "20ms"})
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = run.start(body, spec_of(body), planned, True)
+    step = run.start(body, spec_of(body), PODS, None, True)
     assert step.action == "applyChaosMesh"
     child = step.children[0]
     assert child["kind"] == "NetworkChaos" and child["spec"]["action"] == "delay"
     assert child["spec"]["selector"] == {"pods": {"lab": planned.targets}}
     assert child["spec"]["delay"] == {"latency": "200ms", "jitter": "20ms"} and child["spec"]["duration"] == "2m"
-    missing = run.start(body, spec_of(body), planned, False)
+    missing = run.start(body, spec_of(body), PODS, None, False)
     assert missing.status.phase == "Failed" and missing.conditions[0].reason == "ChaosMeshNotInstalled"
 
 

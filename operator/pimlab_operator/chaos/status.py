@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from pimlab_operator.chaos.desired import (
     CHAOS_MESH,
-    Plan,
     alive,
     chaos_mesh_children,
     failover_mode,
     in_target,
+    plan,
     switchover_target,
     target_namespace,
 )
@@ -87,15 +87,18 @@ def kept_conditions(status: ChaosExperimentStatus) -> list[Condition]:
     return [Condition(c.type, c.status == "True", c.reason, c.message or "") for c in status.conditions or []]
 
 
-def start(body: dict, spec: ChaosExperimentSpec, the_plan: Plan, chaos_mesh_installed: bool,
-          at: str | None = None, refusal: tuple[str, str] | None = None, shard: dict | None = None,
+def start(body: dict, spec: ChaosExperimentSpec, pods: list[dict], shard: dict | None,
+          chaos_mesh_installed: bool = True, at: str | None = None, refusal: tuple[str, str] | None = None,
           slo_checked: str | None = None, carry: ChaosExperimentStatus | None = None) -> Step:
-    """The first step of a new run (new object, new generation, or a scheduled run that is due).
+    """The first step of a new run (new object, new generation, or a scheduled run that is due),
+    planned on the target's `pods` (and its `shard`, for a shardRef): the status to write
+    first, and the action to take once it is written.
 
     `refusal` is governance's verdict (namespace, kill switch, SLO already burning) and wins
     over the plan's own (blast radius, no targets); `carry` keeps the schedule's fields and the
     probes' states."""
     at = at or now()
+    the_plan = plan(body, spec, pods, shard)
     targets = the_plan.targets
     timeline = [event("Planned", f"{spec.action} on {', '.join(targets) or 'nothing'} "
                                  f"({len(targets)} of {the_plan.matched} matching pods)", at)]

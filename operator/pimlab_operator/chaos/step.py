@@ -157,8 +157,7 @@ def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None,
         carry = status.updated(carry or ChaosExperimentStatus(), probes=states)
         if failing:  # the steady state must hold before anything is injected
             refusal = ("ProbeFailed", f"not injected: probe {failing[0].name} fails: {failing[0].last_error}")
-    first = status.start(body, spec, desired.plan(body, spec, pods, shard), installed, refusal=refusal,
-                         shard=shard, slo_checked=checked, carry=carry)
+    first = status.start(body, spec, pods, shard, installed, refusal=refusal, slo_checked=checked, carry=carry)
     if first.action and desired.needs_cleanup(spec):
         body = kube.set_finalizer(body, desired.FINALIZER, True) or body
     body = _write(body, spec, first)  # the intention, before anything is touched
@@ -173,8 +172,7 @@ def _replan(body: dict, spec: ChaosExperimentSpec, run: ChaosExperimentStatus) -
     target_ns = desired.target_namespace(body, spec)
     refusal = governance.namespace_refusal(target_ns, kube.get("v1", "Namespace", target_ns, None),
                                            governance.operator_namespace())
-    fresh = status.start(body, spec, desired.plan(body, spec, pods, shard), True, refusal=refusal,
-                         carry=status.schedule_fields(run))
+    fresh = status.start(body, spec, pods, shard, refusal=refusal, carry=status.schedule_fields(run))
     if (fresh.status.planned_targets, fresh.status.phase, fresh.status.abort_reason) != \
             (run.planned_targets, run.phase, run.abort_reason):
         _write(body, spec, fresh)
