@@ -30,7 +30,7 @@ FAILOVER_WATCH_SECONDS, FAILOVER_POLL_SECONDS = 5.0, 0.25
 def in_flight(body: dict) -> bool:
     """A run waiting, injecting or measuring recovery is followed every few seconds; a planned
     (dry run) or finished one is not."""
-    phase = status.previous(body).phase
+    phase = (body.get("status") or {}).get("phase")
     return bool(phase) and phase not in status.TERMINAL
 
 
