@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS
+from pimlab.cluster.local_cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDPARTY_CRDS = ROOT.parent / "shared" / "thirdparty-crds"
@@ -71,9 +72,11 @@ def cluster() -> Cluster:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> str:
-    """A fresh namespace per test, deleted (without waiting) afterwards."""
+    """A fresh namespace per test, deleted (without waiting) afterwards. Its pods tolerate the
+    kwok nodes' taint: they are simulated there, also beside a real node."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    cluster.kubectl("create", "namespace", name)
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": name, "annotations": KWOK_NAMESPACE_ANNOTATIONS}})
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

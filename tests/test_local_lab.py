@@ -1,14 +1,20 @@
-"""How `make lab` places the samples and the operator on the real node (no cluster needed)."""
+"""How `make lab` places the samples and the operator on the real node, and the kwok nodes'
+taint beside it (no cluster needed)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
+from pimlab.cluster.controlplane import ControlPlane
+from pimlab.cluster.handle import placed
 from pimlab.cluster.images import PROJECT_IMAGE
-from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
-from pimlab.cluster.local_lab import sample_documents
+from pimlab.cluster.layout import (
+    KWOK_NAMESPACE_ANNOTATIONS, KWOK_NODE_TAINT, REAL_NODE_NAMESPACE_ANNOTATIONS, Layout,
+)
+from pimlab.cluster.lab import sample_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +68,7 @@ def test_a_running_lab_takes_a_changed_project_image_and_only_then(tmp_path, mon
     import io
 
     from pimlab.cluster import images
-    from pimlab.cluster.local_lab import LocalLab
+    from pimlab.cluster.lab import LocalLab
 
     lab = LocalLab(tmp_path, out=io.StringIO())
     asked = []
@@ -72,3 +78,18 @@ def test_a_running_lab_takes_a_changed_project_image_and_only_then(tmp_path, mon
     answer[PROJECT_IMAGE] = "present"
     assert lab.refresh_project_image() is False
     assert asked == [([PROJECT_IMAGE], str(lab.plane.layout.containerd_socket))] * 2
+
+
+def test_kwok_nodes_carry_kwoks_taint_only_beside_a_real_node(tmp_path):
+    """kwok's own taint for fake nodes; the kwok namespaces' default toleration tolerates it;
+    with kwok nodes only there is none, so the samples land there as written."""
+    assert KWOK_NODE_TAINT == {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+    plane = ControlPlane(Layout(tmp_path))
+    assert all(n["spec"]["taints"] == [KWOK_NODE_TAINT] for n in plane.kwok_nodes(tainted=True))
+    assert all(n["spec"]["taints"] == [] for n in plane.kwok_nodes(tainted=False))
+    (toleration,) = json.loads(KWOK_NAMESPACE_ANNOTATIONS["scheduler.alpha.kubernetes.io/defaultTolerations"])
+    assert (toleration["key"], toleration["operator"], toleration["effect"]) == \
+        (KWOK_NODE_TAINT["key"], "Exists", KWOK_NODE_TAINT["effect"])
+    (real_ns,) = by_kind(sample_documents(real_node=True), "Namespace")
+    (as_written,) = by_kind(sample_documents(real_node=False), "Namespace")
+    assert placed(real_ns) and not placed(as_written)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pimlab_operator.render import project_home
+from pimlab_operator import crdgen, docgen, main
+from pimlab_operator.config import load_settings, project_home
 
 
 def _generated(args: argparse.Namespace, generator, command: str) -> int:
@@ -24,15 +25,11 @@ def _generated(args: argparse.Namespace, generator, command: str) -> int:
 
 def _crds(args: argparse.Namespace) -> int:
     """The CRD YAML generated from the models."""
-    from pimlab_operator import crdgen
-
     return _generated(args, crdgen, "crds")
 
 
 def _docs(args: argparse.Namespace) -> int:
     """The CRD reference generated from the same schema."""
-    from pimlab_operator import docgen
-
     return _generated(args, docgen, "docs")
 
 
@@ -50,15 +47,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _operator_run(args: argparse.Namespace) -> int:
-    import os
-
-    from pimlab_operator import main
-    from pimlab_operator.slo import prometheus
-
-    if args.prometheus_url:
-        os.environ[prometheus.URL_ENV] = args.prometheus_url
-    main.run(namespaces=args.namespace or [], host=args.host, metrics_port=args.metrics_port,
-             health_port=args.health_port, log_format=args.log_format, verbose=args.verbose)
+    main.run(load_settings(prometheus_url=args.prometheus_url, namespaces=tuple(args.namespace or ()),
+                           host=args.host, metrics_port=args.metrics_port, health_port=args.health_port,
+                           log_format=args.log_format, verbose=args.verbose))
     return 0
 
 

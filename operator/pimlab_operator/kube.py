@@ -2,9 +2,10 @@
 status through the status subresource, and discovery of optional third-party kinds.
 
 Plain HTTP with JSON in and out (urllib3, one connection pool shared by the worker threads):
-the kubernetes client library cost the operator a third of its memory (its ~700 model classes,
-imported whole) for calls that are a URL and a dict each. Configuration is the pod's
-ServiceAccount in a cluster, else $KUBECONFIG (token or client certificate).
+the kubernetes client library would cost the operator a third of its memory (its ~700 model
+classes, imported whole) for calls that are a URL and a dict each. Configuration is the pod's
+ServiceAccount in a cluster, else a kubeconfig (token or client certificate): `config.ApiServer`,
+given once at start (`connect`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import urllib3
 import yaml
 
+from pimlab_operator.config import SERVICE_ACCOUNT, ApiServer, api_server
+
 FIELD_MANAGER = "pimlab-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 #: How long one request may take; a watch is kopf's business, not this module's.
 REQUEST_TIMEOUT = urllib3.Timeout(connect=10, read=60)
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: A ServiceAccount token file is rotated by the kubelet: read again at most this old.
 TOKEN_REREAD_SECONDS = 60.0
 
@@ -129,15 +130,28 @@ def _pool(tls: ssl.SSLContext) -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=2, maxsize=16, ssl_context=tls, timeout=REQUEST_TIMEOUT, retries=retries)
 
 
-@lru_cache(maxsize=1)
-def _connection() -> _Connection:
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    if host and (SERVICE_ACCOUNT / "token").exists():
+def _open(api: ApiServer) -> _Connection:
+    if api.in_cluster_url:
         tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
-        server = f"https://{'[' + host + ']' if ':' in host else host}:{os.environ.get('KUBERNETES_SERVICE_PORT', '443')}"
-        return _Connection(server, _pool(tls), token_file=SERVICE_ACCOUNT / "token")
-    # $KUBECONFIG read now, not at import: the tests set it after importing this module.
-    return _from_kubeconfig(Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config"))
+        return _Connection(api.in_cluster_url, _pool(tls), token_file=SERVICE_ACCOUNT / "token")
+    return _from_kubeconfig(api.kubeconfig)
+
+
+_connected: _Connection | None = None
+
+
+def connect(api: ApiServer | None) -> None:
+    """Send every request to `api` from now on (the operator, at start, with its settings').
+    None forgets it: the next request finds the apiserver from the environment as it is then
+    (the tools and tests that use this module without settings set $KUBECONFIG first)."""
+    global _connected
+    _connected = _open(api) if api else None
+
+
+def _connection() -> _Connection:
+    if _connected is None:
+        connect(api_server())
+    return _connected
 
 
 _token_lock = threading.Lock()

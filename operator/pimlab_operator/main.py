@@ -15,11 +15,14 @@ sys.modules.setdefault("kubernetes", None)
 import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 
+from pimlab_operator import kinds, kube, memory  # noqa: E402
+from pimlab_operator.config import Settings  # noqa: E402
+
 
 class RoutineSuccesses(logging.Filter):
     """Drops kopf's INFO line for every successful timer pass: the failover pass runs every 2 s
-    per Shard, and its "Timer 'shard-failover' succeeded." made up about two thirds of the log
-    of an idle lab. A failed pass (ERROR), every handler's outcome and the failover manager's
+    per Shard, and its "Timer 'shard-failover' succeeded." would make up about two thirds of the
+    log of an idle lab. A failed pass (ERROR), every handler's outcome and the failover manager's
     own decisions are kept."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -37,24 +40,25 @@ def quiet_routine_logs() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def run(*, namespaces: list[str], host: str, metrics_port: int, health_port: int,
-        log_format: str = "json", verbose: bool = False) -> None:
-    from pimlab_operator import kinds, memory
-
+def run(settings: Settings) -> None:
+    """Until stopped: every request to the apiserver, every handler and every reconcile with
+    `settings`."""
     memory.tune()
-    kinds.register()
+    kube.connect(settings.api_server)
+    kinds.register(settings)
 
+    json_logs = settings.log_format == "json"
     kopf.configure(
-        verbose=verbose,
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
-        log_refkey="object" if log_format == "json" else None,
+        verbose=settings.verbose,
+        log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL,
+        log_refkey="object" if json_logs else None,
     )
-    if not verbose:
+    if not settings.verbose:
         quiet_routine_logs()
-    prometheus_client.start_http_server(metrics_port, addr=host)
+    prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
     kopf.run(
         standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=f"http://{host}:{health_port}/healthz",
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://{settings.host}:{settings.health_port}/healthz",
     )

@@ -3,7 +3,8 @@
 A burst (300 objects created at once) passes thousands of JSON answers through 8 worker threads.
 By default glibc gives each thread its own heap (up to 8 per core), raises its mmap threshold
 after the first large free (so later large answers stay in the heap), and keeps freed pages
-resident. After the burst the process held ~50 MB more than it used. Not glibc: nothing to do.
+resident: after a burst the process would hold ~50 MB more than it uses. Not glibc: nothing
+to do.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ that left, write status with conditions.
 Every kind runs through `run`, serialised per object, so a resync, an edit and a deleted child
 never reconcile the same object at once. A kind's step gets the fresh object and its typed
 spec; it computes what it wants purely and calls `apply_children` and `write_status`.
+
+What the operator remembers between reconciles is one `ReconcileMemory`; it and the settings
+reach each reconcile in a `Context` that `run` makes current for the reconcile's duration.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import kopf
 from pydantic import ValidationError
 
 from pimlab_operator import conditions, kube
+from pimlab_operator.config import Settings
 from pimlab_operator.metrics import APPLIED, PRUNED, observed
 from pimlab_operator.objects import label_selector, owned_by
 from pimlab_operator.render import owner_labels
@@ -53,9 +58,10 @@ class Resync:
     by RESYNC_BACKOFF, up to `max_seconds`, and any change brings it back to `seconds`. While
     `follow(body)` is true the object is instead reconciled every `follow_seconds` with no
     back-off (a budget read from Prometheus, a failover pass, an experiment recovering), under
-    the trigger name `follow_trigger`."""
+    the trigger name `follow_trigger`. `seconds` may be a function of the operator's settings
+    (an SLO's refresh period is one)."""
 
-    seconds: float
+    seconds: float | Callable[[Settings], float]
     max_seconds: float = 600.0
     follow: Callable[[dict], bool] | None = None
     follow_seconds: float | None = None
@@ -63,6 +69,9 @@ class Resync:
 
     def following(self, body: dict) -> bool:
         return bool(self.follow and self.follow(body))
+
+    def base_seconds(self, settings: Settings) -> float:
+        return self.seconds(settings) if callable(self.seconds) else self.seconds
 
 
 @dataclass(frozen=True)
@@ -86,57 +95,128 @@ class Kind:
     def spec_model(self) -> type:
         return self.model.model_fields["spec"].annotation
 
+    @property
+    def status_model(self) -> type[StatusBase]:
+        """The kind's status model: the resource declares `status: <Kind>Status | None`."""
+        return next(t for t in get_args(self.model.model_fields["status"].annotation) if t is not type(None))
 
-_locks: dict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
-#: Objects with a trigger waiting for their lock: it will read the object fresh once it gets
-#: the lock, so it covers every trigger that arrives meanwhile (they return at once).
-_queued: set[tuple[str, str, str]] = set()
-_queued_lock = threading.Lock()
-#: (kind, namespace, name) -> (generation, when to look again, current delay)
-_invalid: dict[tuple[str, str, str], tuple[int, float, float]] = {}
+
+#: An object's key in the memory: (kind, namespace, name).
+Key = tuple[str, str, str]
 
 #: A quiet resync (every child and the status as they were) multiplies the period by this.
 RESYNC_BACKOFF = 4
 #: The prune lists are skipped while the desired set is the one last pruned against, but
 #: never for longer than this (a stray object made by someone else is still found).
 PRUNE_RECHECK_SECONDS = 600.0
-#: (kind, namespace, name) -> (quiet resyncs in a row, when the last reconcile ended)
-_quiet: dict[tuple[str, str, str], tuple[int, float]] = {}
-#: owner uid -> {child identity: (content of what our last apply returned, digest of what we
-#: applied, when)}
-_applied_versions: dict[str, dict[tuple[str, str, str], tuple[bytes, bytes, float]]] = {}
-#: (apiVersion, kind) of the children the operator watches (`watch_children`); the others (the
-#: optional third-party kinds) are sent again at most every UNWATCHED_RESEND_SECONDS.
-_watched: set[tuple[str, str]] = set()
+#: Children of kinds the operator does not watch (the optional third-party kinds) are sent
+#: again at most this often.
 UNWATCHED_RESEND_SECONDS = 600.0
-#: (namespace, apiVersion, kind, name) -> content of the latest version the child watches saw
-_seen_versions: dict[tuple[str, str, str, str], bytes] = {}
 #: What a child's content is compared without: what only its controllers write, or moves with it.
 _NOT_CONTENT = ("status",)
 _NOT_CONTENT_META = ("resourceVersion", "managedFields", "generation")
-#: owner uid -> (the desired identities last pruned against, when)
-_pruned_against: dict[str, tuple[frozenset, float]] = {}
-#: whether the reconcile running in this thread changed anything
-_changes = threading.local()
+
+
+class ReconcileMemory:
+    """What the operator remembers between reconciles: per object, its reconcile lock, its
+    back-offs (quiet resyncs, an invalid spec), what was last applied and pruned for it, its
+    resync task, and for a Shard its failover pass lock and last logged decision; per child,
+    its content as the watches last saw it.
+
+    Lifetime: one per operator process, created at start (`kinds.register`) and handed to
+    every reconcile in its `Context`; a restart starts empty (the first reconcile of each
+    object applies its children once more). An object's entries are dropped when it is
+    deleted (`forget`: from the reconcile that finds it gone or deleting, and from a Shard's
+    DELETED event), a child's when its DELETED event arrives, a resync task's when kopf stops
+    it."""
+
+    def __init__(self) -> None:
+        #: one reconcile of an object at a time
+        self.locks: dict[Key, threading.Lock] = defaultdict(threading.Lock)
+        #: Objects with a trigger waiting for their lock: it will read the object fresh once it
+        #: gets the lock, so it covers every trigger that arrives meanwhile (they return at once).
+        self.queued: set[Key] = set()
+        self.queued_lock = threading.Lock()
+        #: key -> (generation, when to look again, current delay) of an object whose spec fails its model
+        self.invalid: dict[Key, tuple[int, float, float]] = {}
+        #: key -> (quiet resyncs in a row, when the last reconcile ended)
+        self.quiet: dict[Key, tuple[int, float]] = {}
+        #: owner uid -> {child identity: (content of what our last apply returned, digest of
+        #: what we applied, when)}
+        self.applied_versions: dict[str, dict[tuple[str, str, str], tuple[bytes, bytes, float]]] = {}
+        #: (apiVersion, kind) of the children the operator watches (`watch_children`)
+        self.watched: set[tuple[str, str]] = set()
+        #: (namespace, apiVersion, kind, name) -> content of the latest version the child watches saw
+        self.seen_versions: dict[tuple[str, str, str, str], bytes] = {}
+        #: owner uid -> (the desired identities last pruned against, when)
+        self.pruned_against: dict[str, tuple[frozenset, float]] = {}
+        #: whether the reconcile running in this thread changed anything
+        self.changes = threading.local()
+        #: key -> the object's running resync task (`resync.daemon`)
+        self.tasks: dict[Key, Any] = {}
+        self.tasks_lock = threading.Lock()
+        #: Shard uid -> the lock of its failover pass (`shard.step`: one pass at a time)
+        self.failover_passes: dict[str, threading.Lock] = {}
+        self.failover_passes_lock = threading.Lock()
+        #: Shard uid -> the (phase, reason) of its last logged failover pass
+        self.last_said: dict[str, tuple[str, str]] = {}
+
+    def failover_pass_lock(self, uid: str) -> threading.Lock:
+        with self.failover_passes_lock:
+            return self.failover_passes.setdefault(uid, threading.Lock())
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        """Drop what is remembered about an object that is gone (its resync task ends with it)."""
+        self.quiet.pop(key, None)
+        self.invalid.pop(key, None)
+        self.locks.pop(key, None)
+        if uid:
+            self.applied_versions.pop(uid, None)
+            self.pruned_against.pop(uid, None)
+            with self.failover_passes_lock:
+                self.failover_passes.pop(uid, None)
+            self.last_said.pop(uid, None)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What one operator hands each reconcile: its settings and its memory, both made once at
+    start. `run` makes it current (`context()`) for exactly one reconcile, so a kind's step and
+    the helpers it calls reach it without every step signature carrying it."""
+
+    settings: Settings
+    memory: ReconcileMemory
+
+
+_current: ContextVar[Context] = ContextVar("reconcile_context")
+
+
+def context() -> Context:
+    """The context of the reconcile running here; LookupError outside one."""
+    return _current.get()
 
 
 def _changed() -> None:
-    _changes.seen = True
+    """The running reconcile changed something (outside one, e.g. a finalizer's cleanup, there
+    is no resync to count)."""
+    current = _current.get(None)
+    if current is not None:
+        current.memory.changes.seen = True
 
 
-def watch_children(kinds: set[tuple[str, str]]) -> None:
+def watch_children(memory: ReconcileMemory, kinds: set[tuple[str, str]]) -> None:
     """The (apiVersion, kind) pairs whose watch events reach `child_seen`."""
-    _watched.update(kinds)
+    memory.watched.update(kinds)
 
 
-def child_seen(event_type: str | None, body: dict, kind: str) -> None:
+def child_seen(memory: ReconcileMemory, event_type: str | None, body: dict, kind: str) -> None:
     """Every watch event of a managed child: its content as it is now (see `apply_children`)."""
     meta = body.get("metadata") or {}
     key = (meta.get("namespace") or "", body.get("apiVersion") or "", kind, meta.get("name") or "")
     if event_type == "DELETED":
-        _seen_versions.pop(key, None)
+        memory.seen_versions.pop(key, None)
     else:
-        _seen_versions[key] = _content(body)
+        memory.seen_versions[key] = _content(body)
 
 
 def _digest(obj: dict) -> bytes:
@@ -167,15 +247,16 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
     unwatched kinds (optional third-party CRDs) are sent again every UNWATCHED_RESEND_SECONDS.
     The prune lists are skipped while the desired set is the one last pruned against (at most
     PRUNE_RECHECK_SECONDS). Returns the objects applied."""
+    memory = context().memory
     uid = owner["metadata"]["uid"]
-    versions = _applied_versions.setdefault(uid, {})
+    versions = memory.applied_versions.setdefault(uid, {})
     applied = []
     for child in children:
         ident, digest = identity(child), _digest(child)
         last = versions.get(ident)
-        seen = _seen_versions.get((child["metadata"].get("namespace") or "", *ident))
+        seen = memory.seen_versions.get((child["metadata"].get("namespace") or "", *ident))
         if last and last[1] == digest and (
-                seen == last[0] if (ident[0], ident[1]) in _watched
+                seen == last[0] if (ident[0], ident[1]) in memory.watched
                 else time.monotonic() - last[2] < UNWATCHED_RESEND_SECONDS):
             continue  # the same manifest as our last apply, and nobody changed it since (or: not watched, sent lately)
         result = kube.apply(child)
@@ -187,7 +268,7 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
         versions[ident] = (content, digest, time.monotonic())
     if prune:
         wanted = frozenset({identity(c) for c in children} | set(keep))
-        last_prune = _pruned_against.get(uid)
+        last_prune = memory.pruned_against.get(uid)
         if last_prune and last_prune[0] == wanted and time.monotonic() - last_prune[1] < PRUNE_RECHECK_SECONDS:
             return applied  # nothing left the desired set since the last prune
         for stale in owned_children(owner, prune):
@@ -198,7 +279,7 @@ def apply_children(owner: dict, children: list[dict], prune: tuple[ChildKind, ..
                 PRUNED.labels(owner["kind"], stale["kind"]).inc()
                 versions.pop(identity(stale), None)
                 _changed()
-        _pruned_against[uid] = (wanted, time.monotonic())
+        memory.pruned_against[uid] = (wanted, time.monotonic())
     return applied
 
 
@@ -261,99 +342,99 @@ def _invalid_spec_message(error: ValidationError) -> str:
     return "; ".join(lines)[:1024]
 
 
-def _report_invalid(body: dict, error: ValidationError) -> None:
+def _report_invalid(body: dict, error: ValidationError, status_model: type[StatusBase]) -> None:
     """Ready=False/InvalidSpec with the fields at fault, and a Warning Event; the rest of the
-    status and every child stay as they are."""
+    status and every child stay as they are. A stored status the model no longer accepts is
+    not kept (it would not be written back as it is)."""
     message = _invalid_spec_message(error)
-    status = body.get("status") or {}
-    ours = {c["type"]: c for c in status.get("conditions") or []}
-    kept = [conditions.Condition(c["type"], c["status"] == "True", c["reason"], c.get("message") or "")
-            for t, c in ours.items() if t != "Ready"]
-    fields = {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
-    fields["phaseReason"] = f"invalid spec: {message}"[:1024]
-    write_status(body, fields, [conditions.Condition("Ready", False, "InvalidSpec", message), *kept])
+    stored = body.get("status") or {}
+    try:
+        status = status_model.model_validate(stored)
+    except ValidationError:
+        status = status_model()
+    kept = [conditions.Condition(c.type, c.status == "True", c.reason, c.message or "")
+            for c in status.conditions or [] if c.type != "Ready"]
+    status = status.model_copy(update={"phase_reason": f"invalid spec: {message}"[:1024]})
+    write_status(body, status, [conditions.Condition("Ready", False, "InvalidSpec", message), *kept])
 
 
-def _waiting_after_invalid(key: tuple[str, str, str], generation: int) -> bool:
+def _waiting_after_invalid(memory: ReconcileMemory, key: Key, generation: int) -> bool:
     """Whether an object found invalid before is still inside its back-off window."""
-    seen = _invalid.get(key)
+    seen = memory.invalid.get(key)
     return bool(seen) and seen[0] == generation and time.monotonic() < seen[1]
 
 
-def _remember_invalid(key: tuple[str, str, str], generation: int) -> None:
-    seen = _invalid.get(key)
+def _remember_invalid(memory: ReconcileMemory, key: Key, generation: int) -> None:
+    seen = memory.invalid.get(key)
     delay = INVALID_FIRST_DELAY if not seen or seen[0] != generation else min(seen[2] * 2, INVALID_MAX_DELAY)
-    _invalid[key] = (generation, time.monotonic() + delay, delay)
+    memory.invalid[key] = (generation, time.monotonic() + delay, delay)
 
 
-def run(kind: Kind, body: dict, trigger: str, resync: bool = False) -> None:
+def run(ctx: Context, kind: Kind, body: dict, trigger: str, resync: bool = False) -> None:
     """Reconcile one object: read it fresh, parse its spec once, run the kind's step. A lost
     status race is decided again from a fresh read. A trigger that finds another one already
     waiting for the same object returns at once: that one reads the object after this change.
     `resync`: no event asked for this (see `Resync` and `_reconcile`)."""
+    memory = ctx.memory
     meta = body["metadata"]
     key = (kind.name, meta["namespace"], meta["name"])
-    with _queued_lock:
-        if key in _queued:
+    with memory.queued_lock:
+        if key in memory.queued:
             return
-        _queued.add(key)
+        memory.queued.add(key)
+        lock = memory.locks[key]
     try:
-        waited = not _locks[key].acquire(blocking=False)
+        waited = not lock.acquire(blocking=False)
         if waited:
-            _locks[key].acquire()
+            lock.acquire()
     finally:
-        with _queued_lock:
-            _queued.discard(key)
+        with memory.queued_lock:
+            memory.queued.discard(key)
+    token = _current.set(ctx)
     try:
         # After a wait, `body` may predate a change whose trigger returned at once: read fresh.
-        _run_locked(kind, body, trigger, key, resync, cached=resync and not waited)
+        _run_locked(memory, kind, body, trigger, key, resync, cached=resync and not waited)
     finally:
-        _locks[key].release()
+        _current.reset(token)
+        lock.release()
 
 
-def resync_in(kind: Kind, key: tuple[str, str, str], body: dict, since: float) -> float:
+def resync_in(ctx: Context, kind: Kind, key: Key, body: dict, since: float) -> float:
     """Seconds until the object's next resync, counted from its last reconcile (or `since`):
     see `Resync`."""
     policy = kind.resync
-    quiet, last = _quiet.get(key, (0, since))
+    seconds = policy.base_seconds(ctx.settings)
+    quiet, last = ctx.memory.quiet.get(key, (0, since))
     last = max(last, since)
     if policy.following(body):
-        period = policy.follow_seconds or policy.seconds
+        period = policy.follow_seconds or seconds
     else:
-        period = min(policy.seconds * RESYNC_BACKOFF ** min(quiet, 8), max(policy.seconds, policy.max_seconds))
+        period = min(seconds * RESYNC_BACKOFF ** min(quiet, 8), max(seconds, policy.max_seconds))
     return last + period - time.monotonic()
 
 
-def _forget(key: tuple[str, str, str], uid: str | None) -> None:
-    """Drop what is remembered about an object that is gone."""
-    _quiet.pop(key, None)
-    _invalid.pop(key, None)
-    if uid:
-        _applied_versions.pop(uid, None)
-        _pruned_against.pop(uid, None)
-
-
-def _run_locked(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], resync: bool,
+def _run_locked(memory: ReconcileMemory, kind: Kind, body: dict, trigger: str, key: Key, resync: bool,
                 cached: bool) -> None:
     """Reconcile, then count the object's quiet resyncs: one that changed nothing adds one; any
     change, an error, or a state the kind follows starts again from zero."""
-    _changes.seen = False
+    memory.changes.seen = False
     try:
-        fresh = _reconcile(kind, body, trigger, key, cached)
+        fresh = _reconcile(memory, kind, body, trigger, key, cached)
     except BaseException:
-        _quiet[key] = (0, time.monotonic())
+        memory.quiet[key] = (0, time.monotonic())
         raise
     if fresh is None:
         return
-    quiet = _quiet.get(key, (0, 0.0))[0]
-    if _changes.seen or kind.resync.following(fresh):
+    quiet = memory.quiet.get(key, (0, 0.0))[0]
+    if memory.changes.seen or kind.resync.following(fresh):
         quiet = 0
     elif resync:
         quiet += 1
-    _quiet[key] = (quiet, time.monotonic())
+    memory.quiet[key] = (quiet, time.monotonic())
 
 
-def _reconcile(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], cached: bool) -> dict | None:
+def _reconcile(memory: ReconcileMemory, kind: Kind, body: dict, trigger: str, key: Key,
+               cached: bool) -> dict | None:
     """The object as read before its step, or None when it is gone.
 
     `cached`: start from `body` as the watch last delivered it (a resync's), not a read; if it
@@ -366,19 +447,19 @@ def _reconcile(kind: Kind, body: dict, trigger: str, key: tuple[str, str, str], 
             else:
                 fresh = kube.get(body["apiVersion"], kind.name, meta["name"], meta["namespace"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                _forget(key, (fresh or body)["metadata"].get("uid"))
+                memory.forget(key, (fresh or body)["metadata"].get("uid"))
                 return None
             generation = fresh["metadata"].get("generation", 1)
-            if _waiting_after_invalid(key, generation):
+            if _waiting_after_invalid(memory, key, generation):
                 return fresh
             try:
                 try:
                     spec = kind.spec_model.model_validate(fresh.get("spec") or {})
                 except ValidationError as error:
-                    _remember_invalid(key, generation)
-                    _report_invalid(fresh, error)
+                    _remember_invalid(memory, key, generation)
+                    _report_invalid(fresh, error, kind.status_model)
                     return fresh
-                _invalid.pop(key, None)
+                memory.invalid.pop(key, None)
                 kind.step(fresh, spec)
                 return fresh
             except kube.Conflict:

@@ -7,21 +7,14 @@ Python); rendering is pure, so the unit tests exercise it without a cluster.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import jinja2
 import yaml
 
+from pimlab_operator.config import project_home
 from pimlab_operator.kube import MANAGED_BY
 from pimlab_operator.schema import GROUP
-
-
-def project_home() -> Path:
-    """The project tree (templates/, crds/, samples/): $PIMLAB_HOME in the image."""
-    env = os.environ.get("PIMLAB_HOME")
-    return Path(env) if env else Path(__file__).resolve().parents[2]
 
 
 @lru_cache(maxsize=1)
@@ -43,8 +36,9 @@ def render_text(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
-#: libyaml's safe loader where PyYAML has it (the same documents, parsed in C: the pure-Python
-#: parser was a quarter of the operator's CPU while creating 300 objects).
+#: libyaml's safe loader where PyYAML has it: the same documents, parsed in C. Every reconcile
+#: renders its children, and the pure-Python parser would cost about a quarter of the
+#: operator's CPU while 300 objects are created at once.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

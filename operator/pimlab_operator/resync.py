@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +19,7 @@ from typing import Callable
 import kopf
 
 from pimlab_operator import reconcile
-from pimlab_operator.reconcile import Kind
+from pimlab_operator.reconcile import Context, Kind, ReconcileMemory
 
 
 @dataclass
@@ -31,16 +30,11 @@ class _Task:
     reasons: list[str] = field(default_factory=list)
 
 
-#: (kind, namespace, name) -> the object's running resync task
-_tasks: dict[tuple[str, str, str], _Task] = {}
-_tasks_lock = threading.Lock()
-
-
-def poke(kind: str, namespace: str, name: str, reason: str) -> bool:
-    """Ask the object's task to reconcile now (from any thread); False if it has none (not
-    started yet, or gone), when the caller reconciles by itself."""
-    with _tasks_lock:
-        task = _tasks.get((kind, namespace, name))
+def poke(memory: ReconcileMemory, kind: str, namespace: str, name: str, reason: str) -> bool:
+    """Ask the object's task (`memory.tasks`) to reconcile now (from any thread); False if it
+    has none (not started yet, or gone), when the caller reconciles by itself."""
+    with memory.tasks_lock:
+        task = memory.tasks.get((kind, namespace, name))
         if task is None:
             return False
         task.reasons.append(reason)
@@ -48,32 +42,33 @@ def poke(kind: str, namespace: str, name: str, reason: str) -> bool:
     return True
 
 
-def recheck(kind: str, namespace: str, name: str) -> None:
+def recheck(memory: ReconcileMemory, kind: str, namespace: str, name: str) -> None:
     """The object was reconciled by an edge: its task works out again when it is due (its
     period may have changed, e.g. a spec change made it followed)."""
-    with _tasks_lock:
-        task = _tasks.get((kind, namespace, name))
+    with memory.tasks_lock:
+        task = memory.tasks.get((kind, namespace, name))
     if task is not None:
         task.loop.call_soon_threadsafe(task.wake.set)
 
 
-def daemon(kind: Kind) -> Callable:
+def daemon(ctx: Context, kind: Kind) -> Callable:
     """The kopf daemon function of `kind`."""
     policy = kind.resync
+    memory = ctx.memory
 
     async def resync(body, stopped, memo, logger, **_):
         key = (kind.name, body["metadata"]["namespace"], body["metadata"]["name"])
         loop = asyncio.get_running_loop()
         task = _Task(loop, asyncio.Event(), body)
-        with _tasks_lock:
-            _tasks[key] = task
+        with memory.tasks_lock:
+            memory.tasks[key] = task
         since = time.monotonic()
         try:
             while not stopped:
                 task.wake.clear()  # before taking the reasons: a poke from now on wakes the sleep below
-                with _tasks_lock:
+                with memory.tasks_lock:
                     reasons, task.reasons = task.reasons, []
-                wait = reconcile.resync_in(kind, key, body, since)
+                wait = reconcile.resync_in(ctx, kind, key, body, since)
                 if not reasons and wait > 0:
                     # Sleeps until due; a reconcile by an edge (`recheck`) or a poke wakes it early.
                     await _sleep(stopped, task.wake, wait)
@@ -85,16 +80,16 @@ def daemon(kind: Kind) -> Callable:
                 quiet = not reasons and not following
                 since = time.monotonic()
                 try:
-                    await loop.run_in_executor(memo.executor, reconcile.run, kind, copy.deepcopy(dict(body)),
+                    await loop.run_in_executor(memo.executor, reconcile.run, ctx, kind, copy.deepcopy(dict(body)),
                                                trigger, quiet)
                 except kopf.TemporaryError as error:
                     logger.warning(f"{trigger}: {error}; again after the kind's period")
                 except Exception as error:  # kopf's timers logged and retried; so does this loop
                     logger.exception(f"{trigger} failed: {error}; again after the kind's period")
         finally:
-            with _tasks_lock:
-                if _tasks.get(key) is task:
-                    del _tasks[key]
+            with memory.tasks_lock:
+                if memory.tasks.get(key) is task:
+                    del memory.tasks[key]
 
     return resync
 

@@ -1,5 +1,5 @@
-"""kopf settings: our own annotation prefix and finalizer, and watch timeouts so a silent
-connection drop never leaves the operator deaf."""
+"""kopf's settings (the operator's own are `config.Settings`): our own annotation prefix and
+finalizer, and watch timeouts so a silent connection drop never leaves the operator deaf."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # kopf posts an Event only for what went wrong; the kinds post their own Ready/Degraded
-    # Events (two Events per created object, "Handler succeeded", doubled the writes of a burst).
+    # kopf posts an Event only for what went wrong: the kinds post their own Ready/Degraded
+    # Events, and kopf's "Handler succeeded" for every handled object would double the writes
+    # of a burst.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     memo.executor = settings.execution.executor  # where the resync daemons run reconciles

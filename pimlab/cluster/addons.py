@@ -9,18 +9,16 @@ the images' ENTRYPOINT is the add-on's binary, so the manifests give only its ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jinja2
 import yaml
 
 from pimlab.cluster import images
+from pimlab.cluster.handle import ClusterHandle
 from pimlab.cluster.layout import (
     CLUSTER_DNS_IP, CLUSTER_DOMAIN, REAL_NODE_LABEL, REAL_NODE_TOLERATION, Layout,
 )
-
-if TYPE_CHECKING:
-    from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.procs import ClusterError
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "cluster"
 # Every image the node needs before its first pod: the sandbox, the add-ons, and the project's
@@ -53,7 +51,7 @@ def render(layout: Layout) -> list[dict]:
     return docs
 
 
-def install(cluster: "LocalCluster", log=None, timeout: int = 120) -> None:
+def install(cluster: ClusterHandle, timeout: int = 120) -> None:
     """Apply the add-ons and wait until their Deployments are available."""
     cluster.say("installing the add-ons: CoreDNS, local-path-provisioner, StorageClass standard")
     cluster.kubectl("apply", "--server-side", "--field-manager=pimlab-cluster",
@@ -63,8 +61,6 @@ def install(cluster: "LocalCluster", log=None, timeout: int = 120) -> None:
                                f"--timeout={timeout}s", check=False, timeout=timeout + 10)
         if proc.returncode != 0:
             pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
-            from pimlab.cluster.procs import ClusterError
-
             raise ClusterError(
                 f"add-on {namespace}/{name} did not become available: {proc.stderr.strip()}\n"
                 f"{pods}see `kubectl -n {namespace} describe pods` and "

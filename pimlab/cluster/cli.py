@@ -6,8 +6,11 @@ from __future__ import annotations
 import sys
 
 from pimlab.cluster import build
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.gitops import GitOps
+from pimlab.cluster.lab import LocalLab
+from pimlab.cluster.local_cluster import LocalCluster
 from pimlab.cluster.procs import ClusterError
+from pimlab_operator.render import project_home
 
 
 def _up(args) -> int:
@@ -68,8 +71,6 @@ def add_commands(sub) -> None:
 
 
 def _lab_up(args) -> int:
-    from pimlab.cluster.local_lab import LocalLab
-
     lab = LocalLab(args.root)
     try:
         lab.up(samples=not args.no_samples, local_operator=args.local_operator)
@@ -104,8 +105,6 @@ def _lab_up(args) -> int:
 
 
 def _lab_down(args) -> int:
-    from pimlab.cluster.local_lab import LocalLab
-
     LocalLab(args.root).down()
     print("operator, Flux and its Git server (if they ran) and control plane stopped")
     return 0
@@ -123,9 +122,6 @@ def add_lab_commands(sub) -> None:
 
 
 def _gitops_up(args) -> int:
-    from pimlab.cluster.gitops import GitOps
-    from pimlab_operator.render import project_home
-
     ops = GitOps(args.root)
     try:
         ops.up(project_home())
@@ -145,9 +141,6 @@ def _gitops_up(args) -> int:
 
 
 def _gitops_sync(args) -> int:
-    from pimlab.cluster.gitops import GitOps
-    from pimlab_operator.render import project_home
-
     ops = GitOps(args.root)
     try:
         commit = ops.publish(project_home(), args.ref)
@@ -160,8 +153,6 @@ def _gitops_sync(args) -> int:
 
 
 def _gitops_status(args) -> int:
-    from pimlab.cluster.gitops import GitOps
-
     print(GitOps(args.root).status())
     return 0
 

@@ -2,7 +2,7 @@
 on loopback, TLS everywhere, client-certificate authentication and Node,RBAC authorization.
 
 This module says how each is started (credentials, flags, health checks) and registers the kwok
-nodes; `pimlab.cluster.local` runs them, with the real node beside them.
+nodes; `pimlab.cluster.local_cluster` runs them, with the real node beside them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pimlab.cluster import build
+from pimlab.cluster.handle import write_kubeconfig
 from pimlab.cluster.layout import (
-    HOST, KUBERNETES_SERVICE_IP, KWOK_NODES, KWOK_POD_CIDR, SERVICE_CIDR, Layout,
+    HOST, KUBERNETES_SERVICE_IP, KWOK_NODE_ANNOTATION, KWOK_NODE_TAINT, KWOK_NODES, KWOK_POD_CIDR,
+    SERVICE_CIDR, Layout,
 )
 from pimlab.cluster.pki import CertificateAuthority, KeyPair, service_account_keys
-from pimlab.cluster.procs import Component, https_ok, port_open, write_kubeconfig
+from pimlab.cluster.procs import Component, https_ok, port_open
 
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -168,26 +170,30 @@ class ControlPlane:
             ),
         ]
 
+    def kwok_nodes(self, tainted: bool) -> list[dict]:
+        """Node objects that kwok simulates kubelets for (annotated as fake). `tainted` (a real
+        node runs beside them): they carry kwok's NoSchedule taint, so only the pods that
+        tolerate it are simulated there (layout.KWOK_NODE_TAINT)."""
+        return [kwok_node(name, index, tainted) for index, name in enumerate(KWOK_NODES)]
 
-    def kwok_nodes(self) -> list[dict]:
-        """Node objects that kwok simulates kubelets for (annotated as fake). With a real node
-        beside them they stay as they are: the real node is the one that repels pods."""
-        capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi"}
-        docs = []
-        for index, name in enumerate(KWOK_NODES):
-            docs.append({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {
-                        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64", "type": "kwok",
-                        "topology.kubernetes.io/zone": f"zone-{index}",
-                    },
-                },
-                "status": {"capacity": capacity, "allocatable": capacity,
-                           "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                        "kubeletVersion": build.KUBERNETES_VERSION}},
-            })
-        return docs
+
+def kwok_node(name: str, index: int, tainted: bool) -> dict:
+    """One kwok node (also the scale benchmark's extra ones), in zone `zone-<index>`."""
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi"}
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                            "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "type": "kwok",
+                "topology.kubernetes.io/zone": f"zone-{index}",
+            },
+        },
+        "spec": {"taints": [KWOK_NODE_TAINT] if tainted else []},
+        "status": {"capacity": capacity, "allocatable": capacity,
+                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                                "kubeletVersion": build.KUBERNETES_VERSION}},
+    }

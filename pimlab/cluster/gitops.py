@@ -1,7 +1,7 @@
 """`pimlab gitops`: the lab delivered from Git by a real Flux, on the local cluster.
 
 Up, in order, each step said before it runs:
-1. the local cluster (pimlab.cluster.local);
+1. the local cluster (pimlab.cluster.local_cluster);
 2. a bare clone of this tree's HEAD, served on loopback by `git http-backend`
    (pimlab.cluster.git_server) as branch `main`;
 3. Flux's CRDs (from the built modules), its controllers' namespace, ServiceAccounts and RBAC
@@ -15,15 +15,16 @@ Up, in order, each step said before it runs:
    here and no chart repository is reachable;
 5. the operator: its Deployment is Flux's, but kwok only simulates its pod, so the operator
    runs as a local process with the token of the ServiceAccount Flux created (the RBAC from
-   Git is what it is held to), as `make lab` does.
+   Git is what it is held to), as `make lab` does. The namespaces Flux fills (the operator's
+   and the samples') are made first, if missing, tolerating the kwok nodes' taint: with a real
+   node beside them, their pods are simulated as with kwok nodes only.
 
 Every process is recorded in `.lab/cluster/pids/` like the control plane's, and
-`pimlab cluster down` stops them (`stop()`).
+`pimlab cluster down` stops them (gitops_processes.stop()).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -32,55 +33,26 @@ from pathlib import Path
 import yaml
 
 from pimlab.cluster import flux_build
+from pimlab.cluster.gitops_processes import COMPONENTS, REPOSITORY, gitops_dir, running, served_repository
+from pimlab.cluster.handle import write_sa_kubeconfig
 from pimlab.cluster.layout import HOST, Layout
-from pimlab.cluster.procs import ClusterError, Component, http_ok, pid_alive, port_open, start, terminate
+from pimlab.cluster.local_cluster import LocalCluster
+from pimlab.cluster.local_operator import OPERATOR_NAMESPACE, lab_operator, write_operator_kubeconfig
+from pimlab.cluster.procs import ClusterError, Component, http_ok, port_open, start
+from pimlab_operator.render import render
 
 NAMESPACE = "flux-system"
-REPOSITORY = "pim-sre-lab"
 BRANCH = "main"
 LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "gitops"}
 FLUX_MANIFEST = Path("clusters/cluster-a/flux.yaml")
 #: what the local Flux applies from cluster A's file: the Git path, not the Helm one
 GIT_KINDS = ("GitRepository", "Kustomization")
-COMPONENTS = ("git-server", "source-controller", "kustomize-controller")
-
-
-def gitops_dir(layout: Layout) -> Path:
-    return layout.lab / "gitops"
-
-
-def served_repository(layout: Layout) -> Path:
-    """The bare repository the Git server serves; push to it to deliver a commit."""
-    return gitops_dir(layout) / "git" / f"{REPOSITORY}.git"
+#: the samples' namespace, which Flux fills from samples/
+LAB_NAMESPACE = "lab"
 
 
 def url(layout: Layout) -> str:
     return f"http://{HOST}:{layout.ports.git_http}/{REPOSITORY}.git"
-
-
-def binaries() -> dict[str, Path]:
-    return {"git-server": Path(sys.executable), **flux_build.binaries()}
-
-
-def running(layout: Layout) -> dict[str, int]:
-    from pimlab.cluster.procs import running as running_components
-
-    return running_components(layout, binaries())
-
-
-def stop(layout: Layout, say=lambda message: None) -> None:
-    """Stop the Git server and the Flux controllers of this tree (nothing when none runs) and
-    remove their state (the served repository, artifacts, token kubeconfigs)."""
-    for name in reversed(COMPONENTS):
-        try:
-            pid = int(layout.pid(name).read_text())
-        except (OSError, ValueError):
-            continue
-        if pid_alive(pid, binaries()[name]):
-            say(f"stopping {name} (pid {pid})")
-            terminate(pid, binaries()[name])
-        layout.pid(name).unlink(missing_ok=True)
-    shutil.rmtree(gitops_dir(layout), ignore_errors=True)
 
 
 def bootstrap_documents(layout: Layout, home: Path) -> list[dict]:
@@ -104,11 +76,9 @@ def git(*args: str, cwd: Path | None = None) -> str:
 
 class GitOps:
     def __init__(self, root: Path | str = ".", out=sys.stdout):
-        from pimlab.cluster.local_lab import LocalLab
-
-        self.lab = LocalLab(root, out)
-        self.plane = self.lab.plane
+        self.plane = LocalCluster(root, log=out)
         self.layout = self.plane.layout
+        self.operator = lab_operator(self.layout)
         self.out = out
 
     def say(self, message: str) -> None:
@@ -141,8 +111,6 @@ class GitOps:
 
     def install(self) -> None:
         """Flux's CRDs, and its controllers' namespace, ServiceAccounts and RBAC."""
-        from pimlab_operator.render import render
-
         files = flux_build.crd_files()
         self.say(f"installing Flux's CRDs ({len(files)}, from the built modules)")
         for path in files:
@@ -158,8 +126,6 @@ class GitOps:
                      input=yaml.safe_dump_all(docs))
 
     def controllers(self) -> list[Component]:
-        from pimlab.cluster.local_lab import write_sa_kubeconfig
-
         ports, state = self.layout.ports, gitops_dir(self.layout)
         artifacts = state / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -183,6 +149,8 @@ class GitOps:
         return found
 
     def bootstrap(self, home: Path) -> None:
+        for namespace in (OPERATOR_NAMESPACE, LAB_NAMESPACE):
+            self.plane.ensure_kwok_namespace(namespace)
         self.say(f"bootstrapping: {FLUX_MANIFEST}'s GitRepository and Kustomizations, "
                  f"the source at {url(self.layout)} (branch {BRANCH})")
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
@@ -207,8 +175,6 @@ class GitOps:
     # -- all of it ---------------------------------------------------------------------------
 
     def up(self, source: Path, operator: bool = True) -> None:
-        from pimlab.cluster.local_lab import write_operator_kubeconfig
-
         self.plane.up()
         flux_build.build(log=self.out)
         commit = self.publish(source)
@@ -226,9 +192,9 @@ class GitOps:
         if operator:
             self.say("the operator's Deployment is applied; kwok only simulates its pod, so the "
                      "operator runs as a local process with the token of Flux's ServiceAccount")
-            write_operator_kubeconfig(self.plane, self.lab.operator_kubeconfig)
-            pid = self.lab.operator.start()
-            self.say(f"operator started (pid {pid}, log {self.lab.operator_log})")
+            write_operator_kubeconfig(self.plane, self.operator.kubeconfig)
+            pid = self.operator.start()
+            self.say(f"operator started (pid {pid}, log {self.operator.log})")
 
     def status(self) -> str:
         proc = self.kubectl("get", "gitrepositories,kustomizations", "-n", NAMESPACE, check=False)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pimlab.cluster.build import build_once, cache_root, go
+from pimlab_operator.render import render_text
 
 MODULE, VERSION = "sigs.k8s.io/kind", "v0.30.0"
 
@@ -35,8 +36,6 @@ def build(log=sys.stderr) -> Path:
 
 
 def _build(target: Path, log) -> None:
-    from pimlab_operator.render import render_text
-
     work = target.parent.parent / "work"
     out = subprocess.run(["go", "mod", "download", "-json", f"{MODULE}@{VERSION}"],
                          cwd=target.parent.parent, capture_output=True, text=True)

@@ -16,6 +16,7 @@ and Services, and nothing else.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +33,31 @@ KWOK_POD_CIDR = "10.245.0.0/16"
 NODE_NAME = "pimlab-node"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 
-# The boundary between the real node and the kwok nodes: the real node carries this taint and
-# label. A pod runs for real only when it tolerates the taint and selects the label, either
-# itself or through its namespace (see `REAL_NODE_NAMESPACE_ANNOTATIONS`); every other pod
-# lands on a kwok node, as before the real node existed.
+# The boundary between the real node and the kwok nodes. The real node carries this taint and
+# label: a pod runs for real only when it tolerates the taint and selects the label, either
+# itself or through its namespace (see `REAL_NODE_NAMESPACE_ANNOTATIONS`).
 REAL_NODE_LABEL = ("pimlab.lab/node", "real")
 REAL_NODE_TAINT = {"key": "pimlab.lab/real-node", "value": "true", "effect": "NoSchedule"}
 REAL_NODE_TOLERATION = {"key": REAL_NODE_TAINT["key"], "operator": "Exists",
                         "effect": REAL_NODE_TAINT["effect"]}
+# With a real node beside them, the kwok nodes carry kwok's own taint for fake nodes: only a pod
+# that tolerates it (the scale tests', a namespace with `KWOK_NAMESPACE_ANNOTATIONS`) lands
+# there, so a pod that nobody placed stays Pending, saying why, instead of "Running" on a node
+# where nothing runs. With kwok nodes only they are untainted: every pod is simulated there.
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+KWOK_NODE_TAINT = {"key": KWOK_NODE_ANNOTATION[0], "value": KWOK_NODE_ANNOTATION[1],
+                   "effect": "NoSchedule"}
+KWOK_NODE_TOLERATION = {"key": KWOK_NODE_TAINT["key"], "operator": "Exists",
+                        "effect": KWOK_NODE_TAINT["effect"]}
 # The apiserver's PodNodeSelector and PodTolerationRestriction admission plugins apply these
 # to every pod created in an annotated namespace.
+SCHEDULER_ANNOTATION_PREFIX = "scheduler.alpha.kubernetes.io/"
 REAL_NODE_NAMESPACE_ANNOTATIONS = {
-    "scheduler.alpha.kubernetes.io/node-selector": "=".join(REAL_NODE_LABEL),
-    "scheduler.alpha.kubernetes.io/defaultTolerations":
-        '[{"key": "pimlab.lab/real-node", "operator": "Exists", "effect": "NoSchedule"}]',
+    SCHEDULER_ANNOTATION_PREFIX + "node-selector": "=".join(REAL_NODE_LABEL),
+    SCHEDULER_ANNOTATION_PREFIX + "defaultTolerations": json.dumps([REAL_NODE_TOLERATION]),
+}
+KWOK_NAMESPACE_ANNOTATIONS = {
+    SCHEDULER_ANNOTATION_PREFIX + "defaultTolerations": json.dumps([KWOK_NODE_TOLERATION]),
 }
 
 # Fixed ports of the real node (one real node per machine).

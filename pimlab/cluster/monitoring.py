@@ -1,13 +1,9 @@
-"""The lab's in-cluster monitoring, for the cluster code to apply: the monitoring CRDs
-(`crds/thirdparty/`), prometheus-operator and one Prometheus object, and the image contents the
-operator runs from (both binaries are static, so an image is just them in /bin). Prometheus runs
-upstream's binary built from the Go module proxy (pimlab.cluster.images.PROMETHEUS_IMAGE):
-Debian's, in the project's image, has no Kubernetes service discovery, so it cannot load the
-scrape configuration prometheus-operator writes for a ServiceMonitor.
+"""The lab's in-cluster monitoring, for the lab to apply: the monitoring CRDs
+(`crds/thirdparty/`), prometheus-operator and one Prometheus object. Both run the images of
+pimlab.cluster.images (prometheus_operator.py, prometheus.py): Debian's Prometheus, in the
+project's image, has no Kubernetes service discovery, so it cannot load the scrape
+configuration prometheus-operator writes for a ServiceMonitor.
 
-    build()                      -> {"prometheus-operator": path, "prometheus-config-reloader": path}
-    image_rootfs(dest)           -> a tar with /bin/operator and /bin/prometheus-config-reloader
-                                    (podman import -> podman save -> ctr images import)
     crd_files()                  -> the monitoring.coreos.com CRD files, for server-side apply
     install_crds(cluster)        -> apply them and wait until they are Established
     manifests(...)               -> ServiceAccounts, RBAC, Deployment, Services and the Prometheus
@@ -19,21 +15,16 @@ scrape configuration prometheus-operator writes for a ServiceMonitor.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
-
-from typing import TYPE_CHECKING
 
 import yaml
 
 from pimlab.cluster import images, prometheus_operator_build
+from pimlab.cluster.handle import ClusterHandle
 from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
 from pimlab.cluster.procs import ClusterError
 from pimlab.waiting import TimedOut, wait_for
-
-if TYPE_CHECKING:
-    from pimlab.cluster.local import LocalCluster
+from pimlab_operator.render import render
 
 OPERATOR_IMAGE = images.PROMETHEUS_OPERATOR_IMAGE
 PROMETHEUS_IMAGE = images.PROMETHEUS_IMAGE
@@ -45,34 +36,12 @@ PROMETHEUS_VERSION = prometheus_operator_build.PROMETHEUS_VERSION
 LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "monitoring"}
 
 
-def build(log=None) -> dict[str, Path]:
-    return prometheus_operator_build.build(*(() if log is None else (log,)))
-
-
 def crd_files() -> list[Path]:
     root = Path(__file__).resolve().parents[2] / "crds" / "thirdparty"
     return sorted(root.glob("monitoring.coreos.com_*.yaml"))
 
 
-def image_rootfs(dest: Path, binaries: dict[str, Path] | None = None) -> Path:
-    """A root filesystem tar for the operator's image: the two static binaries where
-    prometheus-operator expects them (`/bin/operator`, `/bin/prometheus-config-reloader`)."""
-    binaries = binaries or build()
-    names = {"prometheus-operator": "bin/operator", "prometheus-config-reloader": "bin/prometheus-config-reloader"}
-    with tarfile.open(dest, "w") as tar:
-        for directory in ("bin", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        for key, inside in names.items():
-            data = binaries[key].read_bytes()
-            info = tarfile.TarInfo(inside)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return dest
-
-
-def install_crds(cluster: "LocalCluster", timeout: float = 60) -> list[str]:
+def install_crds(cluster: ClusterHandle, timeout: float = 60) -> list[str]:
     """The project's copy of the monitoring.coreos.com CRDs, applied server-side (the Prometheus
     CRD is too large for client-side apply) and Established."""
     files = crd_files()
@@ -89,14 +58,14 @@ def install_crds(cluster: "LocalCluster", timeout: float = 60) -> list[str]:
     return names
 
 
-def install(cluster: "LocalCluster", log=None, namespace: str = NAMESPACE, timeout: int = 180) -> str:
+def install(cluster: ClusterHandle, log=None, namespace: str = NAMESPACE, timeout: int = 180) -> str:
     """The monitoring stack on the real node, as kube-prometheus-stack has it: the CRDs, then
     prometheus-operator (a pod, its image built from the Go module proxy and imported into the
     node's containerd), then the Prometheus object whose StatefulSet prometheus-operator makes.
     Returns the URL of Prometheus from the host (its ClusterIP: kube-proxy runs on the host)."""
     install_crds(cluster)
     cluster.say(f"importing the monitoring images into the node's containerd: {OPERATOR_IMAGE}")
-    cluster.node.import_images([OPERATOR_IMAGE, PROMETHEUS_IMAGE], log)
+    images.ensure([OPERATOR_IMAGE, PROMETHEUS_IMAGE], str(cluster.layout.containerd_socket), log)
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": namespace, "labels": LABELS, "annotations": REAL_NODE_NAMESPACE_ANNOTATIONS}}
     cluster.say(f"installing prometheus-operator and Prometheus/{PROMETHEUS_NAME} in namespace {namespace}")
@@ -127,8 +96,6 @@ def install(cluster: "LocalCluster", log=None, namespace: str = NAMESPACE, timeo
 
 def manifests(namespace: str = NAMESPACE, operator_image: str = OPERATOR_IMAGE,
               prometheus_image: str = PROMETHEUS_IMAGE, prometheus_name: str = PROMETHEUS_NAME) -> list[dict]:
-    from pimlab_operator.render import render
-
     return render("monitoring/stack.yaml.j2", namespace=namespace, labels=LABELS, operator_image=operator_image,
                   prometheus_image=prometheus_image, prometheus_version=PROMETHEUS_VERSION,
                   prometheus_name=prometheus_name)

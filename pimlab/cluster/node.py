@@ -31,13 +31,15 @@ from pathlib import Path
 
 import yaml
 
+from pimlab.cluster import images
+from pimlab.cluster.handle import write_kubeconfig
 from pimlab.cluster.layout import (
     BRIDGE, CLUSTER_DNS_IP, CLUSTER_DOMAIN, KUBE_PROXY_HEALTHZ_PORT, KUBE_PROXY_METRICS_PORT,
     KUBELET_HEALTHZ_PORT, KUBELET_PORT, KUBERNETES_SERVICE_IP, NODE_IP, NODE_NAME, POD_CIDR,
     REAL_NODE_LABEL, REAL_NODE_TAINT, SERVICE_CIDR, Layout,
 )
 from pimlab.cluster.pki import CertificateAuthority, KeyPair
-from pimlab.cluster.procs import Component, http_ok, listening, write_kubeconfig
+from pimlab.cluster.procs import Component, http_ok, listening
 
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD = Path("/usr/bin/containerd")
@@ -379,8 +381,6 @@ class NodeRunner:
         ]
 
     def import_images(self, names: list[str], log) -> None:
-        from pimlab.cluster import images
-
         images.ensure(names, str(self.layout.containerd_socket), log)
 
 

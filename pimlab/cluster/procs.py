@@ -3,7 +3,6 @@ healthy (or name it and its log), tell whether a pid still runs the same binary,
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
@@ -15,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from pimlab.cluster.layout import HOST, Layout
+from pimlab.cluster.layout import HOST, Layout, Ports
 from pimlab.cluster.pki import KeyPair
 
 
@@ -58,8 +55,6 @@ def listening(port: int) -> bool:
 def spare_port_offset(start: int = 1000) -> str:
     """A PIMLAB_PORT_OFFSET whose ports nobody listens on, for a throwaway second cluster
     (other trees on this machine may run their own clusters at offsets of their own)."""
-    from pimlab.cluster.layout import Ports
-
     for offset in range(start, start + 3000, 100):
         if not any(listening(port + offset) for port in Ports().__dict__.values()):
             return str(offset)
@@ -92,25 +87,6 @@ def pid_alive(pid: int, binary: Path) -> bool:
     except OSError:
         return False
     return os.path.realpath(exe.removesuffix(" (deleted)")) == os.path.realpath(binary)
-
-
-def write_kubeconfig(path: Path, server: str, ca: Path, client: KeyPair, user: str) -> None:
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "pimlab", "cluster": {
-            "server": server, "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}}],
-        "contexts": [{"name": "pimlab", "context": {"cluster": "pimlab", "user": user}}],
-        "current-context": "pimlab",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
 
 
 def start(layout: Layout, component: Component, say: Callable[[str], None]) -> int:

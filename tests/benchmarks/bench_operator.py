@@ -50,9 +50,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pimlab.cluster.local import LocalCluster  # noqa: E402
+from pimlab.cluster.layout import KWOK_NODE_TAINT  # noqa: E402
+from pimlab.cluster.local_cluster import LocalCluster  # noqa: E402
 from tests.benchmarks.sigterm import unwind_on_sigterm  # noqa: E402
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
+from pimlab.cluster.local_operator import OperatorProcess, install_operator_rbac, write_operator_kubeconfig  # noqa: E402
 from pimlab_operator.chaos.governance import OPT_IN_LABEL  # noqa: E402
 
 GROUP_VERSION = "pim-sre.lab/v1alpha1"
@@ -286,7 +287,7 @@ def _floor_apply(docs: list[dict]) -> int:
 def run_floor(api: Api, plane: LocalCluster, labs: int, timeout: float) -> dict:
     """The 300 objects and their rendered children, applied directly (no operator)."""
     namespace = f"bench-floor-{uuid.uuid4().hex[:6]}"
-    plane.kubectl("create", "namespace", namespace)
+    plane.ensure_kwok_namespace(namespace)  # its pods are simulated, also beside a real node
     docs = objects(namespace, labs)
     expected = expected_children(docs)
     tracker = Tracker(api, namespace, expected, with_status=False)
@@ -355,7 +356,7 @@ def _idle(pid: int, metrics_port: int, seconds: float) -> dict:
 def run_operator(api: Api, plane: LocalCluster, labs: int, timeout: float, settle: float,
                  idle_window: float, backed_off: float, workdir: Path) -> dict:
     namespace = f"bench-op-{uuid.uuid4().hex[:6]}"
-    plane.kubectl("create", "namespace", namespace)
+    plane.ensure_kwok_namespace(namespace)  # its pods are simulated, also beside a real node
     # the dry-run experiments plan targets only in a namespace that opted in to chaos
     plane.kubectl("label", "namespace", namespace, "=".join(OPT_IN_LABEL))
     install_operator_rbac(plane)
@@ -423,12 +424,14 @@ def run_operator(api: Api, plane: LocalCluster, labs: int, timeout: float, settl
 # --------------------------------------------------------------------------- set-up and clean-up
 
 def _add_bench_nodes(plane: LocalCluster) -> None:
-    """Two more kwok nodes: 210 pods do not fit next to other pods on the cluster's two."""
+    """Two more kwok nodes: 210 pods do not fit next to other pods on the cluster's two. Tainted
+    as the cluster's own are beside a real node (the benchmark's namespaces tolerate it)."""
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "220", "ephemeral-storage": "500Gi"}
     docs = [{"apiVersion": "v1", "kind": "Node",
              "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                           "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                      "kubernetes.io/arch": "amd64", "type": "kwok"}},
+             "spec": {"taints": [KWOK_NODE_TAINT] if plane.real_node else []},
              "status": {"capacity": capacity, "allocatable": capacity}} for name in BENCH_NODES]
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     plane.kubectl("wait", "--for=condition=Ready", "--timeout=60s", *[f"node/{n}" for n in BENCH_NODES])

@@ -20,7 +20,7 @@ for _path in (ROOT / "tests" / "cluster", ROOT / "tests", ROOT):  # tests/confte
 
 from conftest import Cluster, _install_crds  # noqa: E402
 
-from pimlab.cluster.local import LocalCluster  # noqa: E402
+from pimlab.cluster.local_cluster import LocalCluster  # noqa: E402
 
 
 class Dirs:

@@ -29,7 +29,7 @@ import yaml
 from api_services.auth import issue_dev_token
 from api_services.config import load_settings
 from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
-from pimlab.cluster.local_lab import sample_documents
+from pimlab.cluster.lab import sample_documents
 from pimlab.waiting import TimedOut, wait_for
 from pimlab_operator.objects import dev_issuer_secret
 from pimlab_operator.shard.desired import credentials_secret_name

@@ -10,7 +10,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from pimlab.cluster.local_lab import OperatorProcess, install_operator_rbac, sample_documents, write_operator_kubeconfig
+from pimlab.cluster.handle import placed
+from pimlab.cluster.lab import sample_documents
+from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS
+from pimlab.cluster.local_operator import OperatorProcess, install_operator_rbac, write_operator_kubeconfig
 from pimlab.waiting import wait_for
 
 
@@ -29,7 +32,9 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
 
     `env`: variables the operator starts with (e.g. a short PIMLAB_SLO_REFRESH_SECONDS).
     `documents`: applied once the operator runs, each placed in the namespace; a Namespace
-    among them is the namespace itself (its labels, e.g. a node selector, kept)."""
+    among them is the namespace itself (its labels, e.g. a node selector, kept). A namespace
+    that places its pods nowhere else tolerates the kwok nodes' taint: its pods are simulated
+    there, also beside a real node."""
     install_operator_rbac(cluster.plane)
     workdir = tmp_path_factory.mktemp(prefix)
     kubeconfig = workdir / "kubeconfig"
@@ -38,8 +43,11 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
     documents = sorted(copy.deepcopy(list(documents)), key=lambda doc: doc["kind"] != "Namespace")
     for doc in documents:
         doc["metadata"]["name" if doc["kind"] == "Namespace" else "namespace"] = namespace
+        if doc["kind"] == "Namespace" and not placed(doc):
+            doc["metadata"].setdefault("annotations", {}).update(KWOK_NAMESPACE_ANNOTATIONS)
     if not any(doc["kind"] == "Namespace" for doc in documents):
-        cluster.kubectl("create", "namespace", namespace)
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": namespace, "annotations": KWOK_NAMESPACE_ANNOTATIONS}})
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
                               metrics_port=metrics_port or free_port(), health_port=free_port(),
                               namespaces=(namespace,), env=env)

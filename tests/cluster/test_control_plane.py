@@ -15,7 +15,7 @@ import yaml
 
 from pimlab.cluster import build
 from pimlab.cluster.layout import KWOK_NODES
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.local_cluster import LocalCluster
 from pimlab.cluster.procs import ClusterError, pid_alive, spare_port_offset
 from pimlab.waiting import wait_for
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from operator_process import free_port
-from pimlab.cluster import flux_build, gitops
+from pimlab.cluster import flux_build, gitops, gitops_processes
 from pimlab.cluster.gitops import NAMESPACE, GitOps
-from pimlab.cluster.local_lab import OperatorProcess, write_operator_kubeconfig
+from pimlab.cluster.local_operator import OperatorProcess, write_operator_kubeconfig
 from pimlab.cluster.procs import tail
 from pimlab.waiting import TimedOut, wait_for
 
@@ -70,7 +70,7 @@ def flux(cluster, tmp_path_factory):
                             check=False, timeout=70)
         cluster.kubectl("delete", "gitrepository", gitops.REPOSITORY, "-n", NAMESPACE,
                         "--timeout=60s", check=False, timeout=70)
-        gitops.stop(ops.layout)
+        gitops_processes.stop(ops.layout)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pimlab.cluster import images
+from pimlab.cluster.images import builder, project
 
 pytestmark = pytest.mark.timeout(1800)  # a cold project image build downloads from PyPI
 
@@ -117,7 +118,7 @@ def test_a_changed_input_rebuilds_the_project_image(built, tmp_path):
     # A copy of the build context, so the work tree is never touched; a test-only image name.
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", *images._copy_sources(ROOT / "Dockerfile")):
+    for name in ("Dockerfile", ".dockerignore", *project.copy_sources(ROOT / "Dockerfile")):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -125,24 +126,24 @@ def test_a_changed_input_rebuilds_the_project_image(built, tmp_path):
             shutil.copy2(src, context / name)
     ref = "localhost/pimlab/lab-test:changed-input"
     try:
-        first = images.build_project(context=context, ref=ref)
+        first = project.build(context=context, ref=ref)
         assert first.inputs == built[images.PROJECT_IMAGE].inputs  # same inputs, same hash
-        same = images.build_project(context=context, ref=ref)
+        same = project.build(context=context, ref=ref)
         assert not same.rebuilt
         marker = context / "templates" / "pimlab-test-marker.txt"
         marker.write_text("changed\n")
-        changed = images.build_project(context=context, ref=ref)
+        changed = project.build(context=context, ref=ref)
         assert changed.rebuilt and changed.inputs != first.inputs
         shown = podman_run(ref, "-c", f"cat /app/templates/{marker.name}", entrypoint="/bin/sh")
         assert shown.stdout == "changed\n", shown.stderr
         ignored = context / "pimlab" / "__pycache__" / "x.pyc"  # .dockerignore'd: not an input
         ignored.parent.mkdir(exist_ok=True)
         ignored.write_bytes(b"\0")
-        assert not images.build_project(context=context, ref=ref).rebuilt
+        assert not project.build(context=context, ref=ref).rebuilt
     finally:
         # untagged, the next project build prunes it (rmi -f would also take shared layers)
         subprocess.run([*images.podman_cmd(), "untag", ref], capture_output=True)
-        for path in (images._state_path(ref), images._archive_path(ref)):
+        for path in (builder.state_path(ref), builder.archive_path(ref)):
             path.unlink(missing_ok=True)
 
 

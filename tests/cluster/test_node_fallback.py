@@ -12,8 +12,8 @@ import json
 import pytest
 
 from pimlab.cluster import node
-from pimlab.cluster.layout import KWOK_NODES
-from pimlab.cluster.local import LocalCluster
+from pimlab.cluster.layout import KWOK_NODE_TAINT, KWOK_NODES
+from pimlab.cluster.local_cluster import LocalCluster
 from pimlab.cluster.procs import ClusterError, spare_port_offset
 
 
@@ -49,6 +49,9 @@ def test_auto_falls_back_to_kwok_and_says_why(second_tree, monkeypatch):
     reason = mode.removeprefix("kwok: ")
     assert f"no real node: {reason}; falling back to kwok nodes only" in second_tree.out_text.getvalue()
     assert node_names(second_tree) == set(KWOK_NODES)
+    nodes = json.loads(second_tree.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    assert not [n for n in nodes if KWOK_NODE_TAINT in n["spec"].get("taints", [])], \
+        "with kwok nodes only, every pod is simulated there: no taint keeps one out"
     assert not set(second_tree.running()) & set(node.START_ORDER)
     assert f"node                     kwok: {reason}" in second_tree.status()
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pimlab.cluster import monitoring, prometheus_operator_build
+from pimlab.cluster.images import prometheus_operator
 from pimlab.waiting import wait_for
 from pimlab_operator.slo import desired as slo
 from pimlab_operator.slo.model import SLOSpec
@@ -134,7 +135,7 @@ def test_the_operator_image_holds_both_binaries_where_prometheus_operator_looks(
                                                                                 tmp_path):
     import tarfile
 
-    tar_path = monitoring.image_rootfs(tmp_path / "rootfs.tar", prometheus_operator_binaries)
+    tar_path = prometheus_operator.image_rootfs(tmp_path / "rootfs.tar", prometheus_operator_binaries)
     with tarfile.open(tar_path) as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert members["bin/operator"].mode == 0o755 and members["bin/prometheus-config-reloader"].size > 1_000_000

@@ -20,7 +20,7 @@ import pytest
 from pimlab.cluster import images, teardown
 from pimlab.cluster.procs import listening
 from pimlab.cluster.layout import (
-    KWOK_NODES, NODE_NAME, REAL_NODE_NAMESPACE_ANNOTATIONS,
+    KWOK_NODE_TAINT, KWOK_NODES, NODE_NAME, REAL_NODE_NAMESPACE_ANNOTATIONS,
 )
 from pimlab.waiting import wait_for
 
@@ -117,6 +117,43 @@ def test_pods_land_on_the_real_node_only_from_an_annotated_namespace(real, real_
     there = wait_for(lambda: next((p for p in pods(real, namespace, "app=there")
                                    if p["spec"].get("nodeName")), None), what="there scheduled")
     assert there["spec"]["nodeName"] in KWOK_NODES
+
+
+def test_beside_the_real_node_the_kwok_nodes_carry_kwoks_noschedule_taint(real):
+    for name in KWOK_NODES:
+        node = json.loads(real.kubectl("get", "node", name, "-o", "json").stdout)
+        assert KWOK_NODE_TAINT in node["spec"].get("taints", []), (name, node["spec"])
+
+
+@pytest.fixture
+def plain_ns(real):
+    """A namespace as a user makes one: no annotation places its pods anywhere."""
+    name = f"p-{os.urandom(4).hex()}"
+    real.kubectl("create", "namespace", name)
+    yield name
+    real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_plain_pod_never_lands_on_a_kwok_node(real, plain_ns):
+    """A user's pod in a fresh namespace runs for real on the real node, or stays Pending with
+    the scheduler's reason; it is never "Running" on a kwok node where nothing runs."""
+    real.apply(sleeper("probe"), "-n", plain_ns)
+
+    def decided() -> dict | None:
+        pod = json.loads(real.kubectl("get", "pod", "probe", "-n", plain_ns, "-o", "json").stdout)
+        scheduled = next((c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), {})
+        return pod if pod["spec"].get("nodeName") or scheduled.get("reason") == "Unschedulable" else None
+
+    pod = wait_for(decided, timeout=60, what="the scheduler to place or refuse the plain pod")
+    if pod["spec"].get("nodeName"):
+        assert pod["spec"]["nodeName"] == NODE_NAME, pod["spec"]["nodeName"]
+    else:
+        scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+        assert pod["status"]["phase"] == "Pending"
+        assert "taint" in scheduled["message"], scheduled
+        time.sleep(5)  # and it stays so
+        again = json.loads(real.kubectl("get", "pod", "probe", "-n", plain_ns, "-o", "json").stdout)
+        assert not again["spec"].get("nodeName"), again["spec"]["nodeName"]
 
 
 def test_a_deployment_answers_healthz_through_its_service_dns_name(real, real_ns):

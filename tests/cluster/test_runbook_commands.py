@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from operator_process import operator_process
-from pimlab.cluster.local_lab import sample_documents
+from pimlab.cluster.lab import sample_documents
 from pimlab.waiting import wait_for
 from test_runbooks import RUNBOOKS, commands
 

@@ -46,9 +46,9 @@ def apiserver(tmp_path, monkeypatch):
               "users": [{"name": "u", "user": {"token": "t"}}]}
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    kube._connection.cache_clear()
+    kube.connect(None)
     yield server
-    kube._connection.cache_clear()
+    kube.connect(None)
     server.shutdown()
 
 

@@ -8,28 +8,31 @@ import time
 import pytest
 
 from pimlab_operator import reconcile
+from pimlab_operator.config import load_settings
 from pimlab_operator.kinds import BY_NAME, FAILOVER_PASS_SECONDS
-from pimlab_operator.slo.step import REFRESH_SECONDS
+from pimlab_operator.shard.step import fails_over
+
+REFRESH_SECONDS = 12.0
+CTX = reconcile.Context(load_settings({"PIMLAB_SLO_REFRESH_SECONDS": str(REFRESH_SECONDS)}),
+                        reconcile.ReconcileMemory())
 
 
 @pytest.fixture()
 def key():
-    key = ("Lab", "ns", f"quiet-{time.monotonic_ns()}")
-    yield key
-    reconcile._quiet.pop(key, None)
+    return ("Lab", "ns", f"quiet-{time.monotonic_ns()}")
 
 
 def _period(kind: str, key, body: dict, quiet: int) -> float:
     now = time.monotonic()
-    reconcile._quiet[key] = (quiet, now)
-    return round(reconcile.resync_in(BY_NAME[kind], key, body, now) + (now - time.monotonic()))
+    CTX.memory.quiet[key] = (quiet, now)
+    return round(reconcile.resync_in(CTX, BY_NAME[kind], key, body, now) + (now - time.monotonic()))
 
 
 def test_a_quiet_object_backs_off_x4_up_to_ten_minutes(key):
     assert [_period("Lab", key, {}, quiet) for quiet in range(5)] == [20, 80, 320, 600, 600]
 
 
-def test_an_slo_that_reads_prometheus_keeps_its_refresh_period(key):
+def test_an_slo_that_reads_prometheus_keeps_its_refresh_period_from_the_settings(key):
     reading = {"status": {"conditions": [{"type": "BudgetCurrent", "status": "False", "reason": "PrometheusUnreachable"}]}}
     no_prometheus = {"status": {"conditions": [{"type": "BudgetCurrent", "status": "False", "reason": "NoPrometheusUrl"}]}}
     assert _period("SLO", key, reading, 5) == round(REFRESH_SECONDS)
@@ -37,8 +40,6 @@ def test_an_slo_that_reads_prometheus_keeps_its_refresh_period(key):
 
 
 def test_a_shard_resync_backs_off_and_its_failover_pass_is_a_timer_of_its_own(key):
-    from pimlab_operator.shard.step import fails_over
-
     assert _period("Shard", key, {"spec": {"engine": "postgres"}}, 1) == 80
     assert FAILOVER_PASS_SECONDS == 2.0
     assert fails_over({"spec": {"engine": "postgres"}})

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 from cr_samples import by, sample, spec_of
 
 from pimlab_operator.shard import desired as shard
-from pimlab_operator.shard import step
 from pimlab_operator.shard.failover import Decision, Memory, Observation
 from pimlab_operator.shard.manager import PassResult
 
@@ -199,11 +198,3 @@ def test_every_status_field_written_is_declared_in_the_crd():
     assert "failoverInProgress" in status and "lastFailover" in status
     check(status, schema, "")
 
-
-def test_a_deleted_shard_leaves_nothing_behind_in_the_pass_bookkeeping():
-    body = {"metadata": {"name": "shard-09", "namespace": "lab", "uid": "uid-09"}}
-    lock = step._pass_lock(body)
-    step._last_said["uid-09"] = ("Ready", "Healthy")
-    assert step._pass_lock(body) is lock  # one lock per Shard while it lives
-    step.forget(body)
-    assert "uid-09" not in step._PASSES and "uid-09" not in step._last_said

@@ -7,23 +7,17 @@ The switches, all on Namespaces so `kubectl label/annotate` is the whole interfa
 - `kube-system`, `kube-public`, `kube-node-lease` and the operator's own namespace are never
   targets, labelled or not;
 - the kill switch is the annotation `pim-sre.lab/chaos-paused=true` on the operator's namespace
-  ($PIMLAB_OPERATOR_NAMESPACE, default pim-system): while it is set no fault is injected and
+  (`operator_namespace` of the operator's settings: $PIMLAB_OPERATOR_NAMESPACE, default pim-system): while it is set no fault is injected and
   every running experiment is aborted and cleaned up. Dry runs still plan (they change nothing).
 """
 
 from __future__ import annotations
-
-import os
 
 from pimlab_operator.chaos.model import AbortCondition, Probe, ProbeState
 
 OPT_IN_LABEL = ("pim-sre.lab/chaos", "enabled")
 KILL_SWITCH_ANNOTATION = "pim-sre.lab/chaos-paused"
 PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
-
-
-def operator_namespace() -> str:
-    return os.environ.get("PIMLAB_OPERATOR_NAMESPACE", "pim-system")
 
 
 def namespace_refusal(target: str, namespace: dict | None, operator_ns: str) -> tuple[str, str] | None:

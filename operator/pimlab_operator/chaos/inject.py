@@ -3,8 +3,9 @@
 - podKill: the API deletes the pods (grace 0 unless set).
 - containerKill: SIGKILL to the container's main process through the node's container runtime
   (containerd's `ctr tasks kill`), so the kubelet sees a crash, not a deletion: the pod keeps
-  its name and the container restarts. The socket is $PIMLAB_CRI_SOCKET, else the local lab's
-  `.lab/cluster/node/containerd.sock`; kwok pods have no container and are refused.
+  its name and the container restarts. The socket is the settings' `cri_socket`
+  ($PIMLAB_CRI_SOCKET, else the local lab's `.lab/cluster/node/containerd.sock`); kwok pods
+  have no container and are refused.
 - sqlFailover: a switchover is asked of the Shard's failover manager with the
   `pim-sre.lab/switchover-to` annotation (removed again by `cleanup`); a fenced failover
   deletes the primary pod and lets the manager fence and promote.
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
 import subprocess
 import time
 from pathlib import Path
 
 from pimlab_operator import kube
 from pimlab_operator.chaos import desired
-from pimlab_operator.render import project_home
 from pimlab_operator.schema import API_VERSION
 
 SWITCHOVER_ANNOTATION = "pim-sre.lab/switchover-to"  # the Shard's own (shard/desired.py)
@@ -34,17 +33,6 @@ class InjectionError(RuntimeError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-def cri_socket() -> Path | None:
-    explicit = os.environ.get("PIMLAB_CRI_SOCKET")
-    if explicit:
-        return Path(explicit)
-    try:
-        from pimlab.cluster.layout import Layout  # the local lab's tree, when the operator runs in it
-    except ImportError:
-        return None
-    return Layout(project_home()).containerd_socket
 
 
 def _container_id(pod: dict, container: str | None) -> str:
@@ -62,9 +50,8 @@ def _container_id(pod: dict, container: str | None) -> str:
     return cid
 
 
-def kill_containers(pods: list[dict], container: str | None) -> str:
-    """SIGKILL each pod's container's task through containerd's CRI namespace."""
-    socket = cri_socket()
+def kill_containers(pods: list[dict], container: str | None, socket: Path | None) -> str:
+    """SIGKILL each pod's container's task through containerd's CRI namespace at `socket`."""
     if socket is None or not socket.exists():
         raise InjectionError("CRIUnavailable", "containerKill needs the node's containerd socket on this host "
                              f"({socket or 'set PIMLAB_CRI_SOCKET'}): run the operator beside the node "
@@ -113,7 +100,7 @@ def primary_write(shard: dict, seconds: float = 10.0) -> dt.datetime | None:
     """When the Shard's `-primary` Service first had a ready endpoint that committed a write
     (a row in pim_chaos_probe, acknowledged as the Shard's synchronous commit requires); None
     if not within `seconds`."""
-    import psycopg
+    import psycopg  # imported here: a heavy driver that only a sqlFailover's write probe needs
 
     meta = shard["metadata"]
     service = kube.get("v1", "Service", f"{meta['name']}-primary", meta["namespace"])

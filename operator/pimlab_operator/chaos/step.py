@@ -113,7 +113,8 @@ def _act(body: dict, spec: ChaosExperimentSpec, step: status.Step) -> None:
             detail = f"deleted {', '.join(targets)} (grace {grace}s)"
         elif step.action == "killContainers":
             pods = [kube.get("v1", "Pod", name, namespace) for name in targets]
-            detail = inject.kill_containers([p for p in pods if p], spec.parameters.container if spec.parameters else None)
+            detail = inject.kill_containers([p for p in pods if p], spec.parameters.container if spec.parameters else None,
+                                            reconcile.context().settings.cri_socket)
         elif step.action == "requestSwitchover":
             affected = step.status.affected_targets
             detail = inject.request_switchover(body, spec.target.shard_ref, namespace, affected[1])
@@ -141,7 +142,7 @@ def _start(body: dict, spec: ChaosExperimentSpec, paused: str | None,
         desired.CHAOS_MESH_VERSION, desired.CHAOS_MESH[spec.action])
     target_ns = desired.target_namespace(body, spec)
     refusal = governance.namespace_refusal(target_ns, kube.get("v1", "Namespace", target_ns, None),
-                                           governance.operator_namespace())
+                                           reconcile.context().settings.operator_namespace)
     if not refusal and paused and not spec.dry_run:
         refusal = ("KillSwitchEngaged", paused)
     checked = None
@@ -171,7 +172,7 @@ def _replan(body: dict, spec: ChaosExperimentSpec, run: ChaosExperimentStatus) -
     pods, shard = _pods_and_shard(body, spec)
     target_ns = desired.target_namespace(body, spec)
     refusal = governance.namespace_refusal(target_ns, kube.get("v1", "Namespace", target_ns, None),
-                                           governance.operator_namespace())
+                                           reconcile.context().settings.operator_namespace)
     fresh = status.start(body, spec, pods, shard, refusal=refusal, carry=status.schedule_fields(run))
     if (fresh.status.planned_targets, fresh.status.phase, fresh.status.abort_reason) != \
             (run.planned_targets, run.phase, run.abort_reason):
@@ -220,7 +221,7 @@ def _schedule(body: dict, spec: ChaosExperimentSpec, run: ChaosExperimentStatus,
 
 def step(body: dict, spec: ChaosExperimentSpec) -> None:
     run = status.previous(body)
-    paused = governance.kill_switch(kube.get("v1", "Namespace", governance.operator_namespace(), None))
+    paused = governance.kill_switch(kube.get("v1", "Namespace", reconcile.context().settings.operator_namespace, None))
     if run.phase in status.ACTIVE and paused:
         _write(body, spec, status.abort(run, "KillSwitchEngaged", paused))
         return

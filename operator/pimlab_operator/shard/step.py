@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -160,25 +159,15 @@ def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
 
 
-#: One failover pass per Shard at a time. The 2 s timer, the resync and spec changes all run
-#: the step, each in a thread: two passes at once acted on the same instances, the slower one's
-#: status write lost to the other's (409), and its retry read a failover half done (a planned
-#: switchover was recorded as a PrimaryUnhealthy failover on the real node).
-_PASSES: dict[str, threading.Lock] = {}
-_PASSES_GUARD = threading.Lock()
-
-
-def _pass_lock(body: dict) -> threading.Lock:
-    key = body["metadata"].get("uid") or f"{body['metadata']['namespace']}/{body['metadata']['name']}"
-    with _PASSES_GUARD:
-        return _PASSES.setdefault(key, threading.Lock())
-
-
 def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
                    credentials_missing: bool) -> None:
-    """Skipped while another pass runs for this Shard (the next tick decides again); otherwise
-    decided from the Shard as it is now, not as the event that started this step saw it."""
-    lock = _pass_lock(body)
+    """One failover pass per Shard at a time: the 2 s timer, the resync and a spec change each
+    run the step in a thread of their own, and two passes at once would act on the same
+    instances, the slower one's status write would lose to the other's (409), and its retry
+    would read a failover half done (a planned switchover would look like a PrimaryUnhealthy
+    failover). Skipped while another pass runs (the next tick decides again); otherwise decided
+    from the Shard as it is now, not as the event that started this step saw it."""
+    lock = reconcile.context().memory.failover_pass_lock(body["metadata"]["uid"])
     if not lock.acquire(blocking=False):
         return
     try:
@@ -187,19 +176,6 @@ def _failover_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statef
         _locked_pass(fresh or body, spec, driver, pods, statefulset, credentials_missing)
     finally:
         lock.release()
-
-
-#: Shard uid -> the (phase, reason) of its last logged pass: a pass is logged when it acts or
-#: when the decision changes, not every 2 s while a shard waits in the same state.
-_last_said: dict[str | None, tuple[str, str]] = {}
-
-
-def forget(body: dict) -> None:
-    """A deleted Shard: drop what the passes kept about it."""
-    uid = body["metadata"].get("uid")
-    with _PASSES_GUARD:
-        _PASSES.pop(uid or f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
-    _last_said.pop(uid, None)
 
 
 def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], statefulset: dict | None,
@@ -215,10 +191,12 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     result = run_pass(driver, desired.pod_names(name, spec.replicas), labels, set_label,
                       desired.policy_of(body, spec), desired.memory_from_status(body),
                       desired.synchronous_members(spec))
+    # logged when the pass acts or its decision changes, not every 2 s while a shard waits
+    last_said = reconcile.context().memory.last_said
     said = (result.decision.phase, result.decision.reason)
-    if result.steps or result.completed or _last_said.get(body["metadata"].get("uid")) != said:
+    if result.steps or result.completed or last_said.get(body["metadata"]["uid"]) != said:
         log.info("shard %s/%s: %s (pass of %.2fs)", namespace, name, result.summary(), time.monotonic() - started)
-        _last_said[body["metadata"].get("uid")] = said
+        last_said[body["metadata"]["uid"]] = said
     for event in result.events:
         kube.post_event(body, "Warning" if event.warning else "Normal", event.reason, event.message or "")
     for error in result.errors:

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 
 import httpx
 
-#: The operator's flag (`pimlab operator run --prometheus-url`) sets this; a Lab's
-#: `spec.observability.prometheusUrl` in the SLO's namespace takes precedence.
-URL_ENV = "PIMLAB_PROMETHEUS_URL"
-TIMEOUT_SECONDS = float(os.environ.get("PIMLAB_PROMETHEUS_TIMEOUT", "5"))
+from pimlab_operator.config import PROMETHEUS_TIMEOUT_SECONDS
 
 
 class PrometheusUnavailable(Exception):
@@ -29,15 +25,11 @@ class PrometheusUnavailable(Exception):
         self.reason = reason
 
 
-def default_url() -> str | None:
-    return os.environ.get(URL_ENV) or None
-
-
-def _get(url: str, path: str, params: dict | None = None) -> object:
+def _get(url: str, path: str, params: dict | None = None, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> object:
     try:
-        resp = httpx.get(url.rstrip("/") + path, params=params, timeout=TIMEOUT_SECONDS)
+        resp = httpx.get(url.rstrip("/") + path, params=params, timeout=timeout)
     except httpx.TimeoutException as error:
-        raise PrometheusUnavailable("PrometheusTimeout", f"{url}: no answer in {TIMEOUT_SECONDS:g} s ({error})") from error
+        raise PrometheusUnavailable("PrometheusTimeout", f"{url}: no answer in {timeout:g} s ({error})") from error
     except httpx.HTTPError as error:
         raise PrometheusUnavailable("PrometheusUnreachable", f"{url}: {error or type(error).__name__}") from error
     try:
@@ -50,18 +42,19 @@ def _get(url: str, path: str, params: dict | None = None) -> object:
     return body["data"]
 
 
-def read_slo(url: str, name: str, namespace: str) -> dict:
+def read_slo(url: str, name: str, namespace: str, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> dict:
     """{"series": {metric name: value}, "alerts": [alert dicts of this SLO], "readAt": datetime}.
-    NaN and infinite samples are dropped (the rules do not produce them, a foreign rule might)."""
+    NaN and infinite samples are dropped (the rules do not produce them, a foreign rule might).
+    `timeout`: seconds each of the two requests may take (the operator's setting)."""
     read_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     selector = f'{{__name__=~"slo:.+",slo="{name}",slo_namespace="{namespace}"}}'
-    data = _get(url, "/api/v1/query", {"query": selector})
+    data = _get(url, "/api/v1/query", {"query": selector}, timeout)
     series = {}
     for sample in data.get("result", []) if isinstance(data, dict) else []:
         value = float(sample["value"][1])
         if math.isfinite(value):
             series[sample["metric"]["__name__"]] = value
-    alerts = _get(url, "/api/v1/alerts")
+    alerts = _get(url, "/api/v1/alerts", None, timeout)
     mine = [a for a in (alerts.get("alerts", []) if isinstance(alerts, dict) else [])
             if a.get("labels", {}).get("slo") == name and a.get("labels", {}).get("slo_namespace") == namespace]
     return {"series": series, "alerts": mine, "readAt": read_at}

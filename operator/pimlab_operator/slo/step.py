@@ -4,7 +4,6 @@ where a Prometheus is named, the error budget read from it (refreshed by the SLO
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from pimlab_operator import kube, reconcile
@@ -19,13 +18,12 @@ log = logging.getLogger(__name__)
 PROMETHEUS_RULE = ChildKind("monitoring.coreos.com/v1", "PrometheusRule", optional=True)
 GRAFANA_ALERT_RULE_GROUP = ChildKind("grafana.integreatly.org/v1beta1", "GrafanaAlertRuleGroup", optional=True)
 CHILDREN = (ChildKind("v1", "ConfigMap"), PROMETHEUS_RULE, GRAFANA_ALERT_RULE_GROUP)
-#: How often an SLO that names a Prometheus reads its budget again (its resync, never backed off).
-REFRESH_SECONDS = float(os.environ.get("PIMLAB_SLO_REFRESH_SECONDS", "30"))
 
 
 def reads_budget(body: dict) -> bool:
-    """An SLO that names a Prometheus (read or unreadable) reads its budget every REFRESH_SECONDS;
-    one with none backs off (a Lab's new prometheusUrl is noticed at its next resync)."""
+    """An SLO that names a Prometheus (read or unreadable) reads its budget every
+    `slo_refresh_seconds` (the operator's settings); one with none backs off (a Lab's new
+    prometheusUrl is noticed at its next resync)."""
     budget = next((c for c in (body.get("status") or {}).get("conditions") or []
                    if c.get("type") == "BudgetCurrent"), None)
     return budget is not None and budget.get("reason") != "NoPrometheusUrl"
@@ -37,9 +35,9 @@ URL_TTL_SECONDS = 10.0
 _urls: dict[str, tuple[float, str | None]] = {}
 
 
-def prometheus_url(namespace: str) -> str | None:
+def prometheus_url(namespace: str, default: str | None) -> str | None:
     """The Prometheus of the SLO's namespace: a Lab's spec.observability.prometheusUrl (the
-    first by name that sets one), else the operator's --prometheus-url; at most
+    first by name that sets one), else `default` (the operator's --prometheus-url); at most
     URL_TTL_SECONDS old."""
     seen = _urls.get(namespace)
     if seen and time.monotonic() - seen[0] < URL_TTL_SECONDS:
@@ -49,7 +47,7 @@ def prometheus_url(namespace: str) -> str | None:
         url = ((lab.get("spec") or {}).get("observability") or {}).get("prometheusUrl")
         if url:
             break
-    url = url or prometheus.default_url()
+    url = url or default
     _urls[namespace] = (time.monotonic(), url)
     return url
 
@@ -57,11 +55,12 @@ def prometheus_url(namespace: str) -> str | None:
 def read_budget(body: dict, spec: SLOSpec) -> tuple[ErrorBudget | None, Condition] | None:
     """The budget and its condition; None where no Prometheus is named."""
     meta = body["metadata"]
-    url = prometheus_url(meta["namespace"])
+    settings = reconcile.context().settings
+    url = prometheus_url(meta["namespace"], settings.prometheus_url)
     if not url:
         return None
     try:
-        reading = prometheus.read_slo(url, meta["name"], meta["namespace"])
+        reading = prometheus.read_slo(url, meta["name"], meta["namespace"], settings.prometheus_timeout_seconds)
     except prometheus.PrometheusUnavailable as error:
         log.info("error budget of %s/%s not read: %s", meta["namespace"], meta["name"], error)
         return None, Condition("BudgetCurrent", False, error.reason, str(error)[:1024])

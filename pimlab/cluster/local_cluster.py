@@ -1,6 +1,7 @@
 """The local cluster of one working tree: the control plane, kwok nodes for scale tests and,
 where the machine can run containers, one real node with cluster DNS and a default
-StorageClass.
+StorageClass. With the real node, the kwok nodes carry kwok's NoSchedule taint (only pods that
+tolerate it are simulated there); with kwok nodes only they carry none.
 
 `PIMLAB_NODE` chooses the node: `real` (fail when a real node cannot run), `kwok` (kwok nodes
 only) or `auto` (the default: a real node when `node.probe()` finds nothing against it, else
@@ -18,19 +19,15 @@ from pathlib import Path
 
 import yaml
 
-from pimlab.cluster import addons, build, node, teardown
+from pimlab.cluster import addons, build, gitops_processes, images, node, teardown
 from pimlab.cluster.controlplane import START_ORDER as CONTROL_PLANE, ControlPlane
+from pimlab.cluster.handle import ClusterHandle, write_kubeconfig
 from pimlab.cluster.layout import HOST, NODE_NAME, Layout
-from pimlab.cluster.procs import (
-    ClusterError, port_open, https_ok, pid_alive, running, start, terminate, write_kubeconfig,
-)
+from pimlab.cluster.procs import ClusterError, https_ok, pid_alive, port_open, running, start, terminate
 from pimlab.waiting import TimedOut, wait_for
 
 MARKER_NAMESPACE, MARKER_NAME = "kube-system", "pimlab-control-plane"
 NODE_MODES = ("auto", "real", "kwok")
-
-
-
 
 
 def requested_node_mode() -> str:
@@ -40,16 +37,14 @@ def requested_node_mode() -> str:
     return mode
 
 
-class LocalCluster:
+class LocalCluster(ClusterHandle):
+    """The cluster of the working tree at `root`: starts, checks and stops its processes;
+    `log` is where its progress is said (nothing when None)."""
+
     def __init__(self, root: Path | str = ".", log=None):
-        self.layout = Layout(Path(root).resolve())
+        super().__init__(Layout(Path(root).resolve()), out=log)
         self.plane = ControlPlane(self.layout)
         self.node = node.NodeRunner(self.layout)
-        self.out = log
-
-    def say(self, message: str) -> None:
-        if self.out is not None:
-            print(message, file=self.out, flush=True)
 
     @property
     def ca(self) -> Path:
@@ -125,6 +120,7 @@ class LocalCluster:
         if self.healthy():
             self.say(f"cluster already running: {self.layout.server} "
                      f"(node: {self.node_mode()})")
+            self._apply_kwok_nodes()
             self._wait_nodes_ready()
             return
         if self.running() or node.owner() == str(self.layout.root):
@@ -146,18 +142,22 @@ class LocalCluster:
             start(self.layout, component, self.say)
         write_kubeconfig(self.layout.kubeconfig, self.layout.server, self.ca,
                          creds["admin"], "pimlab-admin")
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(self.plane.kwok_nodes()))
+        self._apply_kwok_nodes()
         self._mark_cluster()
         if mode == "real":
             self._node_up(build_log or self.out)
         self._wait_nodes_ready()
         self._wait_default_service_account()
         if mode == "real":
-            addons.install(self, build_log or self.out)
+            addons.install(self)
+
+    def _apply_kwok_nodes(self) -> None:
+        """The kwok nodes, tainted when the real node runs beside them (also on a cluster that
+        runs already: a cluster started before the taint existed gets it)."""
+        nodes = self.plane.kwok_nodes(tainted=self.real_node)
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
 
     def _node_up(self, log) -> None:
-        from pimlab.cluster import images
-
         self.node.prepare(images.PAUSE_IMAGE)
         start(self.layout, self.node.containerd(), self.say)
         self.say(f"importing images into the node's containerd: {', '.join(addons.NODE_IMAGES)}")
@@ -180,18 +180,6 @@ class LocalCluster:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(bin_dir / name)
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120):
-        import subprocess
-
-        proc = subprocess.run(
-            [str(self.layout.bin / "kubectl"), f"--kubeconfig={self.layout.kubeconfig}", *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc
 
     def _mark_cluster(self) -> None:
         """A ConfigMap holding this cluster's id: the tests refuse a cluster without it."""
@@ -238,9 +226,7 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component this tree started, take the node apart, delete the state."""
-        from pimlab.cluster import gitops
-
-        gitops.stop(self.layout, (lambda _: None) if quiet else self.say)
+        gitops_processes.stop(self.layout, (lambda _: None) if quiet else self.say)
         if self.real_node or node.owner() == str(self.layout.root) or \
                 self.layout.node.exists():
             teardown.teardown_node(self.layout, lambda name: self._stop(name, quiet))

@@ -3,104 +3,33 @@
 Up: the cluster, the CRDs, the monitoring stack (pimlab.cluster.monitoring: prometheus-operator
 and a Prometheus on the real node; only the monitoring CRDs with kwok nodes), then the operator
 and the samples.
-- With a real node (pimlab.cluster.local): the operator runs as a pod of the project's image
+- With a real node (pimlab.cluster.local_cluster): the operator runs as a pod of the project's image
   (clusters/local/operator: the base Deployment and RBAC with the local image, its namespace
   placed on the real node), and the samples' namespace is placed on the real node too, with
   the Lab's image mapped to the local one, so the Lab's seven services run for real and the Lab
   is Ready only when their pods are.
 - With kwok nodes only, or `--local-operator`: the operator runs as a local process
   authenticated as its own ServiceAccount (so its RBAC is what it is held to); kwok simulates
-  the pods.
+  the pods (with `--local-operator` on the real node, the operator's own Deployment beside it:
+  its namespace tolerates the kwok nodes' taint).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
+import json
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from pimlab.cluster import monitoring
-from pimlab.cluster.local import LocalCluster
-from pimlab.cluster.procs import pid_alive
+from pimlab.cluster import images, monitoring
+from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
+from pimlab.cluster.local_cluster import LocalCluster
+from pimlab.cluster.local_operator import (
+    OPERATOR_NAMESPACE, install_operator_manifests, lab_operator, write_operator_kubeconfig,
+)
 from pimlab_operator.render import project_home
-
-OPERATOR_NAMESPACE, OPERATOR_SA = "pim-system", "pimlab-operator"
-
-
-def write_sa_kubeconfig(plane: LocalCluster, namespace: str, account: str, path: Path) -> None:
-    """A kubeconfig with a ServiceAccount's token, not the admin's certificate, so a local
-    process is held to that account's RBAC."""
-    token = plane.kubectl("create", "token", account, "-n", namespace,
-                          "--duration=24h").stdout.strip()
-    config = yaml.safe_load(plane.layout.kubeconfig.read_text())
-    config["users"] = [{"name": account, "user": {"token": token}}]
-    config["contexts"] = [{"name": "pimlab", "context": {"cluster": "pimlab", "user": account}}]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-
-
-def write_operator_kubeconfig(plane: LocalCluster, path: Path) -> None:
-    """The operator's kubeconfig: held to its own RBAC (clusters/base/operator/rbac.yaml)."""
-    write_sa_kubeconfig(plane, OPERATOR_NAMESPACE, OPERATOR_SA, path)
-
-
-def install_operator_rbac(plane: LocalCluster) -> None:
-    for name in ("namespace.yaml", "rbac.yaml"):
-        plane.kubectl("apply", "--server-side", "-f", str(project_home() / "clusters/base/operator" / name))
-
-
-def install_operator_manifests(plane: LocalCluster) -> None:
-    """Namespace, RBAC and Deployment, exactly as Flux applies them in a user's cluster."""
-    plane.kubectl("apply", "--server-side", "-k", str(project_home() / "clusters/base/operator"))
-
-
-class OperatorProcess:
-    """`pimlab operator run` as a background process with a pid file and a log file."""
-
-    def __init__(self, kubeconfig: Path, log: Path, pid_file: Path, *, metrics_port: int,
-                 health_port: int, namespaces: tuple[str, ...] = (), env: dict[str, str] | None = None):
-        self.kubeconfig, self.log, self.pid_file, self.env = kubeconfig, log, pid_file, env or {}
-        self.metrics_port, self.health_port, self.namespaces = metrics_port, health_port, namespaces
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid, Path(sys.executable)) else None
-
-    def start(self) -> int:
-        self.stop()
-        env = dict(os.environ, **self.env, KUBECONFIG=str(self.kubeconfig), PIMLAB_HOME=str(project_home()))
-        args = [sys.executable, "-m", "pimlab.cli", "operator", "run", "--host", "127.0.0.1",
-                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
-        for namespace in self.namespaces:
-            args += ["--namespace", namespace]
-        with open(self.log, "ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
-        return proc.pid
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 15) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        os.killpg(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.pid():
-            time.sleep(0.1)
-        if self.pid():
-            os.killpg(pid, signal.SIGKILL)
-            while self.pid():
-                time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
 
 
 #: What one 2-core node can hold: the samples' requests are sized for a real cluster.
@@ -124,10 +53,7 @@ def sample_documents(real_node: bool) -> list[dict]:
     with requests one node can hold; the Shards are PostgreSQL; the services trust the Lab's
     development issuer and export no traces (no identity provider or collector runs here); and
     the one-off PersonaLoads are left for the user to start (the node has no room for a 30-minute
-    peak load beside the lab)."""
-    from pimlab.cluster.images import PROJECT_IMAGE
-    from pimlab.cluster.layout import REAL_NODE_NAMESPACE_ANNOTATIONS
-
+    peak load beside the lab). With kwok nodes only they are applied as written."""
     docs = []
     for path in _sample_files(real_node):
         for doc in yaml.safe_load_all(path.read_text()):
@@ -137,13 +63,13 @@ def sample_documents(real_node: bool) -> list[dict]:
                 doc["metadata"].setdefault("annotations", {}).update(REAL_NODE_NAMESPACE_ANNOTATIONS)
             if real_node and doc["kind"] == "Lab":
                 spec = doc["spec"]
-                spec.update(image=PROJECT_IMAGE, imagePullPolicy="Never")
+                spec.update(image=images.PROJECT_IMAGE, imagePullPolicy="Never")
                 spec.pop("auth", None)
                 spec.get("observability", {}).pop("otlpEndpoint", None)
                 for service in spec.get("services", {}).values():
                     service["resources"] = LOCAL_SERVICE_RESOURCES
             if real_node and doc["kind"] == "Shard":
-                doc["spec"].update(image=PROJECT_IMAGE, resources=LOCAL_SHARD_RESOURCES)
+                doc["spec"].update(image=images.PROJECT_IMAGE, resources=LOCAL_SHARD_RESOURCES)
             if real_node and doc["kind"] == "PersonaLoad" and not doc["spec"].get("schedule"):
                 continue
             docs.append(doc)
@@ -151,17 +77,15 @@ def sample_documents(real_node: bool) -> list[dict]:
 
 
 class LocalLab:
+    """The lab on the working tree's local cluster (`plane`): CRDs, monitoring, the operator
+    and the samples."""
+
     def __init__(self, root: Path | str = ".", out=sys.stdout):
         self.plane = LocalCluster(root, log=out)
         self.out = out
-        lab_dir = self.plane.layout.lab
-        self.operator_log = lab_dir / "operator.log"
-        self.operator_kubeconfig = lab_dir / "operator.kubeconfig"
-        self.operator = OperatorProcess(
-            self.operator_kubeconfig, self.operator_log, lab_dir / "operator.pid",
-            metrics_port=int(os.environ.get("PIMLAB_OPERATOR_METRICS_PORT", "19095")),
-            health_port=int(os.environ.get("PIMLAB_OPERATOR_HEALTH_PORT", "18081")),
-        )
+        self.operator = lab_operator(self.plane.layout)
+        self.operator_log = self.operator.log
+        self.operator_kubeconfig = self.operator.kubeconfig
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -170,8 +94,6 @@ class LocalLab:
         """The node's project image rebuilt and imported if its sources changed since it was
         imported (a lab that already runs skips the cluster's own image step). True when it
         was: the pods started before still run the old one."""
-        from pimlab.cluster import images
-
         done = images.ensure([images.PROJECT_IMAGE], str(self.plane.layout.containerd_socket), self.out)
         return done[images.PROJECT_IMAGE] == "imported"
 
@@ -211,6 +133,8 @@ class LocalLab:
             why = "--local-operator" if real else "kwok only simulates its pod"
             self.say("installing the operator's namespace, RBAC and Deployment "
                      f"(clusters/base/operator); {why}, so the operator runs as a local process")
+            if real:  # the Deployment's pod is simulated beside the local process, not run
+                self.plane.ensure_kwok_namespace(OPERATOR_NAMESPACE)
             install_operator_manifests(self.plane)
             if self.operator.pid():
                 self.say("restarting the operator")
@@ -249,8 +173,6 @@ class LocalLab:
                                   check=False)
         if proc.returncode != 0:
             return f"(no Service {namespace}/{service} yet)"
-        import json
-
         spec = json.loads(proc.stdout)["spec"]
         port = spec["ports"][0]["port"]
         hint = (f"  kubectl -n {namespace} port-forward service/{service} 18080:{port} &\n"
