@@ -9,6 +9,8 @@ import time
 from cr_samples import sample, spec_of
 
 from pimlab_operator.chaos import desired as chaos
+from pimlab_operator.chaos import status as run
+from pimlab_operator.chaos.model import ChaosExperimentStatus
 
 POD_KILL = sample("ChaosExperiment", "pod-kill")
 FAILOVER = sample("ChaosExperiment", "sql-failover-drill")
@@ -35,9 +37,9 @@ def test_plan_over_the_blast_radius_is_refused():
     body["spec"]["target"].update(mode="all")
     refused = chaos.plan(body, spec_of(body), PODS, None)
     assert refused.refusal[0] == "BlastRadiusExceeded" and len(refused.targets) == 4
-    step = chaos.start(body, spec_of(body), refused, True, at="2025-01-01T00:00:00Z")
-    assert step.status["phase"] == "Aborted" and step.action is None
-    assert "blast radius allows 1 pods" in step.status["abortReason"]
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T00:00:00Z")
+    assert step.status.phase == "Aborted" and step.action is None
+    assert "blast radius allows 1 pods" in step.status.abort_reason
     assert step.conditions[0].reason == "BlastRadiusExceeded"
 
 
@@ -48,10 +50,10 @@ def test_percent_limit_refuses_even_within_max_pods():
 
 
 def test_dry_run_plans_and_injects_nothing():
-    step = chaos.start(POD_KILL, spec_of(POD_KILL), chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None), True, at="2025-01-01T00:00:00Z")
-    assert step.action is None and step.status["phase"] == "DryRun"
-    assert step.status["verdict"] == "Inconclusive" and step.status["timeline"][0]["event"] == "Planned"
-    assert step.status["plannedTargets"] == chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None).targets
+    step = run.start(POD_KILL, spec_of(POD_KILL), PODS, None, True, at="2025-01-01T00:00:00Z")
+    assert step.action is None and step.status.phase == "DryRun"
+    assert step.status.verdict == "Inconclusive" and step.status.timeline[0].event == "Planned"
+    assert step.status.planned_targets == chaos.plan(POD_KILL, spec_of(POD_KILL), PODS, None).targets
 
 
 def test_shard_target_is_its_current_primary():
@@ -73,44 +75,41 @@ def test_sql_failover_asks_for_a_switchover_to_the_least_lagging_secondary():
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
-    assert step.action == "requestSwitchover" and step.status["phase"] == "Running"
-    assert step.status["affectedTargets"] == ["shard-00-0", "shard-00-1"]
+    step = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
+    assert step.action == "requestSwitchover" and step.status.phase == "Running"
+    assert step.status.affected_targets == ["shard-00-0", "shard-00-1"]
     assert chaos.needs_cleanup(spec_of(body))  # the Shard's switchover annotation must go again
     lonely = {"status": {"currentPrimary": "shard-00-0", "replicas": [
         {"pod": "shard-00-0", "role": "primary", "ready": True},
         {"pod": "shard-00-1", "role": "secondary", "ready": False, "streaming": True}]}}
-    refused = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, lonely), True, shard=lonely)
-    assert refused.action is None and refused.status["phase"] == "Failed"
+    refused = run.start(body, spec_of(body), shard_pods, lonely, True)
+    assert refused.action is None and refused.status.phase == "Failed"
     assert refused.conditions[0].reason == "NoSwitchoverTarget"
 
 
 def test_sql_failover_recovers_when_the_shard_recorded_it_and_the_primary_service_took_a_write():
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), [], _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
-    assert step.status["phase"] == "Aborted"  # no running pod: nothing to fail over
+    step = run.start(body, spec_of(body), [], _shard(), True, at="2025-01-01T01:00:00Z")
+    assert step.status.phase == "Aborted"  # no running pod: nothing to fail over
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                       shard=_shard(), at="2025-01-01T01:00:00Z")
-    after = chaos.injected(step.status, "asked", at="2025-01-01T01:00:01Z").status
-    waiting = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:03Z", shard=_shard())
-    assert waiting.status["phase"] == "Recovering" and "fail over away from shard-00-0" in waiting.status["phaseReason"]
+    step = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
+    after = run.injected(step.status, "asked", at="2025-01-01T01:00:01Z").status
+    waiting = run.recover(spec_of(body), after, shard_pods, at="2025-01-01T01:00:03Z", shard=_shard())
+    assert waiting.status.phase == "Recovering" and "fail over away from shard-00-0" in waiting.status.phase_reason
     record = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PlannedSwitchover", "startedAt": "2025-01-01T01:00:02Z",
               "completedAt": "2025-01-01T01:00:04Z", "durationSeconds": 2.0, "outageSeconds": 2.0}
     moved = _shard("shard-00-1", record)
-    assert chaos.failover_record(after, moved) == record
+    assert run.failover_record(after, moved) == record
     old = _shard("shard-00-1", {**record, "startedAt": "2024-12-31T00:00:00Z"})
-    assert chaos.failover_record(after, old) is None  # an earlier failover is not this run's
-    no_write = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:05Z", shard=moved)
-    assert "waiting for a write" in no_write.status["phaseReason"]
-    assert [e["event"] for e in no_write.status["timeline"]][-1] == "FailoverRecorded"
-    done = chaos.recover(body, spec_of(body), after, shard_pods, at="2025-01-01T01:00:06Z", shard=moved,
+    assert run.failover_record(after, old) is None  # an earlier failover is not this run's
+    no_write = run.recover(spec_of(body), after, shard_pods, at="2025-01-01T01:00:05Z", shard=moved)
+    assert "waiting for a write" in no_write.status.phase_reason
+    assert [e.event for e in no_write.status.timeline][-1] == "FailoverRecorded"
+    done = run.recover(spec_of(body), after, shard_pods, at="2025-01-01T01:00:06Z", shard=moved,
                          write_at=dt.datetime(2025, 1, 1, 1, 0, 4, 500000, tzinfo=dt.timezone.utc)).status
-    assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 4.5
-    assert [e["event"] for e in done["timeline"]][-2:] == ["FailoverRecorded", "TargetRecovered"]
+    assert done.phase == "Completed" and done.verdict == "Passed" and done.recovery_seconds == 4.5
+    assert [e.event for e in done.timeline][-2:] == ["FailoverRecorded", "TargetRecovered"]
 
 
 def test_a_recovering_sql_failover_sees_the_shards_record_within_a_poll_not_at_the_next_resync(monkeypatch):
@@ -121,9 +120,8 @@ def test_a_recovering_sql_failover_sees_the_shards_record_within_a_poll_not_at_t
     body = copy.deepcopy(FAILOVER)
     body["spec"]["dryRun"] = False
     shard_pods = [pod(f"shard-00-{i}", {}) for i in range(3)]
-    planned = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), shard_pods, _shard()), True,
-                          shard=_shard(), at="2025-01-01T01:00:00Z")
-    after = chaos.injected(planned.status, "asked", at="2025-01-01T01:00:01Z").status
+    planned = run.start(body, spec_of(body), shard_pods, _shard(), True, at="2025-01-01T01:00:00Z")
+    after = run.injected(planned.status, "asked", at="2025-01-01T01:00:01Z").status
     record = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PlannedSwitchover", "startedAt": "2025-01-01T01:00:01Z",
               "completedAt": "2025-01-01T01:00:01.5Z", "durationSeconds": 0.5, "outageSeconds": 0.3}
     def stored(*args):
@@ -138,15 +136,15 @@ def test_a_recovering_sql_failover_sees_the_shards_record_within_a_poll_not_at_t
 
     monkeypatch.setattr(chaos_step.kube, "get", get)
     seen = chaos_step.await_failover_record(after, stored(), seconds=5, poll=0.01)
-    assert chaos.failover_record(after, seen) == record and reads == [("Shard", "lab", "shard-00")] * 3
+    assert run.failover_record(after, seen) == record and reads == [("Shard", "lab", "shard-00")] * 3
     readings = iter(stored, None)  # never records it: the last reading, after `seconds`
     started = time.monotonic()
     seen = chaos_step.await_failover_record(after, stored(), seconds=0.2, poll=0.01)
-    assert chaos.failover_record(after, seen) is None and 0.2 <= time.monotonic() - started < 2
+    assert run.failover_record(after, seen) is None and 0.2 <= time.monotonic() - started < 2
 
 
 def test_status_messages_count_in_english():
-    assert [chaos.count_of(1), chaos.count_of(2), chaos.count_of(1, "replacement pods")] == \
+    assert [run.count_of(1), run.count_of(2), run.count_of(1, "replacement pods")] == \
         ["1 pod", "2 pods", "1 replacement pod"]
 
 
@@ -154,39 +152,38 @@ def test_container_kill_recovers_when_the_same_pod_restarted_its_container_and_i
     body = copy.deepcopy(POD_KILL)
     body["spec"].update(action="containerKill", dryRun=False)
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = chaos.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
     assert step.action == "killContainers" and not chaos.needs_cleanup(spec_of(body))
-    after = chaos.injected(step.status, "killed", at="2025-01-01T01:00:01Z", affected=planned.targets).status
+    after = run.injected(step.status, "killed", at="2025-01-01T01:00:01Z", affected=planned.targets).status
     (name,) = planned.targets
     same = pod(name, TARGET_LABELS)
-    waiting = chaos.recover(body, spec_of(body), after, [same], at="2025-01-01T01:00:02Z")
-    assert waiting.status["phase"] == "Recovering"  # not seen dying yet
+    waiting = run.recover(spec_of(body), after, [same], at="2025-01-01T01:00:02Z")
+    assert waiting.status.phase == "Recovering"  # not seen dying yet
     same["status"]["containerStatuses"] = [{"name": "app", "restartCount": 1,
                                             "lastState": {"terminated": {"finishedAt": "2025-01-01T01:00:01Z"}}}]
     same["status"]["conditions"][0]["lastTransitionTime"] = "2025-01-01T01:00:07Z"
-    done = chaos.recover(body, spec_of(body), after, [same], at="2025-01-01T01:00:09Z").status
-    assert done["phase"] == "Completed" and done["recoverySeconds"] == 7 and done["verdict"] == "Passed"
+    done = run.recover(spec_of(body), after, [same], at="2025-01-01T01:00:09Z").status
+    assert done.phase == "Completed" and done.recovery_seconds == 7 and done.verdict == "Passed"
 
 
 def test_governance_refusal_and_slo_check_shape_the_first_step():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    planned = chaos.plan(body, spec_of(body), PODS, None)
-    refused = chaos.start(body, spec_of(body), planned, True, refusal=("NamespaceNotOptedIn", "not opted in"))
-    assert refused.action is None and refused.status["phase"] == "Aborted"
-    assert refused.conditions[0].reason == "NamespaceNotOptedIn" and refused.status["abortReason"] == "not opted in"
-    ok = chaos.start(body, spec_of(body), planned, True, slo_checked="before injection: fine", at="2025-01-01T01:00:00Z")
-    assert [e["event"] for e in ok.status["timeline"]] == ["Planned", "Validated", "SLOChecked", "Injecting"]
+    refused = run.start(body, spec_of(body), PODS, None, True, refusal=("NamespaceNotOptedIn", "not opted in"))
+    assert refused.action is None and refused.status.phase == "Aborted"
+    assert refused.conditions[0].reason == "NamespaceNotOptedIn" and refused.status.abort_reason == "not opted in"
+    ok = run.start(body, spec_of(body), PODS, None, True, slo_checked="before injection: fine", at="2025-01-01T01:00:00Z")
+    assert [e.event for e in ok.status.timeline] == ["Planned", "Validated", "SLOChecked", "Injecting"]
 
 
 def test_abort_stops_a_running_experiment_with_its_reason():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), PODS, None), True, at="2025-01-01T01:00:00Z")
-    running = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
-    aborted = chaos.abort(running, "KillSwitchEngaged", "the chaos kill switch is engaged", at="2025-01-01T01:00:02Z")
-    assert aborted.status["phase"] == "Aborted" and aborted.status["verdict"] == "Failed"
-    assert aborted.status["timeline"][-1]["event"] == "Aborted"
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
+    running = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
+    aborted = run.abort(running, "KillSwitchEngaged", "the chaos kill switch is engaged", at="2025-01-01T01:00:02Z")
+    assert aborted.status.phase == "Aborted" and aborted.status.verdict == "Failed"
+    assert aborted.status.timeline[-1].event == "Aborted"
     assert {c.type: (c.status, c.reason) for c in aborted.conditions}["Degraded"] == (True, "KillSwitchEngaged")
 
 
@@ -194,78 +191,80 @@ def test_pod_kill_records_intention_then_recovers_with_measured_time():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = chaos.start(body, spec_of(body), planned, True, at="2025-01-01T01:00:00Z")
-    assert step.action == "deletePods" and step.status["phase"] == "Running"
-    assert [e["event"] for e in step.status["timeline"]] == ["Planned", "Validated", "Injecting"]
-    after = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
-    assert after["phase"] == "Recovering" and after["timeline"][-1]["event"] == "Injected"
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
+    assert step.action == "deletePods" and step.status.phase == "Running"
+    assert [e.event for e in step.status.timeline] == ["Planned", "Validated", "Injecting"]
+    after = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
+    assert after.phase == "Recovering" and after.timeline[-1].event == "Injected"
     survivors = [p for p in PODS if p["metadata"]["name"] not in planned.targets]
-    waiting = chaos.recover(body, spec_of(body), after, survivors, at="2025-01-01T01:00:05Z")
-    assert waiting.status["phase"] == "Recovering"
+    waiting = run.recover(spec_of(body), after, survivors, at="2025-01-01T01:00:05Z")
+    assert waiting.status.phase == "Recovering"
     replacement = pod("pim-patient-new", TARGET_LABELS, created="2025-01-01T01:00:02Z")
-    done = chaos.recover(body, spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
-    assert done["phase"] == "Completed" and done["verdict"] == "Passed" and done["recoverySeconds"] == 12
+    done = run.recover(spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
+    assert done.phase == "Completed" and done.verdict == "Passed" and done.recovery_seconds == 12
     replacement["status"]["conditions"][0]["lastTransitionTime"] = "2025-01-01T01:00:04Z"  # the kubelet's own time
-    exact = chaos.recover(body, spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
-    assert exact["recoverySeconds"] == 4
-    assert done["timeline"][-1]["event"] == "Recovered"
+    exact = run.recover(spec_of(body), after, survivors + [replacement], at="2025-01-01T01:00:12Z").status
+    assert exact.recovery_seconds == 4
+    assert done.timeline[-1].event == "Recovered"
 
 
 def test_no_recovery_within_the_duration_fails_the_verdict():
     body = copy.deepcopy(POD_KILL)
     body["spec"]["dryRun"] = False
-    step = chaos.start(body, spec_of(body), chaos.plan(body, spec_of(body), PODS, None), True, at="2025-01-01T01:00:00Z")
-    after = chaos.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
-    late = chaos.recover(body, spec_of(body), after, [], at="2025-01-01T01:03:00Z").status  # duration 2m
-    assert late["verdict"] == "Failed" and late["timeline"][-1]["event"] == "RecoveryTimedOut"
+    step = run.start(body, spec_of(body), PODS, None, True, at="2025-01-01T01:00:00Z")
+    after = run.injected(step.status, "deleted", at="2025-01-01T01:00:01Z").status
+    late = run.recover(spec_of(body), after, [], at="2025-01-01T01:03:00Z").status  # duration 2m
+    assert late.verdict == "Failed" and late.timeline[-1].event == "RecoveryTimedOut"
 
 
 def test_network_fault_renders_chaos_mesh_on_exactly_the_planned_pods_or_fails_without_it():
     body = copy.deepcopy(POD_KILL)
     body["spec"].update(action="networkDelay", dryRun=False, parameters={"latency": "200ms", "jitter": "20ms"})
     planned = chaos.plan(body, spec_of(body), PODS, None)
-    step = chaos.start(body, spec_of(body), planned, True)
+    step = run.start(body, spec_of(body), PODS, None, True)
     assert step.action == "applyChaosMesh"
     child = step.children[0]
     assert child["kind"] == "NetworkChaos" and child["spec"]["action"] == "delay"
     assert child["spec"]["selector"] == {"pods": {"lab": planned.targets}}
     assert child["spec"]["delay"] == {"latency": "200ms", "jitter": "20ms"} and child["spec"]["duration"] == "2m"
-    missing = chaos.start(body, spec_of(body), planned, False)
-    assert missing.status["phase"] == "Failed" and missing.conditions[0].reason == "ChaosMeshNotInstalled"
+    missing = run.start(body, spec_of(body), PODS, None, False)
+    assert missing.status.phase == "Failed" and missing.conditions[0].reason == "ChaosMeshNotInstalled"
 
 
 def test_spec_change_is_a_new_run_and_a_finished_run_is_not():
     body = copy.deepcopy(POD_KILL)
-    assert chaos.is_new_run(body)
+    assert run.is_new_run(body)
     body["status"] = {"phase": "DryRun", "observedGeneration": 1}
-    assert not chaos.is_new_run(body)
+    assert not run.is_new_run(body)
     body["metadata"]["generation"] = 2
-    assert chaos.is_new_run(body)
+    assert run.is_new_run(body)
 
 
 def test_what_the_slos_read_goes_before_the_abort_in_the_timeline():
-    running = chaos.injected({"timeline": [], "startedAt": "2025-01-01T01:00:00Z"}, "deleted", at="2025-01-01T01:00:01Z").status
-    aborted = chaos.with_event(chaos.abort(running, "SLOBurnRateExceeded", "burns", at="2025-01-01T01:00:09Z"),
+    running = run.injected(ChaosExperimentStatus(timeline=[], started_at="2025-01-01T01:00:00Z"), "deleted",
+                           at="2025-01-01T01:00:01Z").status
+    aborted = run.with_event(run.abort(running, "SLOBurnRateExceeded", "burns", at="2025-01-01T01:00:09Z"),
                                "SLOChecked", "booking: burn 30x", at="2025-01-01T01:00:09Z")
-    assert [e["event"] for e in aborted.status["timeline"]] == ["Injected", "SLOChecked", "Aborted"]
+    assert [e.event for e in aborted.status.timeline] == ["Injected", "SLOChecked", "Aborted"]
 
 
 def test_grafana_annotations_mark_a_run_start_and_its_span_and_nothing_else():
     from pimlab_operator.chaos.grafana import annotation
 
-    body = {"metadata": {"name": "kill-one"}, "spec": {"action": "podKill", "reference": "ADR-011"},
-            "status": {"phase": "Pending"}}
+    spec = spec_of(POD_KILL)  # podKill, reference ADR-011
+    body = {"metadata": {"name": "kill-one"}, "status": {"phase": "Pending"}}
     running = {"phase": "Running", "startedAt": "2026-12-01T03:00:00Z", "plannedTargets": ["pod-a"]}
-    start = annotation(body, running)
+    status = ChaosExperimentStatus.model_validate
+    start = annotation(body, spec, status(running))
     assert start["time"] == 1796094000000 and "timeEnd" not in start
     assert start["tags"] == ["pim-sre.lab/chaos", "experiment:kill-one", "action:podKill"]
     assert start["text"] == "chaos kill-one: podKill on pod-a (ADR-011)"
     ended = {**running, "phase": "Completed", "verdict": "Passed", "phaseReason": "pod-a replaced",
              "recoverySeconds": 4.2, "completedAt": "2026-12-01T03:00:10Z"}
-    span = annotation({**body, "status": {**running, "phase": "Recovering"}}, ended)
+    span = annotation({**body, "status": {**running, "phase": "Recovering"}}, spec, status(ended))
     assert (span["time"], span["timeEnd"]) == (1796094000000, 1796094010000) and "verdict:Passed" in span["tags"]
     assert span["text"] == "chaos kill-one: Completed, verdict Passed: pod-a replaced (recovered in 4.2 s)"
     # a dry run, a refusal before injection and an unchanged phase are not annotated
-    assert annotation(body, {"phase": "DryRun"}) is None
-    assert annotation(body, {"phase": "Aborted", "verdict": "Failed"}) is None
-    assert annotation({**body, "status": running}, running) is None
+    assert annotation(body, spec, status({"phase": "DryRun"})) is None
+    assert annotation(body, spec, status({"phase": "Aborted", "verdict": "Failed"})) is None
+    assert annotation({**body, "status": running}, spec, status(running)) is None

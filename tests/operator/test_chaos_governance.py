@@ -1,5 +1,6 @@
 """Who chaos may hit and when it must stop: opt-in, protected namespaces, the kill switch,
-abortIf on SLO burn, and the cron schedule (pure functions of chaos/governance.py)."""
+abortIf on SLO burn, the probes, and the cron schedule (pure functions of chaos/governance.py and
+chaos/cron.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import datetime as dt
 
 import pytest
 
+from pimlab_operator.chaos import cron
 from pimlab_operator.chaos import governance as gov
+from pimlab_operator.chaos.model import AbortCondition, Probe
 
 UTC = dt.timezone.utc
 
@@ -38,7 +41,8 @@ def test_the_kill_switch_is_an_annotation_on_the_operator_namespace():
     assert "kill switch is engaged" in message and "pim-system" in message
 
 
-ABORT_IF = [{"sloRef": "booking", "burnRateAbove": 14.4}, {"sloRef": "notes", "budgetRemainingBelow": 0.5}]
+ABORT_IF = [AbortCondition(slo_ref="booking", burn_rate_above=14.4),
+            AbortCondition(slo_ref="notes", budget_remaining_below=0.5)]
 
 
 def test_slo_burn_above_the_threshold_aborts_with_the_measured_value():
@@ -70,24 +74,25 @@ def test_an_unreadable_slo_aborts_and_an_slo_without_traffic_does_not():
 ])
 def test_next_run_follows_cron(schedule, after, expected):
     if expected is None:
-        with pytest.raises(gov.CronError, match="no time within 5 years"):
-            gov.next_run(schedule, after)
+        with pytest.raises(cron.CronError, match="no time within 5 years"):
+            cron.next_run(schedule, after)
     else:
-        assert gov.next_run(schedule, after) == expected
+        assert cron.next_run(schedule, after) == expected
 
 
 @pytest.mark.parametrize("schedule", ["61 * * * *", "* * *", "*/0 * * * *", "5-1 * * * *"])
 def test_bad_schedules_are_refused_with_the_field(schedule):
-    with pytest.raises(gov.CronError):
-        gov.next_run(schedule, dt.datetime(2025, 1, 1, tzinfo=UTC))
+    with pytest.raises(cron.CronError):
+        cron.next_run(schedule, dt.datetime(2025, 1, 1, tzinfo=UTC))
 
 
 def test_a_probe_aborts_after_its_failure_threshold_in_a_row():
-    probes = [{"name": "gateway", "url": "http://x", "failureThreshold": 2}, {"name": "admin", "url": "http://y"}]
+    probes = [Probe(name="gateway", url="http://x", failure_threshold=2), Probe(name="admin", url="http://y")]
     states, breach = gov.probe_verdict(probes, {"gateway": "HTTP 503", "admin": None}, None)
-    assert breach is None and states[0] == {"name": "gateway", "consecutiveFailures": 1, "lastError": "HTTP 503"}
+    assert breach is None
+    assert states[0].to_k8s() == {"name": "gateway", "consecutiveFailures": 1, "lastError": "HTTP 503"}
     states, breach = gov.probe_verdict(probes, {"gateway": None, "admin": None}, states)
-    assert breach is None and states[0]["consecutiveFailures"] == 0  # a pass resets the count
+    assert breach is None and states[0].consecutive_failures == 0  # a pass resets the count
     states, _ = gov.probe_verdict(probes, {"gateway": "timeout", "admin": None}, states)
     states, breach = gov.probe_verdict(probes, {"gateway": "HTTP 503", "admin": None}, states)
     assert breach == ("ProbeFailed", "probe gateway failed 2 time(s) in a row (failureThreshold 2): HTTP 503")

@@ -34,7 +34,7 @@ def children(body: dict) -> list[dict]:
         return shard.desired_children(body, spec, PASSWORD)
     if body["kind"] == "SLO":
         return slo.desired_children(body, spec, with_prometheus_rule=True)
-    image = personaload.engine_image(body, sample("Lab", body["spec"]["target"].get("labRef") or "pim"))
+    image = personaload.engine_image(spec, sample("Lab", spec.target.lab_ref or "pim"))
     return personaload.desired_children(body, spec, image)
 
 

@@ -12,6 +12,7 @@ from cr_samples import by, sample, spec_of
 from pimlab_load.report import Recorder, summary, to_wire
 from pimlab_operator import crdgen
 from pimlab_operator.personaload import desired as personaload
+from pimlab_operator.personaload import status as run_status
 from pimlab_operator.personaload.model import PersonaLoad
 
 PEAK = sample("PersonaLoad", "peak-clinic")
@@ -60,8 +61,9 @@ def job(*conditions: str, active: int = 0, completions: int = 2, name: str = "pe
 
 
 def status_of(body, the_job, pods, **kwargs):
-    status, conditions = personaload.personaload_status(body, "img", the_job, None, pods, **kwargs)
-    return status, {c.type: c for c in conditions}
+    """The status as written (dumped by alias) and the conditions by type."""
+    status, conditions = run_status.personaload_status(body, spec_of(body), "img", the_job, None, pods, **kwargs)
+    return status.to_k8s(), {c.type: c for c in conditions}
 
 
 def declared(value, schema: dict, path: str = ".status") -> None:
@@ -84,7 +86,7 @@ STATUS_SCHEMA = crdgen.crd(PersonaLoad)["spec"]["versions"][0]["schema"]["openAP
 
 
 def test_config_map_spells_out_journeys_and_the_indexed_job_runs_the_engine():
-    image = personaload.engine_image(PEAK, LAB)
+    image = personaload.engine_image(spec_of(PEAK), LAB)
     children = personaload.desired_children(PEAK, spec_of(PEAK), image)
     config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
     assert config["parallelism"] == 2 and config["profile"]["peakRate"] == 800
@@ -139,8 +141,8 @@ def test_schedule_renders_a_cronjob_and_no_job():
 
 def test_without_an_image_only_the_config_is_rendered_and_status_says_why():
     assert [c["kind"] for c in personaload.desired_children(PEAK, spec_of(PEAK), None)] == ["ConfigMap"]
-    status, conditions = personaload.personaload_status(PEAK, None, None, None, [])
-    assert status["phase"] == "Pending" and conditions[0].reason == "ImageUnknown"
+    status, conditions = run_status.personaload_status(PEAK, spec_of(PEAK), None, None, None, [])
+    assert status.phase == "Pending" and conditions[0].reason == "ImageUnknown"
 
 
 def test_status_merges_the_pods_histograms_and_never_averages_percentiles():
@@ -237,8 +239,9 @@ def test_a_cronjob_lists_its_last_runs():
     runs = [(job("Complete", completions=1, name=f"overnight-processing-{n}"), nightly_pods(n, f"r{n}"))
             for n in (3, 2, 1)]
     runs.append((job("Complete", completions=1, name="overnight-processing-0"), []))
-    status, conditions = personaload.personaload_status(NIGHTLY, "img", runs[0][0], {"status": {
+    status, conditions = run_status.personaload_status(NIGHTLY, spec_of(NIGHTLY), "img", runs[0][0], {"status": {
         "lastScheduleTime": "2025-01-01T02:00:00Z"}}, runs[0][1], runs)
+    status = status.to_k8s()
     assert status["phase"] == "Succeeded" and status["lastScheduleTime"] == "2025-01-01T02:00:00Z"
     assert [r["jobName"] for r in status["recentRuns"]] == [f"overnight-processing-{n}" for n in (3, 2, 1, 0)]
     assert status["recentRuns"][0]["requests"] == 500 and "p95Ms" in status["recentRuns"][0]

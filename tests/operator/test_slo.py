@@ -13,6 +13,7 @@ from cr_samples import by, sample, spec_of
 
 from pimlab_operator.schema import duration_seconds
 from pimlab_operator.slo import desired as slo
+from pimlab_operator.slo import status as slo_status
 from pimlab_operator.slo.model import SLOSpec
 
 AVAILABILITY = sample("SLO", "encounter-booking-availability")
@@ -41,9 +42,9 @@ def test_children_names_owner_and_dashboard_label():
 def test_no_prometheus_rule_without_its_crd_and_status_says_so():
     children = slo.desired_children(AVAILABILITY, spec_of(AVAILABILITY), with_prometheus_rule=False)
     assert "PrometheusRule" not in {c["kind"] for c in children}
-    status, conditions = slo.slo_status(AVAILABILITY, children, with_prometheus_rule=False)
-    assert status["phase"] == "Degraded" and conditions[0].reason == "PrometheusRuleCRDMissing"
-    assert [o["kind"] for o in status["generatedObjects"]] == ["ConfigMap", "ConfigMap"]
+    status, conditions = slo_status.slo_status(AVAILABILITY, children, with_prometheus_rule=False)
+    assert status.phase == "Degraded" and conditions[0].reason == "PrometheusRuleCRDMissing"
+    assert [o.kind for o in status.generated_objects] == ["ConfigMap", "ConfigMap"]
 
 
 def test_recording_rules_cover_every_window_with_the_placeholder_replaced():
@@ -254,7 +255,7 @@ def test_zero_traffic_never_fires_and_records_no_nan(tmp_path, name):
 
 def test_absent_alert_fires_only_when_the_metric_is_missing(tmp_path):
     body = _with_alerting(absent={"enabled": True, "for": "5m"})
-    ident = slo.identity(body)
+    ident = slo.identity(body, spec_of(body))
     _promtool_test(tmp_path, body, [
         {"interval": "1m", "input_series": [{"series": 'other_metric{job="x"}', "values": "0+1x30"}],
          "alert_rule_test": [{"eval_time": "20m", "alertname": slo.ABSENT_ALERT, "exp_alerts": [
@@ -301,7 +302,8 @@ def test_budget_status_from_a_reading():
           "labels": {"alertname": "SLOErrorBudgetBurnPage", "severity": "page", "long_window": "1h",
                      "short_window": "5m", "slo": "encounter-booking-availability", "slo_namespace": "lab"}},
          {"state": "pending", "labels": {"alertname": "SLOErrorBudgetBurnTicket"}}])
-    budget, condition = slo.budget_status(AVAILABILITY, spec, reading, "http://127.0.0.1:9090")
+    budget, condition = slo_status.budget_status(AVAILABILITY, spec, reading, "http://127.0.0.1:9090")
+    budget = budget.to_k8s()  # as written
     assert budget["sli"] == pytest.approx(0.9998) and budget["remaining"] == 0.8
     assert budget["remainingMinutes"] == pytest.approx(0.8 * 43.2)
     assert budget["burnRate1h"] == pytest.approx(14.4) and budget["burnRate6h"] == pytest.approx(0.3)
@@ -313,14 +315,11 @@ def test_budget_status_from_a_reading():
                                        "shortWindow": "5m", "activeSince": "2026-11-30T11:58:00Z"}]
     assert budget["evaluatedAt"] == "2026-11-30T12:00:00Z"
     assert condition.status and condition.reason == "Read" and "SLOErrorBudgetBurnPage" in condition.message
-    from pimlab_operator.slo.model import ErrorBudget
-
-    ErrorBudget.model_validate(budget)  # the CRD's schema accepts it
 
 
 def test_no_data_is_said_not_invented():
-    budget, condition = slo.budget_status(AVAILABILITY, spec_of(AVAILABILITY), _reading({}), "http://p:9090")
-    assert "remaining" not in budget and "worstBurnRate" not in budget
+    budget, condition = slo_status.budget_status(AVAILABILITY, spec_of(AVAILABILITY), _reading({}), "http://p:9090")
+    assert budget.remaining is None and budget.worst_burn_rate is None
     assert condition.reason == "NoData"
 
 
@@ -331,12 +330,13 @@ def test_unreadable_prometheus_clears_the_figures_and_keeps_the_last_as_last():
     body["status"] = {"errorBudget": {"remaining": 0.8, "evaluatedAt": "2026-11-30T12:00:00Z"}}
     children = slo.desired_children(body, spec_of(body), True)
     down = (None, Condition("BudgetCurrent", False, "PrometheusUnreachable", "http://p:9090: refused"))
-    status, conditions = slo.slo_status(body, children, True, down)
-    assert "errorBudget" not in status
-    assert status["lastErrorBudget"] == {"remaining": 0.8, "evaluatedAt": "2026-11-30T12:00:00Z"}
-    assert status["phase"] == "Degraded"
+    status, conditions = slo_status.slo_status(body, children, True, down)
+    written = status.to_k8s()
+    assert "errorBudget" not in written
+    assert written["lastErrorBudget"] == {"remaining": 0.8, "evaluatedAt": "2026-11-30T12:00:00Z"}
+    assert status.phase == "Degraded"
     assert [(c.type, c.status, c.reason) for c in conditions] == [
         ("Ready", True, "RulesGenerated"), ("Degraded", True, "PrometheusUnreachable"),
         ("BudgetCurrent", False, "PrometheusUnreachable")]
-    status, conditions = slo.slo_status(body, children, True, None)
-    assert status["phase"] == "Ready" and conditions[2].reason == "NoPrometheusUrl"
+    status, conditions = slo_status.slo_status(body, children, True, None)
+    assert status.phase == "Ready" and conditions[2].reason == "NoPrometheusUrl"

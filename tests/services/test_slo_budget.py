@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from live_prometheus import GATEWAY_SLO, drive, register_patient, start_prometheus, start_services, wait_for
-from pimlab_operator.slo import desired, prometheus
+from pimlab_operator.slo import desired, prometheus, status
 from pimlab_operator.slo.model import SLOSpec
 
 SPEC = SLOSpec.model_validate(GATEWAY_SLO["spec"])
@@ -33,7 +33,8 @@ def live(tmp_path_factory):
 
 def _budget():
     reading = prometheus.read_slo(LIVE_URL[0], NAME, NS)
-    return desired.budget_status(GATEWAY_SLO, SPEC, reading, LIVE_URL[0])
+    budget, condition = status.budget_status(GATEWAY_SLO, SPEC, reading, LIVE_URL[0])
+    return budget.to_k8s(), condition
 
 
 LIVE_URL: list[str] = []

@@ -1,6 +1,6 @@
 """Who may be hit, and when chaos must stop: namespace opt-in, protected namespaces, the kill
-switch, abortIf on SLO burn, and the cron schedule. Pure: the step reads the objects and the
-Prometheus readings and hands them in.
+switch, abortIf on SLO burn and the steady-state probes. Pure: the step reads the objects, the
+SLOs' readings and the probes' answers and hands them in.
 
 The switches, all on Namespaces so `kubectl label/annotate` is the whole interface:
 - a target namespace opts in with the label `pim-sre.lab/chaos=enabled`;
@@ -13,7 +13,7 @@ The switches, all on Namespaces so `kubectl label/annotate` is the whole interfa
 
 from __future__ import annotations
 
-import datetime as dt
+from pimlab_operator.chaos.model import AbortCondition, Probe, ProbeState
 
 OPT_IN_LABEL = ("pim-sre.lab/chaos", "enabled")
 KILL_SWITCH_ANNOTATION = "pim-sre.lab/chaos-paused"
@@ -42,25 +42,25 @@ def kill_switch(operator_ns_obj: dict | None) -> str | None:
     return None
 
 
-def slo_breach(abort_if: list[dict], readings: dict[str, dict | str]) -> tuple[str, str] | None:
+def slo_breach(abort_if: list[AbortCondition], readings: dict[str, dict | str]) -> tuple[str, str] | None:
     """(reason, message with the measured values) when an abortIf condition fires.
 
     `readings[sloRef]` is the SLO's errorBudget as read from Prometheus now, or a string saying
     why it could not be read: unreadable is a breach (fail safe). A budget with no figure yet
     (no traffic) does not fire."""
     for condition in abort_if:
-        name = condition["sloRef"]
+        name = condition.slo_ref
         reading = readings.get(name)
         if reading is None or isinstance(reading, str):
             return ("SLOUnreadable", f"SLO {name} could not be read during the run ({reading or 'no reading'}): "
                     "aborting, fail safe")
         burn = reading.get("worstBurnRate", reading.get("burnRate1h"))
-        limit = condition.get("burnRateAbove")
+        limit = condition.burn_rate_above
         if limit is not None and burn is not None and burn > limit:
             window = reading.get("worstBurnWindow", "1h")
             return ("SLOBurnRateExceeded", f"SLO {name} burns its budget at {burn:g}x over {window} "
                     f"(abortIf burnRateAbove {limit:g})")
-        remaining, floor = reading.get("remaining"), condition.get("budgetRemainingBelow")
+        remaining, floor = reading.get("remaining"), condition.budget_remaining_below
         if floor is not None and remaining is not None and remaining < floor:
             return ("SLOBudgetExhausted", f"SLO {name} has {remaining:g} of its error budget left "
                     f"(abortIf budgetRemainingBelow {floor:g})")
@@ -80,89 +80,18 @@ def slo_summary(readings: dict[str, dict | str]) -> str:
     return "; ".join(parts)
 
 
-def probe_verdict(probes: list[dict], results: dict[str, str | None],
-                  previous: list[dict] | None) -> tuple[list[dict], tuple[str, str] | None]:
+def probe_verdict(probes: list[Probe], results: dict[str, str | None],
+                  previous: list[ProbeState] | None) -> tuple[list[ProbeState], tuple[str, str] | None]:
     """(each probe's state, (reason, message) when one failed `failureThreshold` times in a row).
     `results[name]` is None for a pass, else what went wrong."""
-    before = {p["name"]: p.get("consecutiveFailures", 0) for p in previous or []}
+    before = {p.name: p.consecutive_failures for p in previous or []}
     states, breach = [], None
     for probe in probes:
-        name, error = probe["name"], results.get(probe["name"])
+        name, error = probe.name, results.get(probe.name)
         failures = 0 if error is None else before.get(name, 0) + 1
-        states.append({"name": name, "consecutiveFailures": failures, **({"lastError": error[:1024]} if error else {})})
-        threshold = probe.get("failureThreshold", 1)
+        states.append(ProbeState(name=name, consecutive_failures=failures, last_error=error[:1024] if error else None))
+        threshold = probe.failure_threshold
         if error is not None and failures >= threshold and breach is None:
             breach = ("ProbeFailed", f"probe {name} failed {failures} time(s) in a row "
                       f"(failureThreshold {threshold}): {error}")
     return states, breach
-
-
-# --- cron ----------------------------------------------------------------------------------
-
-_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-           "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
-
-
-class CronError(ValueError):
-    """A schedule this parser does not accept."""
-
-
-def _field(text: str, low: int, high: int) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        body, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if body == "*":
-            start, end = low, high
-        elif "-" in body:
-            start, end = (int(x) for x in body.split("-", 1))
-        else:
-            start = end = int(body)
-            if step_text:
-                end = high
-        if step < 1 or start < low or end > high or start > end:
-            raise CronError(f"{part!r} is outside {low}..{high}")
-        values.update(range(start, end + 1, step))
-    return values
-
-
-def parse_cron(schedule: str) -> list[set[int]]:
-    """minute, hour, day of month, month, day of week (0 = Sunday; 7 accepted as Sunday)."""
-    fields = _MACROS.get(schedule.strip(), schedule).split()
-    if len(fields) != 5:
-        raise CronError(f"schedule {schedule!r} needs 5 fields (minute hour day month weekday) or a macro")
-    try:
-        parsed = [_field(f, lo, hi if i != 4 else 7) for i, (f, (lo, hi)) in enumerate(zip(fields, _RANGES))]
-    except ValueError as error:
-        raise CronError(f"schedule {schedule!r}: {error}") from error
-    if 7 in parsed[4]:
-        parsed[4] = (parsed[4] - {7}) | {0}
-    return parsed
-
-
-def next_run(schedule: str, after: dt.datetime) -> dt.datetime:
-    """The first minute strictly after `after` (UTC) that the schedule names. Day of month and
-    day of week are OR-ed when both are restricted, as cron does."""
-    minutes, hours, days, months, weekdays = parse_cron(schedule)
-    parts = _MACROS.get(schedule.strip(), schedule).split()
-    dom_star, dow_star = parts[2] == "*", parts[4] == "*"
-    at = after.astimezone(dt.timezone.utc).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    limit = at + dt.timedelta(days=5 * 366)  # Feb 29 comes round within 5 years; Feb 31 never
-    while at < limit:
-        if at.month not in months:
-            at = (at.replace(day=1, hour=0, minute=0) + dt.timedelta(days=32)).replace(day=1)
-            continue
-        day_ok = at.day in days
-        weekday_ok = (at.isoweekday() % 7) in weekdays
-        if not ((day_ok and weekday_ok) if (dom_star or dow_star) else (day_ok or weekday_ok)):
-            at = at.replace(hour=0, minute=0) + dt.timedelta(days=1)
-            continue
-        if at.hour not in hours:
-            at = at.replace(minute=0) + dt.timedelta(hours=1)
-            continue
-        if at.minute not in minutes:
-            at += dt.timedelta(minutes=1)
-            continue
-        return at
-    raise CronError(f"schedule {schedule!r} names no time within 5 years")

@@ -13,6 +13,7 @@ import logging
 import httpx
 
 from pimlab_operator import kube
+from pimlab_operator.chaos.model import ChaosExperimentSpec, ChaosExperimentStatus
 from pimlab_operator.schema import API_VERSION
 
 log = logging.getLogger(__name__)
@@ -22,32 +23,30 @@ ENDED = ("Completed", "Aborted", "Failed")
 IN_RUN = ("Running", "Recovering")
 
 
-def _ms(stamp: str | None) -> int:
-    at = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else dt.datetime.now(dt.timezone.utc)
-    return int(at.timestamp() * 1000)
+def _ms(at: dt.datetime | None) -> int:
+    return int((at or dt.datetime.now(dt.timezone.utc)).timestamp() * 1000)
 
 
-def annotation(body: dict, new: dict) -> dict | None:
+def annotation(body: dict, spec: ChaosExperimentSpec, new: ChaosExperimentStatus) -> dict | None:
     """The annotation (Grafana's POST /api/annotations body) a status change calls for: a run
     that starts injecting, or one that ends after it did; None for anything else (dry runs,
     refusals before injection, a status written again unchanged)."""
-    old = body.get("status") or {}
-    before, after = old.get("phase"), new.get("phase")
+    before = ChaosExperimentStatus.model_validate(body.get("status") or {}).phase
+    after = new.phase
     if before == after:
         return None
-    name, action = body["metadata"]["name"], body["spec"]["action"]
+    name, action = body["metadata"]["name"], spec.action
     tags = ["pim-sre.lab/chaos", f"experiment:{name}", f"action:{action}"]
-    targets = ", ".join(new.get("affectedTargets") or new.get("plannedTargets") or []) or "nothing"
+    targets = ", ".join(new.affected_targets or new.planned_targets or []) or "nothing"
     if after == "Running":
-        return {"time": _ms(new.get("startedAt")), "tags": tags,
-                "text": f"chaos {name}: {action} on {targets} ({body['spec'].get('reference') or 'no reference'})"}
+        return {"time": _ms(new.started_at), "tags": tags,
+                "text": f"chaos {name}: {action} on {targets} ({spec.reference or 'no reference'})"}
     if after in ENDED and before in IN_RUN:
-        recovery = new.get("recoverySeconds")
-        text = f"chaos {name}: {after}, verdict {new.get('verdict')}: {new.get('phaseReason') or ''}"
-        if recovery is not None:
-            text += f" (recovered in {recovery} s)"
-        return {"time": _ms(new.get("startedAt")), "timeEnd": _ms(new.get("completedAt")),
-                "tags": [*tags, f"verdict:{new.get('verdict')}"], "text": text[:1024]}
+        text = f"chaos {name}: {after}, verdict {new.verdict}: {new.phase_reason or ''}"
+        if new.recovery_seconds is not None:
+            text += f" (recovered in {new.recovery_seconds} s)"
+        return {"time": _ms(new.started_at), "timeEnd": _ms(new.completed_at),
+                "tags": [*tags, f"verdict:{new.verdict}"], "text": text[:1024]}
     return None
 
 
@@ -74,9 +73,9 @@ def post(url: str, token: str | None, payload: dict) -> None:
     response.raise_for_status()
 
 
-def announce(body: dict, new: dict) -> None:
+def announce(body: dict, spec: ChaosExperimentSpec, new: ChaosExperimentStatus) -> None:
     """Post the annotation `new` calls for, if any and if a Grafana is named; failures are logged."""
-    payload = annotation(body, new)
+    payload = annotation(body, spec, new)
     if payload is None:
         return
     meta = body["metadata"]

@@ -86,7 +86,7 @@ def cleanup(body: dict) -> list[str]:
             removed.append(f"{ref['kind']}/{ref['name']}")
     shard_name = body["spec"]["target"].get("shardRef")
     if shard_name:
-        namespace = desired.target_namespace(body)
+        namespace = meta["namespace"]  # shardRef names a Shard of the experiment's namespace
         shard = kube.get(API_VERSION, "Shard", shard_name, namespace)
         annotations = ((shard or {}).get("metadata") or {}).get("annotations") or {}
         if annotations.get(desired.REQUESTED_BY_ANNOTATION) == meta["name"]:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from pimlab_operator.chaos.governance import parse_cron
+from pimlab_operator.chaos.cron import parse_cron
 from pimlab_operator.schema import (
     AGE_COLUMN,
     MESSAGE_COLUMN,

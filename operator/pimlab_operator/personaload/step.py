@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pimlab_operator import kube, reconcile
 from pimlab_operator.objects import dev_issuer_secret
-from pimlab_operator.personaload import desired
+from pimlab_operator.personaload import desired, status
 from pimlab_operator.personaload.model import PersonaLoadSpec
 from pimlab_operator.reconcile import ChildKind
 from pimlab_operator.schema import API_VERSION
@@ -17,8 +17,8 @@ def running(body: dict) -> bool:
     """A run in progress is followed (its pods' results) at the resync period, never backed off."""
     return (body.get("status") or {}).get("phase") in ("Pending", "Running")
 
-def _lab(body: dict) -> dict | None:
-    ref = body["spec"]["target"].get("labRef")
+def _lab(body: dict, spec: PersonaLoadSpec) -> dict | None:
+    ref = spec.target.lab_ref
     return kube.get(API_VERSION, "Lab", ref, body["metadata"]["namespace"]) if ref else None
 
 
@@ -29,8 +29,8 @@ def _job_of(pod: dict) -> str | None:
 
 def step(body: dict, spec: PersonaLoadSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    lab = _lab(body)
-    image = desired.engine_image(body, lab)
+    lab = _lab(body, spec)
+    image = desired.engine_image(spec, lab)
     # Engines aimed at a Lab without spec.auth sign their tokens with the Lab's dev issuer key.
     issuer = dev_issuer_secret(lab["metadata"]["name"]) if lab and not lab["spec"].get("auth") else None
     reconcile.apply_children(body, desired.desired_children(body, spec, image, issuer), prune=CHILDREN)
@@ -50,5 +50,4 @@ def step(body: dict, spec: PersonaLoadSpec) -> None:
         job = next((j for j in jobs if j["metadata"]["name"] == current), None)
         cronjob = None
     pods = pods_by_job.get(job["metadata"]["name"], []) if job else []
-    fields, wanted = desired.personaload_status(body, image, job, cronjob, pods, history)
-    reconcile.write_status(body, fields, wanted)
+    reconcile.write_status(body, *status.personaload_status(body, spec, image, job, cronjob, pods, history))

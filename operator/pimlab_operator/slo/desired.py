@@ -1,5 +1,6 @@
-"""What an SLO should be: recording rules, multi-window multi-burn-rate alerts (the Google SRE
+"""What an SLO should have: recording rules, multi-window multi-burn-rate alerts (the Google SRE
 workbook's table), Grafana alert provisioning and a dashboard, computed purely from the spec.
+What its budget reads is in `status.py`.
 
 Queries are finished here with `str.replace`, because the users' `{{window}}` placeholder is
 also jinja syntax; the templates only lay finished strings out.
@@ -7,14 +8,12 @@ also jinja syntax; the templates only lay finished strings out.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 
 from pimlab_operator.schema import duration_seconds
-from pimlab_operator.slo.model import DEFAULT_FOR, WINDOW_PLACEHOLDER, WORKBOOK_TIERS, SLOSpec
-from pimlab_operator.conditions import Condition
 from pimlab_operator.render import owned, render
+from pimlab_operator.slo.model import DEFAULT_FOR, WINDOW_PLACEHOLDER, WORKBOOK_TIERS, SLOSpec
 
 #: Windows recorded for every SLO (the workbook's); tiers may add their own.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -97,13 +96,12 @@ def presence_query(spec: SLOSpec) -> str:
     return f"{sli.latency.metric}_count{{{sli.latency.selector or ''}}}"
 
 
-def identity(slo: dict) -> dict[str, str]:
+def identity(slo: dict, spec: SLOSpec) -> dict[str, str]:
     """Labels every series and alert of this SLO carries."""
-    spec = slo["spec"]
     found = {"slo": slo["metadata"]["name"], "slo_namespace": slo["metadata"]["namespace"],
-             "service": spec["service"]}
-    if spec.get("journey"):
-        found["journey"] = spec["journey"]
+             "service": spec.service}
+    if spec.journey:
+        found["journey"] = spec.journey
     return found
 
 
@@ -117,7 +115,7 @@ def selector_of(labels: dict[str, str]) -> str:
 
 def recording_rules(slo: dict, spec: SLOSpec) -> list[dict]:
     """One error-ratio series per window, the compliance-window ratio and the budget left."""
-    labels = identity(slo)
+    labels = identity(slo, spec)
     sel = selector_of({"slo": labels["slo"], "slo_namespace": labels["slo_namespace"]})
     budget = number(1 - spec.objective / 100)
     rules = [{"record": series(w), "expr": error_ratio_query(spec, w), "labels": labels} for w in windows(spec)]
@@ -135,7 +133,7 @@ def burn_alerts(slo: dict, spec: SLOSpec) -> list[dict]:
     """Multi-window multi-burn-rate alerts: both windows must burn faster than `factor`, so an
     alert fires fast on a real burn and resets fast once it stops. A window without traffic has
     no sample, so zero traffic never fires."""
-    ident = identity(slo)
+    ident = identity(slo, spec)
     sel = selector_of({"slo": ident["slo"], "slo_namespace": ident["slo_namespace"]})
     budget = 1 - spec.objective / 100
     alerts = []
@@ -168,7 +166,7 @@ def absent_alert(slo: dict, spec: SLOSpec) -> list[dict]:
     policy = spec.alerting.absent
     if not policy.enabled:
         return []
-    ident = identity(slo)
+    ident = identity(slo, spec)
     annotations = {"summary": f"{ident['slo']}: the SLI's metric is missing",
                    "description": f"No series for the SLI of {ident['slo']} for {policy.for_}: the error "
                                   "budget cannot be computed (scrape target down or metric renamed)."}
@@ -215,7 +213,7 @@ def grafana_rules(slo: dict, spec: SLOSpec) -> list[dict]:
 
 def dashboard(slo: dict, spec: SLOSpec) -> dict:
     """A small Grafana dashboard: budget left, burn rates per window, the SLI over time."""
-    ident = identity(slo)
+    ident = identity(slo, spec)
     sel = selector_of({"slo": ident["slo"], "slo_namespace": ident["slo_namespace"]})
     budget = number(1 - spec.objective / 100)
     ds = {"type": "prometheus", "uid": DATASOURCE_UID}
@@ -273,97 +271,3 @@ def desired_children(slo: dict, spec: SLOSpec, with_prometheus_rule: bool,
         children += render("slo/dashboard.yaml.j2", name=name, labels=labels, folder=folder,
                            dashboard=json.dumps(dashboard(slo, spec), indent=2, sort_keys=True))
     return owned(children, slo)
-
-
-def _rounded(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def budget_status(slo: dict, spec: SLOSpec, reading: dict, url: str) -> tuple[dict, Condition]:
-    """`status.errorBudget` from one reading of Prometheus (`prometheus.read_slo`), and the
-    BudgetCurrent condition. Pure: the reading carries its own time."""
-    series_values, read_at = reading["series"], _timestamp(reading["readAt"])
-    budget = 1 - spec.objective / 100
-    window_minutes = duration_seconds(spec.window) / 60
-    ratio = series_values.get(series(spec.window))
-    remaining = series_values.get("slo:error_budget:remaining_ratio")
-    if remaining is None and ratio is not None:
-        remaining = 1 - ratio / budget
-    burns = []
-    for window in alert_windows(spec):
-        value = series_values.get(series(window))
-        burns.append({"window": window, "readAt": read_at,
-                      **({"value": _rounded(max(value, 0.0) / budget)} if value is not None else {})})
-    measured = [b for b in burns if "value" in b]
-    worst = max(measured, key=lambda b: b["value"]) if measured else None
-    one_hour, six_hours = series_values.get(series("1h")), series_values.get(series("6h"))
-    firing = []
-    for alert in reading["alerts"]:
-        if alert.get("state") != "firing":
-            continue
-        labels = alert.get("labels", {})
-        entry = {"alert": labels.get("alertname", "?"), "severity": labels.get("severity"),
-                 "longWindow": labels.get("long_window"), "shortWindow": labels.get("short_window"),
-                 "activeSince": alert.get("activeAt", "")[:19] + "Z" if alert.get("activeAt") else None}
-        firing.append({k: v for k, v in entry.items() if v is not None})
-    firing.sort(key=lambda a: (a["alert"], a.get("longWindow", "")))
-    found = {
-        "sli": _rounded(None if ratio is None else min(max(1 - ratio, 0.0), 1.0)),
-        "remaining": _rounded(None if remaining is None else min(remaining, 1.0)),
-        "remainingMinutes": None if remaining is None else round(min(remaining, 1.0) * budget * window_minutes, 2),
-        "burnRate1h": _rounded(None if one_hour is None else max(one_hour, 0.0) / budget),
-        "burnRate6h": _rounded(None if six_hours is None else max(six_hours, 0.0) / budget),
-        "worstBurnRate": worst["value"] if worst else None,
-        "worstBurnWindow": worst["window"] if worst else None,
-        "burnRates": burns, "firingAlerts": firing, "evaluatedAt": read_at, "prometheusUrl": url,
-    }
-    error_budget = {k: v for k, v in found.items() if v is not None}
-    if ratio is None and not measured:
-        condition = Condition("BudgetCurrent", True, "NoData",
-                              f"read {url} at {read_at}: no recorded SLI series yet (no traffic in any window,"
-                              " or the recording rules are not loaded)")
-    else:
-        names = ", ".join(sorted({a["alert"] for a in firing})) or "none"
-        condition = Condition("BudgetCurrent", True, "Read",
-                              f"read {url} at {read_at}; firing alerts: {names}")
-    return error_budget, condition
-
-
-def slo_status(slo: dict, children: list[dict], with_prometheus_rule: bool,
-               budget: tuple[dict | None, Condition] | None = None) -> tuple[dict, list[Condition]]:
-    """Generated objects, the error budget (when a Prometheus was read) and conditions:
-    Ready (rules generated), Degraded (a CRD missing or Prometheus unreadable) and
-    BudgetCurrent (whether `errorBudget` is a fresh reading, and if not, why)."""
-    generated = [{"apiVersion": c["apiVersion"], "kind": c["kind"], "name": c["metadata"]["name"],
-                  "namespace": c["metadata"]["namespace"]} for c in children]
-    error_budget, budget_condition = budget or (None, Condition(
-        "BudgetCurrent", False, "NoPrometheusUrl",
-        "no Prometheus to read: set the Lab's spec.observability.prometheusUrl or the operator's --prometheus-url"))
-    fields = {"generatedObjects": generated}
-    if error_budget is not None:
-        fields["errorBudget"] = error_budget
-    else:
-        last = ((slo.get("status") or {}).get("errorBudget")
-                or (slo.get("status") or {}).get("lastErrorBudget"))
-        if last:
-            fields["lastErrorBudget"] = last
-    unreadable = not budget_condition.status and budget_condition.reason != "NoPrometheusUrl"
-    if with_prometheus_rule:
-        ready = Condition(
-            "Ready", True, "RulesGenerated",
-            f"{len(generated)} objects generated (PrometheusRule, Grafana alerts"
-            f"{', dashboard' if any(c['kind'] == 'ConfigMap' and c['name'].endswith('-dashboard') for c in generated) else ''})")
-        degraded = (Condition("Degraded", True, budget_condition.reason, budget_condition.message) if unreadable
-                    else Condition("Degraded", False, "AllTargetsPresent", "the PrometheusRule CRD exists"))
-    else:
-        ready = Condition("Ready", False, "PrometheusRuleCRDMissing",
-                          "monitoring.coreos.com/v1 PrometheusRule is not installed: no recording rules or "
-                          "Prometheus alerts; burn-rate alerts exist only as Grafana alert rules")
-        degraded = Condition("Degraded", True, "PrometheusRuleCRDMissing", ready.message)
-    phase = "Degraded" if degraded.status else "Ready"
-    fields = {"phase": phase, "phaseReason": degraded.message if degraded.status else ready.message, **fields}
-    return fields, [ready, degraded, budget_condition]

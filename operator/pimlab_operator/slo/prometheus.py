@@ -1,5 +1,5 @@
 """Read an SLO's recorded series and firing alerts from Prometheus's HTTP API (the only I/O of
-the error-budget refresh; the arithmetic is in `desired.budget_status`).
+the error-budget refresh; the arithmetic is in `status.budget_status`).
 
 One instant query fetches every recorded series of the SLO (they share its `slo` and
 `slo_namespace` labels), one call lists the alerts. Any failure -- connection refused, timeout,

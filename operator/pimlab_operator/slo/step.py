@@ -10,8 +10,8 @@ from pimlab_operator import kube, reconcile
 from pimlab_operator.conditions import Condition
 from pimlab_operator.reconcile import ChildKind
 from pimlab_operator.schema import API_VERSION
-from pimlab_operator.slo import desired, prometheus
-from pimlab_operator.slo.model import SLOSpec
+from pimlab_operator.slo import desired, prometheus, status
+from pimlab_operator.slo.model import ErrorBudget, SLOSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def prometheus_url(namespace: str, default: str | None) -> str | None:
     return url
 
 
-def read_budget(body: dict, spec: SLOSpec) -> tuple[dict | None, Condition] | None:
+def read_budget(body: dict, spec: SLOSpec) -> tuple[ErrorBudget | None, Condition] | None:
     """The budget and its condition; None where no Prometheus is named."""
     meta = body["metadata"]
     settings = reconcile.context().settings
@@ -64,7 +64,7 @@ def read_budget(body: dict, spec: SLOSpec) -> tuple[dict | None, Condition] | No
     except prometheus.PrometheusUnavailable as error:
         log.info("error budget of %s/%s not read: %s", meta["namespace"], meta["name"], error)
         return None, Condition("BudgetCurrent", False, error.reason, str(error)[:1024])
-    return desired.budget_status(body, spec, reading, url)
+    return status.budget_status(body, spec, reading, url)
 
 
 def step(body: dict, spec: SLOSpec) -> None:
@@ -72,5 +72,4 @@ def step(body: dict, spec: SLOSpec) -> None:
     with_group = kube.kind_exists(GRAFANA_ALERT_RULE_GROUP.api_version, GRAFANA_ALERT_RULE_GROUP.kind)
     children = desired.desired_children(body, spec, with_rule, with_grafana_operator=with_group)
     reconcile.apply_children(body, children, prune=CHILDREN)
-    fields, wanted = desired.slo_status(body, children, with_rule, read_budget(body, spec))
-    reconcile.write_status(body, fields, wanted)
+    reconcile.write_status(body, *status.slo_status(body, children, with_rule, read_budget(body, spec)))
