@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import kopf
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from pimlab_operator.config import Settings
 from pimlab_operator.metrics import APPLIED, PRUNED, observed
 from pimlab_operator.objects import label_selector, owned_by
 from pimlab_operator.render import owner_labels
-from pimlab_operator.schema import Resource
+from pimlab_operator.schema import Condition, Resource, StatusBase
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class Kind:
     @property
     def spec_model(self) -> type:
         return self.model.model_fields["spec"].annotation
+
+    @property
+    def status_model(self) -> type[StatusBase]:
+        """The kind's status model: the resource declares `status: <Kind>Status | None`."""
+        return next(t for t in get_args(self.model.model_fields["status"].annotation) if t is not type(None))
 
 
 #: An object's key in the memory: (kind, namespace, name).
@@ -305,24 +310,32 @@ def _announce(body: dict, previous: list[dict], written: list[dict]) -> None:
                         f"{condition['type']}={condition['status']}: {condition['message']}")
 
 
-def write_status(body: dict, fields: dict, wanted: list[conditions.Condition]) -> dict:
-    """Write `fields` and the `wanted` conditions through the status subresource, guarded by
+def write_status(body: dict, status: StatusBase, wanted: list[conditions.Condition]) -> dict:
+    """Write `status` and the `wanted` conditions through the status subresource, guarded by
     the resourceVersion `body` was read at (a 409 means someone wrote since: `run` decides
-    again from a fresh read). Stamps observedGeneration on status and on every condition, and
+    again from a fresh read). The kind's status model is dumped by alias, so nothing the CRD's
+    schema lacks is written. Stamps observedGeneration on status and on every condition, and
     keeps each condition's lastTransitionTime unless its status changes. Returns the object as
     written, to chain a second write within one step."""
     meta = body["metadata"]
-    generation = meta.get("generation", 1)
-    previous = (body.get("status") or {}).get("conditions") or []
-    merged = conditions.merge(previous, wanted, generation)
-    status = {**fields, "observedGeneration": generation, "conditions": merged}
-    if body.get("status") == {k: v for k, v in status.items() if v is not None}:
+    fields = status_body(body, status, wanted)
+    if body.get("status") == fields:
         return body  # exactly what is there already: the write would change nothing
-    written = kube.apply_status(body, status)
+    written = kube.apply_status(body, fields)
     if written["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
         _changed()
-    _announce(body, previous, merged)
+    _announce(body, (body.get("status") or {}).get("conditions") or [], fields["conditions"])
     return written
+
+
+def status_body(body: dict, status: StatusBase, wanted: list[conditions.Condition]) -> dict:
+    """The status `write_status` sends for `body`: the model with observedGeneration and the
+    merged conditions, dumped by alias (camelCase, unset fields left out)."""
+    generation = body["metadata"].get("generation", 1)
+    merged = conditions.merge((body.get("status") or {}).get("conditions") or [], wanted, generation)
+    stamped = status.model_copy(update={
+        "observed_generation": generation, "conditions": [Condition.model_validate(c) for c in merged]})
+    return stamped.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _invalid_spec_message(error: ValidationError) -> str:
@@ -334,17 +347,20 @@ def _invalid_spec_message(error: ValidationError) -> str:
     return "; ".join(lines)[:1024]
 
 
-def _report_invalid(body: dict, error: ValidationError) -> None:
+def _report_invalid(body: dict, error: ValidationError, status_model: type[StatusBase]) -> None:
     """Ready=False/InvalidSpec with the fields at fault, and a Warning Event; the rest of the
-    status and every child stay as they are."""
+    status and every child stay as they are. A stored status the model no longer accepts is
+    not kept (it would not be written back as it is)."""
     message = _invalid_spec_message(error)
-    status = body.get("status") or {}
-    ours = {c["type"]: c for c in status.get("conditions") or []}
-    kept = [conditions.Condition(c["type"], c["status"] == "True", c["reason"], c.get("message") or "")
-            for t, c in ours.items() if t != "Ready"]
-    fields = {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
-    fields["phaseReason"] = f"invalid spec: {message}"[:1024]
-    write_status(body, fields, [conditions.Condition("Ready", False, "InvalidSpec", message), *kept])
+    stored = body.get("status") or {}
+    try:
+        status = status_model.model_validate(stored)
+    except ValidationError:
+        status = status_model()
+    kept = [conditions.Condition(c.type, c.status == "True", c.reason, c.message or "")
+            for c in status.conditions or [] if c.type != "Ready"]
+    status = status.model_copy(update={"phase_reason": f"invalid spec: {message}"[:1024]})
+    write_status(body, status, [conditions.Condition("Ready", False, "InvalidSpec", message), *kept])
 
 
 def _waiting_after_invalid(memory: ReconcileMemory, key: Key, generation: int) -> bool:
@@ -446,7 +462,7 @@ def _reconcile(memory: ReconcileMemory, kind: Kind, body: dict, trigger: str, ke
                     spec = kind.spec_model.model_validate(fresh.get("spec") or {})
                 except ValidationError as error:
                     _remember_invalid(memory, key, generation)
-                    _report_invalid(fresh, error)
+                    _report_invalid(fresh, error, kind.status_model)
                     return fresh
                 memory.invalid.pop(key, None)
                 kind.step(fresh, spec)
