@@ -56,8 +56,10 @@ def observed(cluster, kind: str, name: str, namespace: str) -> dict:
 def lab(cluster, operator):
     ns = operator.namespace
     cluster.apply([sample("Shard", f"shard-0{i}", ns) for i in range(3)] + [sample("Lab", "pim", ns)])
-    wait_for(lambda: condition(cluster.get("lab", "pim", ns)).get("status") == "True",
-             timeout=120, what="the sample Lab to become Ready")
+    # SQL Server Shards on kwok nodes never bootstrap: the Lab's own part is up when only they
+    # keep it from Ready
+    wait_for(lambda: condition(cluster.get("lab", "pim", ns)).get("reason") == "ShardsNotReady",
+             timeout=120, what="the sample Lab's services to be up")
     return ns
 
 
