@@ -14,7 +14,7 @@ from cr_samples import sample
 from pimlab_operator import kube, reconcile, resync
 from pimlab_operator.config import load_settings
 from pimlab_operator.reconcile import ChildKind, Context, Kind, ReconcileMemory, Resync
-from pimlab_operator.shard.model import Shard
+from pimlab_operator.shard.model import Shard, ShardStatus
 
 CONFIG_MAP = ChildKind("v1", "ConfigMap")
 
@@ -60,7 +60,7 @@ def _step(body: dict, spec) -> None:
     reconcile.apply_children(body, [child], prune=(CONFIG_MAP,))
     with memory.failover_pass_lock(body["metadata"]["uid"]):
         memory.last_said[body["metadata"]["uid"]] = ("Ready", "Healthy")
-    reconcile.write_status(body, {"phase": "Ready"}, [])
+    reconcile.write_status(body, ShardStatus(phase="Ready"), [])
 
 
 class Stopped:
