@@ -32,9 +32,9 @@ CHILDREN = (
 
 
 def fails_over(body: dict) -> bool:
-    """A Shard whose availability group exists gets a failover pass every few seconds, never
-    backed off: status.engine is written only by a failover pass (never on kwok), and a postgres
-    Shard gets one from the start (the apiserver fills in spec.engine)."""
+    """A postgres Shard, and a sqlserver one once its availability group exists (status.engine
+    is written only by a failover pass, never on kwok), gets a failover pass every few seconds,
+    never backed off."""
     return ((body.get("spec") or {}).get("engine")) == "postgres" \
         or ((body.get("status") or {}).get("engine")) == "sqlserver"
 
