@@ -318,19 +318,24 @@ def write_status(body: dict, status: StatusBase, wanted: list[conditions.Conditi
     keeps each condition's lastTransitionTime unless its status changes. Returns the object as
     written, to chain a second write within one step."""
     meta = body["metadata"]
-    generation = meta.get("generation", 1)
-    previous = (body.get("status") or {}).get("conditions") or []
-    merged = conditions.merge(previous, wanted, generation)
-    stamped = status.model_copy(update={
-        "observed_generation": generation, "conditions": [Condition.model_validate(c) for c in merged]})
-    fields = stamped.model_dump(mode="json", by_alias=True, exclude_none=True)
+    fields = status_body(body, status, wanted)
     if body.get("status") == fields:
         return body  # exactly what is there already: the write would change nothing
     written = kube.apply_status(body, fields)
     if written["metadata"].get("resourceVersion") != meta.get("resourceVersion"):
         _changed()
-    _announce(body, previous, merged)
+    _announce(body, (body.get("status") or {}).get("conditions") or [], fields["conditions"])
     return written
+
+
+def status_body(body: dict, status: StatusBase, wanted: list[conditions.Condition]) -> dict:
+    """The status `write_status` sends for `body`: the model with observedGeneration and the
+    merged conditions, dumped by alias (camelCase, unset fields left out)."""
+    generation = body["metadata"].get("generation", 1)
+    merged = conditions.merge((body.get("status") or {}).get("conditions") or [], wanted, generation)
+    stamped = status.model_copy(update={
+        "observed_generation": generation, "conditions": [Condition.model_validate(c) for c in merged]})
+    return stamped.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def _invalid_spec_message(error: ValidationError) -> str:

@@ -53,16 +53,19 @@ def _wake_labs(ctx: Context, lab_kind: Kind, namespace: str, labels: dict, previ
 
 def shard_to_labs(ctx: Context, lab_kind: Kind) -> Callable:
     """A Shard added, moved or removed changes the shard map of the Labs in its namespace that
-    select it (by its labels before or after the change). Status-only updates (frequent) do
-    not: those are filtered by a fingerprint, on the event loop."""
+    select it (by its labels before or after the change), and a change of its Ready condition
+    (status and reason) changes their ShardsReady. Other status updates (frequent) do not wake
+    them: those are filtered by a fingerprint, on the event loop."""
     fingerprints: dict[tuple[str, str], tuple[str, dict]] = {}
 
     async def on_event(type, body, memo, **_):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         labels = dict(body["metadata"].get("labels") or {})
+        ready = next(((c.get("status"), c.get("reason")) for c in (body.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready"), None)
         fingerprint = "" if type == "DELETED" else repr(
             (labels, body["spec"].get("ordinal"), body["spec"].get("slots"),
-             body["spec"].get("credentialsSecretRef")))
+             body["spec"].get("credentialsSecretRef"), ready))
         previous, previous_labels = fingerprints.get(key, (None, labels))
         fingerprints[key] = (fingerprint, labels)
         if type == "DELETED":

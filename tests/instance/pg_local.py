@@ -1,5 +1,5 @@
 """A postgres Shard on loopback: one `pimlab instance run` per replica, as in the pods, and the
-operator's failover manager (shard/manager.py with the PostgreSQL driver) driving them, with the
+operator's failover manager (shard/failover_pass.py with the PostgreSQL driver) driving them, with the
 role labels kept in a dict instead of on pods.
 
 Debian's PostgreSQL 15 runs as the unprivileged `postgres` user (PostgreSQL refuses root) under a
@@ -28,7 +28,8 @@ import psycopg
 
 from pimlab_operator.shard.drivers.postgres import Endpoint, PostgresDriver
 from pimlab_operator.shard.failover import Memory, Policy
-from pimlab_operator.shard.manager import PassResult, run_pass
+from pimlab_operator.shard.failover_pass import PassResult, run_pass
+from pimlab_operator.shard.model import FailoverRecord
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PIMLAB = Path(sys.executable).with_name("pimlab")
@@ -100,7 +101,7 @@ class LocalShard:
         self.memory = Memory()
         self.driver = PostgresDriver({p: Endpoint("127.0.0.1", m.http_port) for p, m in self.members.items()},
                                      token=(self.creds / "manager-token").read_text())
-        self.failovers: list[dict] = []
+        self.failovers: list[FailoverRecord] = []
         self.events: list = []
 
     # -- processes ---------------------------------------------------------------------------

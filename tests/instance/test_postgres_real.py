@@ -106,15 +106,15 @@ def test_kill9_of_the_primary_promotes_the_most_advanced_standby_and_loses_nothi
             t_kill = time.monotonic()  # the postmaster is gone: the primary is lost from here
             shard.converge(POLICY, lambda r: len(shard.failovers) > before, timeout=60, interval=0.25)
             record = shard.failovers[-1]
-            new = record["to"]
-            assert record["from"] == old and new != old and record["reason"] == "PrimaryUnhealthy"
+            new = record.to
+            assert record.from_ == old and new != old and record.reason == "PrimaryUnhealthy"
             deadline = time.monotonic() + 15
             while writer.first_ack_after(t_kill) is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             first = writer.first_ack_after(t_kill)
             assert first is not None, "no write acknowledged after the failover"
             outages.append(first - t_kill)
-            manager_view.append(record["outageSeconds"])
+            manager_view.append(record.outage_seconds)
             # the old primary returns and is rewound onto the new one
             shard.start(old)
             shard.converge(POLICY, ready, timeout=90)
@@ -147,7 +147,7 @@ def test_no_safe_standby_is_refused_with_a_reason_until_the_quorum_answers(shard
     assert any(e.reason == "FailoverRefused" for e in shard.events)
     shard.start("shard-00-2")  # the quorum answers again: the failover goes on, safely
     shard.converge(POLICY, lambda r: bool(shard.failovers), timeout=60)
-    assert shard.failovers[-1]["to"] in ("shard-00-1", "shard-00-2")
+    assert shard.failovers[-1].to in ("shard-00-1", "shard-00-2")
 
 
 def test_planned_switchover_loses_nothing(shard):
@@ -158,7 +158,7 @@ def test_planned_switchover_loses_nothing(shard):
         shard.converge(policy, ready, timeout=60)
         time.sleep(1)
     record = shard.failovers[-1]
-    assert record["reason"] == "PlannedSwitchover" and record["planned"] and record["to"] == "shard-00-2"
+    assert record.reason == "PlannedSwitchover" and record.planned and record.to == "shard-00-2"
     assert shard.primary() == "shard-00-2" and shard.labels["shard-00-0"] == "secondary"
     acked = {i for i, _ in writer.acked}
     assert acked <= ids_on(shard, "shard-00-2")

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from api_services.catalog import NAMES
-from pimlab_operator import conditions
+from pimlab_operator import conditions, reconcile
 from pimlab_operator.lab import desired as lab
+from pimlab_operator.lab import status as lab_status
+from pimlab_operator.lab.model import Lab
 from pimlab_operator.objects import selector_matches
+from pimlab_operator.shard import desired as shard_desired
+from pimlab_operator.shard import status as shard_status
+from pimlab_operator.shard.failover import Decision, Memory, Observation
+from pimlab_operator.shard.failover_pass import PassResult
 from cr_samples import spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +39,35 @@ def lab_body(**spec_changes) -> dict:
 
 
 SHARDS = sample("Shard")
+
+
+def written(shard: dict, status, wanted) -> dict:
+    """The Shard as the apiserver holds it once the operator wrote this status."""
+    body = {**copy.deepcopy(shard), "metadata": {**shard["metadata"], "generation": 1}}
+    return {**body, "status": reconcile.status_body(body, status, wanted)}
+
+
+def ready_shard(shard: dict) -> dict:
+    """A Shard whose failover pass found its primary and every standby streaming."""
+    name = shard["metadata"]["name"]
+    observations = [Observation(f"{name}-0", True, "primary", True, 100)] + [
+        Observation(f"{name}-{i}", True, "standby", True, 100, True, f"{name}-0", True) for i in (1, 2)]
+    result = PassResult(Decision(phase="Ready", reason="Healthy", target_primary=f"{name}-0"), observations,
+                        Memory(f"{name}-0"))
+    pods = [{"metadata": {"name": f"{name}-{i}", "labels": {shard_desired.ROLE_LABEL: "primary" if i == 0 else "secondary"}},
+             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}} for i in range(3)]
+    return written(shard, *shard_status.failover_status(shard, spec_of(shard), {"status": {}}, pods, result, {},
+                                                        datetime(2026, 12, 1, tzinfo=timezone.utc)))
+
+
+def pending_shard(shard: dict) -> dict:
+    """A Shard whose StatefulSet's pods are not ready (kwok: they never are)."""
+    name = shard["metadata"]["name"]
+    pods = [{"metadata": {"name": f"{name}-{i}"}, "status": {"phase": "Pending"}} for i in range(3)]
+    return written(shard, *shard_status.shard_status(shard, spec_of(shard), {"status": {}}, pods))
+
+
+READY_SHARDS = [ready_shard(s) for s in SHARDS]
 
 
 def by(children: list[dict], kind: str, name: str) -> dict:
@@ -101,23 +137,60 @@ def ready_deployment(replicas: int) -> dict:
 def test_status_while_rolling_out_and_when_ready():
     body = lab_body()
     shard_map = lab.shard_map(SHARDS, "lab", None)
-    status, wanted = lab.lab_status(body, spec_of(body), shard_map, {})
-    assert status["phase"] == "Progressing" and status["readyServices"] == 0
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, {}, READY_SHARDS)
+    assert status.phase == "Progressing" and status.ready_services == 0
     assert [(c.type, c.status, c.reason) for c in wanted][:2] == [
         ("Ready", False, "ServicesNotReady"), ("Progressing", True, "RollingOut")]
     all_ready = {c: ready_deployment(2) for c in NAMES}
-    status, wanted = lab.lab_status(body, spec_of(body), shard_map, all_ready)
-    assert status["phase"] == "Ready" and status["readyServices"] == status["totalServices"] == 7
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, all_ready, READY_SHARDS)
+    assert status.phase == "Ready" and status.ready_services == status.total_services == 7
     assert wanted[0].status and wanted[0].reason == "AllServicesReady"
 
 
 def test_uncovered_slots_keep_a_running_lab_from_ready():
     partial = lab.shard_map(SHARDS[:2], "lab", None)
-    status, wanted = lab.lab_status(lab_body(), spec_of(lab_body()), partial,
-                                    {c: ready_deployment(2) for c in NAMES})
-    assert status["phase"] == "Degraded"
+    status, wanted = lab_status.lab_status(lab_body(), spec_of(lab_body()), partial,
+                                           {c: ready_deployment(2) for c in NAMES}, READY_SHARDS)
+    assert status.phase == "Degraded"
     assert (wanted[0].status, wanted[0].reason) == (False, "ShardSlotsUncovered")
     assert "341 of 1024 hash slots have no Shard" in wanted[0].message
+
+
+def test_the_lab_is_not_ready_while_a_shard_it_routes_to_is_not():
+    """kwok: every service runs, every Shard is Pending; the Lab says so, naming the Shards."""
+    body = lab_body()
+    shard_map = lab.shard_map(SHARDS, "lab", None)
+    services = {c: ready_deployment(2) for c in NAMES}
+    shards = [READY_SHARDS[0], pending_shard(SHARDS[1]), pending_shard(SHARDS[2])]
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, services, shards)
+    by_type = {c.type: c for c in wanted}
+    assert (by_type["ShardsReady"].status, by_type["ShardsReady"].reason) == (False, "ShardsNotReady")
+    assert by_type["ShardsReady"].message == "2/3 shards not Ready: shard-01 (PodsNotReady), shard-02 (PodsNotReady)"
+    assert (by_type["Ready"].status, by_type["Ready"].reason) == (False, "ShardsNotReady")
+    assert status.phase == "Pending" and "shard-01" in status.phase_reason and "shard-00" not in status.phase_reason
+    assert status.ready_services == 7, "the services themselves are up"
+
+
+def test_a_degraded_or_missing_shard_makes_the_lab_degraded_and_all_ready_shards_make_it_ready():
+    body = lab_body()
+    shard_map = lab.shard_map(SHARDS, "lab", None)
+    services = {c: ready_deployment(2) for c in NAMES}
+    broken = pending_shard(SHARDS[2])
+    broken["status"]["phase"] = "Degraded"
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, services, READY_SHARDS[:2] + [broken])
+    assert status.phase == "Degraded" and not wanted[0].status
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, services, READY_SHARDS[:2])
+    shards_ready = next(c for c in wanted if c.type == "ShardsReady")
+    assert not shards_ready.status and "shard-02 (NotFound)" in shards_ready.message
+    status, wanted = lab_status.lab_status(body, spec_of(body), shard_map, services, READY_SHARDS)
+    by_type = {c.type: c for c in wanted}
+    assert (by_type["ShardsReady"].status, by_type["ShardsReady"].reason) == (True, "AllShardsReady")
+    assert by_type["Ready"].status and status.phase == "Ready"
+
+
+def test_the_lab_shows_shards_ready_in_a_printer_column():
+    columns = {c.name: c for c in Lab.crd.columns}
+    assert columns["Shards Ready"].json_path == '.status.conditions[?(@.type=="ShardsReady")].status'
 
 
 def test_condition_transition_time_moves_only_when_status_changes():

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from pimlab_operator.shard import desired
 from pimlab_operator.shard.failover import Memory, Observation, Policy, decide
 from pimlab_operator.shard.model import ShardSpec
-from pimlab_operator.shard.rollout import REVISION_LABEL, Replica, plan, replicas_of, rollout_status
+from pimlab_operator.shard.rollout import REVISION_LABEL, Replica, plan, replicas_of
+from pimlab_operator.shard.status import policy_of, rollout_status
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 P0, S1, S2 = "shard-00-0", "shard-00-1", "shard-00-2"
@@ -22,14 +23,14 @@ def replica(pod, revision=OLD, primary=False, serving=True, **kw):
 def test_nothing_to_do_when_every_pod_runs_the_update_revision():
     step = plan([replica(P0, NEW, primary=True), replica(S1, NEW), replica(S2, NEW)], NEW, 3)
     assert (step.reason, step.restart, step.switchover_to, step.in_progress) == ("UpToDate", None, None, False)
-    assert rollout_status(step) == {"revision": NEW, "updatedReplicas": 3, "reason": "UpToDate",
+    assert rollout_status(step).to_k8s() == {"revision": NEW, "updatedReplicas": 3, "reason": "UpToDate",
                                     "message": f"3/3 pods run revision {NEW}"}
 
 
 def test_standbys_restart_one_at_a_time_highest_ordinal_first_and_only_when_the_others_serve():
     step = plan([replica(P0, primary=True), replica(S1), replica(S2)], NEW, 3)
     assert (step.reason, step.restart) == ("RestartingStandby", S2)
-    assert step.outdated == (P0, S1, S2) and rollout_status(step)["outdatedPods"] == [P0, S1, S2]
+    assert step.outdated == (P0, S1, S2) and rollout_status(step).outdated_pods == [P0, S1, S2]
     # S2 was deleted: nothing more until it is back
     leaving = plan([replica(P0, primary=True), replica(S1), replica(S2, leaving=True, serving=False)], NEW, 3)
     assert (leaving.reason, leaving.restart) == ("WaitingForReplicas", None)
@@ -56,7 +57,7 @@ def test_the_primary_is_switched_over_to_the_most_advanced_updated_synchronous_s
     step = plan([replica(P0, primary=True, position=900), replica(S1, NEW, position=880),
                  replica(S2, NEW, position=900)], NEW, 3)
     assert (step.reason, step.restart, step.switchover_to) == ("SwitchingOver", None, S2)
-    assert rollout_status(step)["switchoverTo"] == S2
+    assert rollout_status(step).switchover_to == S2
     # the target chosen by the previous pass is kept while it is still a candidate
     kept = plan([replica(P0, primary=True, position=900), replica(S1, NEW, position=900),
                  replica(S2, NEW, position=880)], NEW, 3, switching_to=S2)
@@ -113,7 +114,7 @@ def test_the_rollouts_switchover_replaces_a_pinned_primary_until_every_pod_is_up
     """spec.primary pinned to the outdated primary would switch back to it before it could be
     restarted; during the rollout the rollout's target (or none) is the planned primary."""
     body, spec = _shard(P0, {"outdatedPods": [P0], "reason": "SwitchingOver", "switchoverTo": S2})
-    policy = desired.policy_of(body, spec)
+    policy = policy_of(body, spec)
     assert policy.planned_primary == S2
     observations = [Observation(P0, True, "primary", True, 900, labelled_role="primary"),
                     Observation(S1, True, "standby", True, 900, True, P0, True, labelled_role="secondary"),
@@ -122,10 +123,10 @@ def test_the_rollouts_switchover_replaces_a_pinned_primary_until_every_pod_is_up
     assert (decision.phase, decision.reason, decision.failover_reason) == ("FailingOver", "Fencing", "PlannedSwitchover")
     # the old primary, now an outdated standby being restarted: no switchover back to the pin yet
     body, spec = _shard(P0, {"outdatedPods": [P0], "reason": "WaitingForReplicas"})
-    assert desired.policy_of(body, spec).planned_primary is None
+    assert policy_of(body, spec).planned_primary is None
     # every pod updated: the pin applies again (the manager switches back once P0 streams)
     body, spec = _shard(P0, {"reason": "UpToDate", "updatedReplicas": 3})
-    assert desired.policy_of(body, spec) == Policy(synchronous_required=1, planned_primary=P0)
+    assert policy_of(body, spec) == Policy(synchronous_required=1, planned_primary=P0)
 
 
 def test_a_whole_rollout_in_order_with_the_failover_manager():

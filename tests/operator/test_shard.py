@@ -7,6 +7,7 @@ import copy
 from cr_samples import by, sample, spec_of
 
 from pimlab_operator.shard import desired as shard
+from pimlab_operator.shard import status as shard_status
 
 SHARD = sample("Shard", "shard-00")
 
@@ -41,7 +42,7 @@ def test_secret_only_when_a_password_is_given_and_the_user_named_none():
     assert not [c for c in without if c["kind"] == "Secret"]
     user_secret = copy.deepcopy(SHARD)
     user_secret["spec"]["credentialsSecretRef"] = {"name": "my-sa"}
-    assert not shard.generates_credentials(user_secret)
+    assert not shard.generates_credentials(spec_of(user_secret))
     children = shard.desired_children(user_secret, spec_of(user_secret), password="ignored-Passw0rd")
     assert not [c for c in children if c["kind"] == "Secret"]
     env = by(children, "StatefulSet", "shard-00")["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -103,31 +104,35 @@ def test_config_enables_hadr_and_renders_an_external_availability_group():
 
 def test_only_unlabelled_pods_get_roles_and_pod_0_starts_as_primary():
     pods = [pod("shard-00-0"), pod("shard-00-1"), pod("shard-00-2", role="secondary")]
-    assert shard.role_assignments(SHARD, pods) == {"shard-00-0": "primary", "shard-00-1": "secondary"}
+    spec = spec_of(SHARD)
+    assert shard.role_assignments("shard-00", spec, pods, None) == {"shard-00-0": "primary", "shard-00-1": "secondary"}
     labelled = [pod("shard-00-0", "secondary"), pod("shard-00-1", "primary"), pod("shard-00-2")]
-    assert shard.role_assignments(SHARD, labelled) == {"shard-00-2": "secondary"}
+    assert shard.role_assignments("shard-00", spec, labelled, None) == {"shard-00-2": "secondary"}
     asked = copy.deepcopy(SHARD)
     asked["spec"]["primary"] = "shard-00-1"
-    assert shard.role_assignments(asked, [pod("shard-00-0"), pod("shard-00-1")])["shard-00-1"] == "primary"
+    assert shard.role_assignments("shard-00", spec_of(asked), [pod("shard-00-0"), pod("shard-00-1")],
+                                  None)["shard-00-1"] == "primary"
+    assert shard.role_assignments("shard-00", spec, [pod("shard-00-0"), pod("shard-00-1")],
+                                  "shard-00-1")["shard-00-1"] == "primary", "the recorded primary first"
 
 
 def test_status_reports_replicas_and_says_the_ag_is_not_bootstrapped():
     pods = [pod("shard-00-0", "primary"), pod("shard-00-1", "secondary"), pod("shard-00-2", "secondary")]
-    status, conditions = shard.shard_status(SHARD, {"status": {}}, pods)
-    assert status["readyReplicas"] == 3 and status["currentPrimary"] == status["targetPrimary"] == "shard-00-0"
-    assert status["replicas"][1] == {"pod": "shard-00-1", "role": "secondary", "ready": True}
+    status, conditions = shard_status.shard_status(SHARD, spec_of(SHARD), {"status": {}}, pods)
+    assert status.ready_replicas == 3 and status.current_primary == status.target_primary == "shard-00-0"
+    assert status.replicas[1].to_k8s() == {"pod": "shard-00-1", "role": "secondary", "ready": True}
     ready = conditions[0]
     assert (ready.type, ready.status, ready.reason) == ("Ready", False, "AvailabilityGroupNotBootstrapped")
-    assert status["phase"] == "Bootstrapping" and "not bootstrapped yet" in ready.message
-    assert "password" not in repr(status).lower().replace("credentialssecretname", "")
+    assert status.phase == "Bootstrapping" and "not bootstrapped yet" in ready.message
+    assert "password" not in repr(status.to_k8s()).lower().replace("credentialssecretname", "")
 
 
 def test_unbound_volumes_show_as_pending_and_degraded():
     pods = [pod("shard-00-0", "primary", ready=False, phase="Pending",
                 unschedulable='pod has unbound immediate PersistentVolumeClaims')]
-    status, conditions = shard.shard_status(SHARD, {"status": {}}, pods)
+    status, conditions = shard_status.shard_status(SHARD, spec_of(SHARD), {"status": {}}, pods)
     kinds = {c.type: c for c in conditions}
-    assert status["phase"] == "Pending" and status["readyReplicas"] == 0
+    assert status.phase == "Pending" and status.ready_replicas == 0
     assert kinds["Degraded"].status and kinds["Degraded"].reason == "PodsUnschedulable"
     assert "PersistentVolumeClaims" in kinds["Ready"].message
     assert kinds["Progressing"].status
@@ -137,18 +142,18 @@ def test_spec_primary_is_the_target_and_shows_as_progressing():
     asked = copy.deepcopy(SHARD)
     asked["spec"]["primary"] = "shard-00-2"
     pods = [pod(f"shard-00-{i}", "primary" if i == 0 else "secondary") for i in range(3)]
-    status, conditions = shard.shard_status(asked, {"status": {}}, pods)
-    assert (status["currentPrimary"], status["targetPrimary"]) == ("shard-00-0", "shard-00-2")
+    status, conditions = shard_status.shard_status(asked, spec_of(asked), {"status": {}}, pods)
+    assert (status.current_primary, status.target_primary) == ("shard-00-0", "shard-00-2")
     assert next(c for c in conditions if c.type == "Progressing").reason == "PrimaryChangePending"
 
 
 def test_a_lost_generated_secret_is_reported_not_reinvented():
     body = sample("Shard", "shard-00")
-    _, conditions = shard.shard_status(body, {"status": {}}, [], credentials_missing=True)
+    _, conditions = shard_status.shard_status(body, spec_of(body), {"status": {}}, [], credentials_missing=True)
     degraded = next(c for c in conditions if c.type == "Degraded")
     assert degraded.status and degraded.reason == "CredentialsSecretMissing"
     assert "restore the Secret" in degraded.message and "shard-00-credentials" in degraded.message
     body["spec"]["credentialsSecretRef"] = {"name": "sql-sa"}
-    _, conditions = shard.shard_status(body, None, [], credentials_missing=True)
+    _, conditions = shard_status.shard_status(body, spec_of(body), None, [], credentials_missing=True)
     degraded = next(c for c in conditions if c.type == "Degraded")
     assert "sql-sa named by spec.credentialsSecretRef does not exist" in degraded.message

@@ -9,8 +9,10 @@ from datetime import datetime, timedelta, timezone
 from cr_samples import by, sample, spec_of
 
 from pimlab_operator.shard import desired as shard
+from pimlab_operator.shard import status as shard_status
 from pimlab_operator.shard.failover import Decision, Memory, Observation
-from pimlab_operator.shard.manager import PassResult
+from pimlab_operator.shard.failover_pass import PassResult
+from pimlab_operator.shard.model import FailoverRecord
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
@@ -82,13 +84,13 @@ def test_a_switchover_changes_no_pod_template():
 def test_policy_and_memory_come_from_the_shard():
     body = pg_shard(failover={"automatic": True, "unhealthyAfterSeconds": 12, "allowDataLoss": False})
     body["metadata"]["annotations"] = {shard.SWITCHOVER_ANNOTATION: "shard-00-1"}
-    policy = shard.policy_of(body, spec_of(body))
+    policy = shard_status.policy_of(body, spec_of(body))
     assert (policy.unhealthy_after_seconds, policy.synchronous_required, policy.planned_primary) == (12, 1, "shard-00-1")
     assert shard.synchronous_members(spec_of(body)) == 2
     body["status"] = {"engine": "postgres", "currentPrimary": "shard-00-0", "primaryUnhealthySince": "2026-11-30T12:00:00Z",
                       "failoverInProgress": {"from": "shard-00-0", "reason": "PrimaryUnhealthy",
                                              "startedAt": "2026-11-30T12:00:30Z"}}
-    memory = shard.memory_from_status(body)
+    memory = shard_status.memory_from_status(body, spec_of(body))
     assert memory.current_primary == "shard-00-0" and memory.unhealthy_since == T0
     assert memory.failover_started_at == T0 + timedelta(seconds=30) and memory.failover_reason == "PrimaryUnhealthy"
 
@@ -100,17 +102,20 @@ def test_status_after_a_completed_failover():
     observations = [Observation("shard-00-0", False),
                     Observation("shard-00-1", True, "primary", True, 5000, True),
                     Observation("shard-00-2", True, "standby", True, 4990, True, "shard-00-1", True)]
-    completed = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PrimaryUnhealthy", "planned": False,
-                 "primaryLostAt": "2026-11-30T12:00:00Z", "startedAt": "2026-11-30T12:00:30Z",
-                 "completedAt": "2026-11-30T12:00:31.5Z", "durationSeconds": 1.5, "outageSeconds": 31.5}
+    completed = FailoverRecord(from_="shard-00-0", to="shard-00-1", reason="PrimaryUnhealthy", planned=False,
+                               primary_lost_at=T0, started_at=T0 + timedelta(seconds=30),
+                               completed_at=T0 + timedelta(seconds=31.5), duration_seconds=1.5, outage_seconds=31.5)
     result = PassResult(Decision(phase="Degraded", reason="StandbysNotStreaming", message="shard-00-0 not streaming",
                                  target_primary="shard-00-1"), observations, Memory("shard-00-1"), completed)
     pods = [pod("shard-00-1", "primary"), pod("shard-00-2", "secondary")]
-    details = {"shard-00-2": {"synchronizationState": "streaming/quorum", "synchronousCommit": True, "lagBytes": 10}}
-    status, conditions = shard.failover_status(body, {"status": {}}, pods, result, details, T0 + timedelta(seconds=32))
+    details = {"shard-00-2": {"synchronization_state": "streaming/quorum", "synchronous_commit": True, "lag_bytes": 10}}
+    typed, conditions = shard_status.failover_status(body, spec_of(body), {"status": {}}, pods, result, details,
+                                                     T0 + timedelta(seconds=32))
+    status = typed.to_k8s()
     assert status["currentPrimary"] == status["targetPrimary"] == "shard-00-1"
     assert status["currentPrimaryTimestamp"] == "2026-11-30T12:00:32Z"
     assert status["failoverCount"] == 3 and status["lastFailover"]["durationSeconds"] == 1.5
+    assert status["lastFailover"]["from"] == "shard-00-0"
     assert status["failoverHistory"] == [status["lastFailover"]]
     replicas = {r["pod"]: r for r in status["replicas"]}
     assert replicas["shard-00-0"] == {"pod": "shard-00-0", "role": "unknown", "ready": False}
@@ -128,7 +133,9 @@ def test_status_during_a_refused_failover_says_why():
                         failover_reason="PrimaryUnhealthy")
     memory = Memory("shard-00-0", T0, T0, "shard-00-0", "PrimaryUnhealthy")
     result = PassResult(decision, [Observation("shard-00-1", True, "standby", True, 10, True)], memory)
-    status, conditions = shard.failover_status(body, {"status": {}}, [pod("shard-00-1", "secondary")], result, {}, T0)
+    typed, conditions = shard_status.failover_status(body, spec_of(body), {"status": {}}, [pod("shard-00-1", "secondary")],
+                                                     result, {}, T0)
+    status = typed.to_k8s()
     degraded = next(c for c in conditions if c.type == "Degraded")
     assert degraded.status and degraded.reason == "QuorumNotObserved"
     assert status["failoverInProgress"] == {"from": "shard-00-0", "reason": "PrimaryUnhealthy", "startedAt": "2026-11-30T12:00:00Z"}
@@ -137,9 +144,9 @@ def test_status_during_a_refused_failover_says_why():
 
 def test_kwok_pods_are_reported_not_contacted():
     body = pg_shard()
-    status, conditions = shard.failover_status(body, {"status": {}}, [pod("shard-00-0")], None, {}, T0,
-                                               unreachable_reason="the pods run on simulated (kwok) nodes")
-    assert status["phase"] == "Pending" and "kwok" in status["phaseReason"]
+    status, conditions = shard_status.failover_status(body, spec_of(body), {"status": {}}, [pod("shard-00-0")], None,
+                                                      {}, T0, unreachable_reason="the pods run on simulated (kwok) nodes")
+    assert status.phase == "Pending" and "kwok" in status.phase_reason
     assert next(c for c in conditions if c.type == "Ready").reason == "InstancesUnreachable"
 
 
@@ -147,9 +154,10 @@ def test_two_pods_labelled_primary_are_degraded():
     body = pg_shard()
     body["status"] = {"engine": "postgres", "currentPrimary": "shard-00-0"}
     result = PassResult(Decision(phase="Ready"), [Observation("shard-00-0", True, "primary", True, 1)], Memory("shard-00-0"))
-    status, conditions = shard.failover_status(body, {"status": {}}, [pod("shard-00-0", "primary"), pod("shard-00-1", "primary")],
-                                               result, {}, T0)
-    assert status["phase"] == "Degraded" and next(c for c in conditions if c.type == "Degraded").reason == "MultiplePrimaries"
+    status, conditions = shard_status.failover_status(body, spec_of(body), {"status": {}},
+                                                      [pod("shard-00-0", "primary"), pod("shard-00-1", "primary")],
+                                                      result, {}, T0)
+    assert status.phase == "Degraded" and next(c for c in conditions if c.type == "Degraded").reason == "MultiplePrimaries"
 
 
 def test_the_postgres_sample_variant_parses_and_renders():
@@ -186,15 +194,17 @@ def test_every_status_field_written_is_declared_in_the_crd():
     body["status"] = {"engine": "postgres", "currentPrimary": "shard-00-0"}
     observations = [Observation("shard-00-0", False), Observation("shard-00-1", True, "primary", True, 5000, True),
                     Observation("shard-00-2", True, "standby", True, 4990, True, "shard-00-1", True)]
-    completed = {"from": "shard-00-0", "to": "shard-00-1", "reason": "PrimaryUnhealthy", "planned": False,
-                 "dataLoss": True, "primaryLostAt": "2026-11-30T12:00:00Z", "startedAt": "2026-11-30T12:00:30Z",
-                 "completedAt": "2026-11-30T12:00:31.5Z", "durationSeconds": 1.5, "outageSeconds": 31.5}
+    completed = FailoverRecord(from_="shard-00-0", to="shard-00-1", reason="PrimaryUnhealthy", planned=False,
+                               data_loss=True, primary_lost_at=T0, started_at=T0 + timedelta(seconds=30),
+                               completed_at=T0 + timedelta(seconds=31.5), duration_seconds=1.5, outage_seconds=31.5)
     memory = Memory("shard-00-1", T0, T0, "shard-00-0", "PrimaryUnhealthy")
     result = PassResult(Decision(phase="FailingOver", reason="ConfirmingWrites", target_primary="shard-00-1"),
                         observations, memory, completed)
-    details = {"shard-00-2": {"synchronizationState": "streaming/quorum", "synchronousCommit": True, "lagBytes": 10}}
-    status, _ = shard.failover_status(body, {"status": {}}, [pod("shard-00-1", "primary"), pod("shard-00-2", "secondary")],
-                                      result, details, T0)
+    details = {"shard-00-2": {"synchronization_state": "streaming/quorum", "synchronous_commit": True, "lag_bytes": 10}}
+    typed, _ = shard_status.failover_status(body, spec_of(body), {"status": {}},
+                                            [pod("shard-00-1", "primary"), pod("shard-00-2", "secondary")],
+                                            result, details, T0)
+    status = typed.to_k8s()
     assert "failoverInProgress" in status and "lastFailover" in status
     check(status, schema, "")
 

@@ -18,9 +18,9 @@ from pimlab_operator.shard.drivers.sqlserver import (
     InMemoryAvailabilityGroup, Replica, SqlServerDriver, Target, batches, observation, tsql)
 from pimlab_operator.shard.bootstrap import BootstrapStep, bootstrap_steps, carry_out
 from pimlab_operator.shard.failover import Memory, Observation, Policy
-from pimlab_operator.shard.manager import run_pass
+from pimlab_operator.shard.failover_pass import run_pass
 
-from cr_samples import sample, spec_of
+from cr_samples import by, sample, spec_of
 from pimlab_operator.shard import desired as shard
 
 #: Statements sqlglot keeps as opaque commands (it has no grammar for HADR DDL); anything else
@@ -45,6 +45,27 @@ def _scripts() -> dict[str, str]:
         "observe.sql.j2", "promote.sql.j2", "demote.sql.j2", "resume.sql.j2", "heartbeat.sql.j2",
         "certificate-export.sql.j2", "certificate-import.sql.j2"}
     return out
+
+
+def test_the_readiness_probe_logs_in_with_sqlcmd_and_runs_a_query():
+    """Ready means SQL Server takes a login and answers, not that its port accepts a TCP
+    connection: the operator bootstraps the availability group on Ready pods only."""
+    body = sample("Shard", "shard-00")
+    container = by(shard.desired_children(body, spec_of(body), None), "StatefulSet", "shard-00")[
+        "spec"]["template"]["spec"]["containers"][0]
+    probe = container["readinessProbe"]
+    assert "tcpSocket" not in probe
+    command = probe["exec"]["command"]
+    assert command[0] == "/opt/mssql-tools18/bin/sqlcmd"
+    assert command[command.index("-U") + 1] == "sa" and "-C" in command and "-b" in command
+    assert "-P" not in command, "the password comes from SQLCMDPASSWORD, never the command line"
+    assert int(command[command.index("-l") + 1]) < probe["timeoutSeconds"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SQLCMDPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "shard-00-credentials", "key": "password"}
+    query = command[command.index("-Q") + 1]
+    statements = [s for s in sqlglot.parse(query, read="tsql", error_level=sqlglot.ErrorLevel.RAISE) if s]
+    assert any(isinstance(s, exp.Select) for s in statements), query
+    assert not any(isinstance(s, exp.Command) for s in statements), query
 
 
 @pytest.mark.parametrize("name", list(_scripts()))
@@ -158,10 +179,10 @@ def test_in_memory_ag_fails_over_to_the_synchronized_replica_not_the_further_uns
     ag = _ag()
     ag.replicas["shard-00-0"].role = "down"
     labels, completed, _ = _drive(ag, Policy(unhealthy_after_seconds=15))
-    assert completed and completed[0]["from"] == "shard-00-0" and completed[0]["to"] == "shard-00-1"
+    assert completed and completed[0].from_ == "shard-00-0" and completed[0].to == "shard-00-1"
     assert labels["shard-00-1"] == "primary" and labels["shard-00-0"] is None
     assert "promote shard-00-1" in ag.log and "promote shard-00-2" not in ag.log
-    assert completed[0]["durationSeconds"] >= 0 and completed[0]["outageSeconds"] >= 15
+    assert completed[0].duration_seconds >= 0 and completed[0].outage_seconds >= 15
 
 
 def test_in_memory_ag_refuses_without_a_synchronized_replica_unless_data_loss_is_allowed():
@@ -227,7 +248,7 @@ def test_in_memory_ag_is_bootstrapped_then_fails_over_through_the_same_manager()
     assert labels == {"shard-00-0": "primary", "shard-00-1": "secondary", "shard-00-2": "secondary"}
     ag.replicas["shard-00-0"].role = "down"
     _, completed, _ = _drive(ag, Policy(unhealthy_after_seconds=15))
-    assert completed and completed[0]["to"] in ("shard-00-1", "shard-00-2")
+    assert completed and completed[0].to in ("shard-00-1", "shard-00-2")
 
 
 def test_bootstrap_stops_when_the_group_cannot_be_created_and_a_wrong_key_cannot_join():

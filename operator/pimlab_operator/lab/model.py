@@ -184,6 +184,8 @@ class Lab(Resource):
             PrinterColumn("Shard Map", ".status.shardMapVersion", description="Shard map version"),
             PrinterColumn("Ready Services", ".status.readyServices", type="integer"),
             PrinterColumn("Services", ".status.totalServices", type="integer"),
+            PrinterColumn("Shards Ready", '.status.conditions[?(@.type=="ShardsReady")].status',
+                          description="Whether every Shard in the shard map is Ready"),
             PrinterColumn("Phase", ".status.phase"),
             READY_COLUMN,
             PrinterColumn("Gateway", ".status.endpoints.gateway", priority=1),

@@ -6,7 +6,7 @@ import json
 
 from api_services.catalog import COMPONENTS
 from pimlab_operator import kube, reconcile
-from pimlab_operator.lab import desired
+from pimlab_operator.lab import desired, status
 from pimlab_operator.lab.model import LabSpec
 from pimlab_operator.objects import dev_issuer_secret, label_selector, selector_matches, selector_string
 from pimlab_operator.reconcile import ChildKind
@@ -38,7 +38,8 @@ def _selected_shards(body: dict, spec: LabSpec) -> list[dict]:
 
 def step(body: dict, spec: LabSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    shard_map = desired.shard_map(_selected_shards(body, spec), namespace, _previous_shard_map(name, namespace))
+    shards = _selected_shards(body, spec)
+    shard_map = desired.shard_map(shards, namespace, _previous_shard_map(name, namespace))
     with_monitor = kube.kind_exists(SERVICE_MONITOR.api_version, SERVICE_MONITOR.kind)
     # The dev issuer's key is generated once; afterwards it is kept, never rewritten or pruned
     # (a new key would invalidate every token the engines and users hold).
@@ -52,5 +53,5 @@ def step(body: dict, spec: LabSpec) -> None:
     found = {d["metadata"]["name"]: d for d in kube.list_objects(
         "apps/v1", "Deployment", namespace, label_selector(owner_labels(body)))}
     deployments = {c.name: found.get(f"{name}-{c.name}") for c in COMPONENTS}
-    fields, wanted = desired.lab_status(body, spec, shard_map, deployments)
-    reconcile.write_status(body, fields, wanted)
+    observed, wanted = status.lab_status(body, spec, shard_map, deployments, shards)
+    reconcile.write_status(body, observed, wanted)

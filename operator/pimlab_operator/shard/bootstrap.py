@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pimlab_operator.shard.failover import Observation
-from pimlab_operator.shard.manager import DriverError
+from pimlab_operator.shard.failover_pass import DriverError
 
 
 @dataclass(frozen=True)

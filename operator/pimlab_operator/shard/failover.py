@@ -328,10 +328,3 @@ def _switchover(observations, policy, memory, now, members, actions, current, ta
         return Decision(actions, phase="Ready", reason="SwitchoverWaiting", message=message, target_primary=target)
     return _failover(observations, policy, memory, now, members, actions, current, None,
                      reason="PlannedSwitchover", planned_target=target)
-
-
-def promotion_complete(observations: list[Observation], new_primary: str) -> bool:
-    """The failover ends when the new primary is primary and healthy (the step then proves it
-    with an acknowledged write and records the duration)."""
-    o = next((x for x in observations if x.pod == new_primary), None)
-    return o is not None and o.reachable and o.role == "primary" and o.healthy

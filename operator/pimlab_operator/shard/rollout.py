@@ -17,7 +17,7 @@ failover when the restart outlasts `unhealthyAfterSeconds`). Instead, each pass:
   synchronous standby: a switchover to an asynchronous one could lose commits).
 
 While a rollout is under way, its switchover target replaces `spec.primary` and the switchover
-annotation (`desired.policy_of`): a primary pinned to an outdated pod would otherwise be switched
+annotation (`status.policy_of`): a primary pinned to an outdated pod would otherwise be switched
 back to before it could be restarted. The pin applies again once every pod is updated.
 """
 

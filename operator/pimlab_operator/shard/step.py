@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from pimlab_operator import kube, reconcile
 from pimlab_operator.objects import label_selector, pod_ready
 from pimlab_operator.reconcile import ChildKind
-from pimlab_operator.shard import desired, rollout
+from pimlab_operator.shard import desired, rollout, status
 from pimlab_operator.shard.bootstrap import bootstrap_steps, carry_out
 from pimlab_operator.shard.drivers.postgres import Endpoint, PostgresDriver
 from pimlab_operator.shard.drivers.sqlserver import SqlServerDriver, Target, pyodbc_connect
-from pimlab_operator.shard.manager import PassResult, run_pass
-from pimlab_operator.shard.model import ShardSpec
+from pimlab_operator.shard.failover_pass import PassResult, run_pass
+from pimlab_operator.shard.model import RollingUpdateStatus, ShardSpec, ShardStatus
 
 log = logging.getLogger("pimlab.shard")
 #: Nodes kwok simulates: their pods run nothing and their IPs lead nowhere, so the failover
@@ -39,31 +39,31 @@ def fails_over(body: dict) -> bool:
         or ((body.get("status") or {}).get("engine")) == "sqlserver"
 
 
-def _credentials(body: dict) -> tuple[str | None, bool, bool]:
+def _credentials(body: dict, spec: ShardSpec) -> tuple[str | None, bool, bool]:
     """(a new password, whether our Secret exists, whether the Secret is missing for good).
 
     A password is generated only once, for a Shard whose StatefulSet does not exist yet. If the
     Secret disappears after SQL Server was initialised with it, a new password would lock the
     operator and the services out: the Shard reports it instead of inventing one."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    if kube.get("v1", "Secret", desired.credentials_secret_name(body), namespace):
+    if kube.get("v1", "Secret", desired.credentials_secret_name(name, spec), namespace):
         return None, True, False
-    first_time = desired.generates_credentials(body) and \
+    first_time = desired.generates_credentials(spec) and \
         kube.get("apps/v1", "StatefulSet", name, namespace) is None
     return (desired.generate_password(), False, False) if first_time else (None, False, True)
 
 
-def _pods(body: dict) -> list[dict]:
+def _pods(body: dict, spec: ShardSpec) -> list[dict]:
     return kube.list_objects("v1", "Pod", body["metadata"]["namespace"], label_selector=label_selector(
-        desired.selector(body["metadata"]["name"], desired.engine_of(body))))
+        desired.selector(body["metadata"]["name"], spec.engine)))
 
 
 def step(body: dict, spec: ShardSpec) -> None:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    password, secret_exists, credentials_missing = _credentials(body)
+    password, secret_exists, credentials_missing = _credentials(body, spec)
     token = secrets.token_urlsafe(32) if password and spec.engine == "postgres" else None
     # The generated Secret is applied once; afterwards it is kept, never rewritten or pruned.
-    keep = (("v1", "Secret", desired.credentials_secret_name(body)),) if secret_exists else ()
+    keep = (("v1", "Secret", desired.credentials_secret_name(name, spec)),) if secret_exists else ()
     reconcile.apply_children(body, desired.desired_children(body, spec, password, token), prune=CHILDREN, keep=keep)
     if spec.engine == "postgres":
         return _postgres(body, spec, credentials_missing)
@@ -80,15 +80,17 @@ def _real_node(pod: dict, nodes: dict[str, dict | None]) -> bool:
     return nodes[node] is not None and annotations.get(FAKE_NODE_ANNOTATION[0]) != FAKE_NODE_ANNOTATION[1]
 
 
-def _secret_value(body: dict, key: str) -> str | None:
-    secret = kube.get("v1", "Secret", desired.credentials_secret_name(body), body["metadata"]["namespace"])
+def _secret_value(body: dict, spec: ShardSpec, key: str) -> str | None:
+    secret = kube.get("v1", "Secret", desired.credentials_secret_name(body["metadata"]["name"], spec),
+                      body["metadata"]["namespace"])
     value = ((secret or {}).get("data") or {}).get(key)
     return base64.b64decode(value).decode() if value else None
 
 
 def _reachable(pods: list[dict], ready_only: bool = False) -> dict[str, str]:
     """pod -> IP for the pods the operator can talk to: not leaving, on a real node (kwok's
-    pods run nothing), and for SQL Server also Ready (its readiness probe is a login)."""
+    pods run nothing), and for SQL Server also Ready (its readiness probe is a login and a query
+    with sqlcmd: templates/shard/statefulset.yaml.j2)."""
     nodes: dict[str, dict | None] = {}
     return {p["metadata"]["name"]: p["status"]["podIP"] for p in pods
             if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
@@ -100,30 +102,31 @@ def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     pods answer (certificate, endpoint, CREATE AVAILABILITY GROUP on the initial primary, JOIN
     on the others). From then on the same failover pass as postgres, over pyodbc."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    memory = desired.memory_from_status(body)
-    pods = _pods(body)
+    memory = status.memory_from_status(body, spec)
+    recorded_primary = status.recorded(body).current_primary
+    pods = _pods(body, spec)
     if memory.current_primary is None:
-        assignments = desired.role_assignments(body, pods)
+        assignments = desired.role_assignments(name, spec, pods, recorded_primary)
         for pod, role in assignments.items():
             kube.patch_labels("v1", "Pod", pod, namespace, {desired.ROLE_LABEL: role})
         if assignments:
-            pods = _pods(body)
+            pods = _pods(body, spec)
     statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
     addresses = _reachable(pods, ready_only=True)
-    username, password = _secret_value(body, "username"), _secret_value(body, "password")
+    username, password = _secret_value(body, spec, "username"), _secret_value(body, spec, "password")
     # once the group exists, no reachable pod is a failover pass's business (all unreachable),
     # never a return to the pre-bootstrap status, which would forget the group
     if (not addresses and memory.current_primary is None) or not password or credentials_missing:
-        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing,
-                                              _roll(body, spec, statefulset, pods, None))
-        reconcile.write_status(body, fields, wanted)
+        observed, wanted = status.shard_status(body, spec, statefulset, pods, credentials_missing,
+                                               _roll(body, spec, statefulset, pods, None))
+        reconcile.write_status(body, observed, wanted)
         return
     driver = SqlServerDriver({pod: Target(ip, desired.SQL_PORT) for pod, ip in addresses.items()}, name,
                              connect=lambda target: pyodbc_connect(target, username, password),
                              allow_data_loss=spec.failover.allow_data_loss)
     labels = {p["metadata"]["name"]: (p["metadata"].get("labels") or {}).get(desired.ROLE_LABEL) for p in pods}
     observations = driver.observe(desired.pod_names(name, spec.replicas), labels)
-    steps = bootstrap_steps(observations, desired.initial_primary(body))
+    steps = bootstrap_steps(observations, desired.initial_primary(name, spec, recorded_primary))
     group_primary = next((o.pod for o in observations if o.reachable and o.role == "primary"), None)
     done, errors = carry_out(driver, steps, password, lambda role: desired.ag_sql(body, spec, role), group_primary)
     for step_ in done:
@@ -133,9 +136,9 @@ def _sqlserver(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
         log.warning("shard %s/%s: bootstrap: %s", namespace, name, error)
         kube.post_event(body, "Warning", "BootstrapFailed", error)
     if memory.current_primary is None and not group_primary and not any(s.role == "primary" for s in done):
-        fields, wanted = desired.shard_status(body, statefulset, pods, credentials_missing,
-                                              _roll(body, spec, statefulset, pods, None))
-        reconcile.write_status(body, fields, wanted)
+        observed, wanted = status.shard_status(body, spec, statefulset, pods, credentials_missing,
+                                               _roll(body, spec, statefulset, pods, None))
+        reconcile.write_status(body, observed, wanted)
         return
     _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
 
@@ -144,18 +147,18 @@ def _postgres(body: dict, spec: ShardSpec, credentials_missing: bool) -> None:
     """One failover pass: observe every instance manager, decide, act (labels through the
     apiserver, the rest through the managers), then write what happened into status."""
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
-    pods = _pods(body)
+    pods = _pods(body, spec)
     endpoints = {pod: Endpoint(ip, desired.MANAGER_PORT) for pod, ip in _reachable(pods).items()}
     statefulset = kube.get("apps/v1", "StatefulSet", name, namespace)
     if not endpoints:
         reason = ("the pods run on simulated (kwok) nodes or have no IP yet: no instance manager to ask"
                   if pods else None)
-        fields, wanted = desired.failover_status(body, statefulset, pods, None, {}, datetime.now(timezone.utc),
-                                                 credentials_missing, reason,
-                                                 rollout=_roll(body, spec, statefulset, pods, None))
-        reconcile.write_status(body, fields, wanted)
+        observed, wanted = status.failover_status(body, spec, statefulset, pods, None, {}, datetime.now(timezone.utc),
+                                                  credentials_missing, reason,
+                                                  rollout=_roll(body, spec, statefulset, pods, None))
+        reconcile.write_status(body, observed, wanted)
         return
-    driver = PostgresDriver(endpoints, token=_secret_value(body, "manager-token"))
+    driver = PostgresDriver(endpoints, token=_secret_value(body, spec, "manager-token"))
     _failover_pass(body, spec, driver, pods, statefulset, credentials_missing)
 
 
@@ -189,7 +192,7 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
 
     started = time.monotonic()
     result = run_pass(driver, desired.pod_names(name, spec.replicas), labels, set_label,
-                      desired.policy_of(body, spec), desired.memory_from_status(body),
+                      status.policy_of(body, spec), status.memory_from_status(body, spec),
                       desired.synchronous_members(spec))
     # logged when the pass acts or its decision changes, not every 2 s while a shard waits
     last_said = reconcile.context().memory.last_said
@@ -202,14 +205,15 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     for error in result.errors:
         log.warning("shard %s/%s: %s", namespace, name, error)
     if result.completed:
+        record = result.completed
         kube.post_event(body, "Normal", "FailoverCompleted",
-                        f"{result.completed['from']} -> {result.completed['to']} in {result.completed['durationSeconds']}s "
-                        f"({result.completed['reason']}; writes out for {result.completed['outageSeconds']}s)")
-    pods = _pods(body)
-    fields, wanted = desired.failover_status(body, statefulset, pods, result,
-                                             driver.replica_details(result.memory.current_primary), now,
-                                             credentials_missing, rollout=_roll(body, spec, statefulset, pods, result))
-    _write_pass_status(body, fields, wanted)
+                        f"{record.from_} -> {record.to} in {record.duration_seconds}s "
+                        f"({record.reason}; writes out for {record.outage_seconds}s)")
+    pods = _pods(body, spec)
+    observed, wanted = status.failover_status(body, spec, statefulset, pods, result,
+                                              driver.replica_details(result.memory.current_primary), now,
+                                              credentials_missing, rollout=_roll(body, spec, statefulset, pods, result))
+    _write_pass_status(body, observed, wanted)
 
 
 def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict],
@@ -218,7 +222,7 @@ def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict
     observations (`result`), or by the kubelet's readiness when no pass could run."""
     namespace = body["metadata"]["namespace"]
     sts_status = (statefulset or {}).get("status") or {}
-    previous = (body.get("status") or {}).get("rollingUpdate") or {}
+    previous = status.recorded(body).rolling_update or RollingUpdateStatus()
     paused = None
     if statefulset and sts_status.get("observedGeneration") != statefulset["metadata"].get("generation"):
         paused = "the StatefulSet controller has not taken in the new template yet"
@@ -227,7 +231,7 @@ def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict
     primary = result.memory.current_primary if result else None
     replicas = rollout.replicas_of(pods, desired.pod_names(body["metadata"]["name"], spec.replicas), desired.ROLE_LABEL,
                                    primary, result.observations if result else None)
-    step_ = rollout.plan(replicas, sts_status.get("updateRevision"), spec.replicas, paused, previous.get("switchoverTo"))
+    step_ = rollout.plan(replicas, sts_status.get("updateRevision"), spec.replicas, paused, previous.switchover_to)
     if step_.restart:
         uid = next(p["metadata"]["uid"] for p in pods if p["metadata"]["name"] == step_.restart)
         try:  # the uid precondition: never the pod the StatefulSet has already recreated
@@ -238,21 +242,21 @@ def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict
         else:
             log.info("shard %s/%s: rolling update: %s", namespace, body["metadata"]["name"], step_.message)
             kube.post_event(body, "Normal", "RollingUpdate", step_.message)
-    if step_.reason == "SwitchingOver" and previous.get("reason") != "SwitchingOver":
+    if step_.reason == "SwitchingOver" and previous.reason != "SwitchingOver":
         kube.post_event(body, "Normal", "RollingUpdate", step_.message)
-    if previous.get("outdatedPods") and not step_.in_progress:
+    if previous.outdated_pods and not step_.in_progress:
         kube.post_event(body, "Normal", "RollingUpdateCompleted", f"every pod runs revision {step_.revision}")
     return step_
 
 
-def _write_pass_status(body: dict, fields: dict, wanted: list) -> None:
+def _write_pass_status(body: dict, observed: ShardStatus, wanted: list) -> None:
     """Status after a pass that acted: what it did (a fence, a promotion) lives only here, so a
     409 is never answered by deciding again (that pass would see its own fence as a failed
     primary). Passes are one at a time (`_pass_lock`); whoever wrote since, kopf's annotations or
     a spec change, did not touch these fields: they are written again on the newer object."""
     for _ in range(reconcile.CONFLICT_ATTEMPTS):
         try:
-            reconcile.write_status(body, fields, wanted)
+            reconcile.write_status(body, observed, wanted)
             return
         except kube.Conflict:
             newer = kube.get(body.get("apiVersion", "pim-sre.lab/v1alpha1"), "Shard", body["metadata"]["name"],
@@ -260,4 +264,4 @@ def _write_pass_status(body: dict, fields: dict, wanted: list) -> None:
             if newer is None:
                 return
             body = newer
-    reconcile.write_status(body, fields, wanted)
+    reconcile.write_status(body, observed, wanted)

@@ -1,1 +1,1 @@
-"""Engine drivers of the failover manager (shard/manager.py `Driver`)."""
+"""Engine drivers of the failover manager (shard/failover_pass.py `Driver`)."""

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pimlab_operator.shard.failover import Observation
-from pimlab_operator.shard.manager import DriverError
+from pimlab_operator.shard.failover_pass import DriverError
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,11 @@ class PostgresDriver:
             return False
 
     def replica_details(self, primary: str | None) -> dict[str, dict]:
-        """Per replica: synchronous (quorum) state and lag in bytes, from the primary's view."""
+        """Per replica: synchronous (quorum) state and lag in bytes, from the primary's view, as
+        fields of its ReplicaStatus."""
         details: dict[str, dict] = {}
         for row in ((self.last_status.get(primary) or {}).get("replication") or []) if primary else []:
-            details[row["name"]] = {"synchronizationState": f"{row['state']}/{row['syncState']}",
-                                    "synchronousCommit": row["syncState"] in ("sync", "quorum"),
-                                    "lagBytes": row.get("lagBytes")}
+            details[row["name"]] = {"synchronization_state": f"{row['state']}/{row['syncState']}",
+                                    "synchronous_commit": row["syncState"] in ("sync", "quorum"),
+                                    "lag_bytes": row.get("lagBytes")}
         return details

@@ -15,7 +15,7 @@ from typing import Callable
 
 from pimlab_operator.render import render_text
 from pimlab_operator.shard.failover import Observation
-from pimlab_operator.shard.manager import DriverError
+from pimlab_operator.shard.failover_pass import DriverError
 
 ODBC_DRIVER = "ODBC Driver 18 for SQL Server"
 

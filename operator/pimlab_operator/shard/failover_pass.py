@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from pimlab_operator.shard.failover import Action, Decision, Memory, Observation, Policy, decide
+from pimlab_operator.shard.model import FailoverRecord
 
 
 class Driver(Protocol):
@@ -36,7 +37,7 @@ class PassResult:
     decision: Decision
     observations: list[Observation]
     memory: Memory
-    completed: dict | None = None          # the failover record, when one finished in this pass
+    completed: FailoverRecord | None = None  # the failover record, when one finished in this pass
     events: list[Action] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)   # what was done, each with its seconds: for the log
@@ -46,13 +47,9 @@ class PassResult:
         d = self.decision
         why = f" ({d.failover_reason} from {d.failover_from})" if d.failover_reason else ""
         done = f"; {', '.join(self.steps)}" if self.steps else ""
-        record = (f"; recorded {self.completed['reason']} {self.completed['from']} -> {self.completed['to']}"
+        record = (f"; recorded {self.completed.reason} {self.completed.from_} -> {self.completed.to}"
                   if self.completed else "")
         return f"{d.phase}/{d.reason}{why}{done}{record}"
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
@@ -130,17 +127,17 @@ def run_pass(driver: Driver, pods: list[str], labels: dict[str, str | None],
     return result
 
 
-def _complete(driver: Driver, decision: Decision, memory: Memory, current: str | None, now) -> dict | None:
+def _complete(driver: Driver, decision: Decision, memory: Memory, current: str | None, now) -> FailoverRecord | None:
     """The failover ends with the new primary's first write acknowledged by the quorum."""
     started = decision.failover_started_at
     if not started or not current or not driver.write_probe(current):
         return None
     done = now()
     lost = decision.unhealthy_since or started
-    return {
-        "from": decision.failover_from, "to": current, "reason": decision.failover_reason,
-        "planned": decision.failover_reason == "PlannedSwitchover", "dataLoss": decision.data_loss or None,
-        "primaryLostAt": _iso(lost), "startedAt": _iso(started), "completedAt": _iso(done),
-        "durationSeconds": round((done - started).total_seconds(), 3),
-        "outageSeconds": round((done - lost).total_seconds(), 3),
-    }
+    return FailoverRecord(
+        from_=decision.failover_from, to=current, reason=decision.failover_reason,
+        planned=decision.failover_reason == "PlannedSwitchover", data_loss=decision.data_loss or None,
+        primary_lost_at=lost, started_at=started, completed_at=done,
+        duration_seconds=round((done - started).total_seconds(), 3),
+        outage_seconds=round((done - lost).total_seconds(), 3),
+    )
