@@ -55,15 +55,29 @@ def url(layout: Layout) -> str:
     return f"http://{HOST}:{layout.ports.git_http}/{REPOSITORY}.git"
 
 
+#: How the local Flux judges the Lab's health. The samples' Shards are SQL Server, which cannot
+#: run here (their pods are simulated on kwok nodes), so the Lab is truthfully never Ready
+#: (`ShardsNotReady`); what the local Flux can wait for is every service rolled out from the
+#: commit it applied. cluster A as users run it keeps the plain Ready check.
+LAB_ROLLED_OUT = {
+    "apiVersion": "pim-sre.lab/v1alpha1", "kind": "Lab",
+    "current": "status.observedGeneration == metadata.generation && "
+               "status.conditions.exists(e, e.type == 'Progressing' && e.status == 'False')",
+    "failed": "status.conditions.exists(e, e.type == 'Ready' && e.reason == 'InvalidSpec')",
+}
+
+
 def bootstrap_documents(layout: Layout, home: Path) -> list[dict]:
     """cluster A's GitRepository and Kustomizations, the GitRepository pointed at the loopback
-    server's `main`."""
+    server's `main`, and the Lab's health judged by its services (`LAB_ROLLED_OUT`)."""
     docs = [d for d in yaml.safe_load_all((home / FLUX_MANIFEST).read_text())
             if d and d["kind"] in GIT_KINDS]
     for doc in docs:
         if doc["kind"] == "GitRepository":
             doc["spec"]["url"] = url(layout)
             doc["spec"]["ref"] = {"branch": BRANCH}
+        elif any(check["kind"] == "Lab" for check in doc["spec"].get("healthChecks") or []):
+            doc["spec"]["healthCheckExprs"] = [LAB_ROLLED_OUT]
     return docs
 
 

@@ -127,11 +127,16 @@ def test_crds_operator_and_lab_come_from_git(cluster, flux):
     assert condition(deployment, "Available").get("status") == "True"  # its pod: on a kwok node
 
     try:
-        lab = wait_for(lambda: (o := cluster.get("lab", "pim", LAB)) and condition(o).get("status") == "True" and o,
-                       timeout=60, what="the Lab to be Ready")
+        lab = wait_for(lambda: (o := cluster.get("lab", "pim", LAB)) and condition(o, "Progressing").get("status") == "False"
+                       and condition(o, "ShardsReady").get("status") and o,
+                       timeout=60, what="the Lab's services to roll out")
     except TimedOut as error:  # seen once under heavy load: the operator's Lab worker went quiet
         raise AssertionError(f"{error}\noperator log ({flux.operator_log}):\n{tail(flux.operator_log, 30)}")
     assert lab["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "pim-lab"
+    # its SQL Server Shards are simulated on kwok nodes: never bootstrapped, so never Ready
+    assert condition(lab, "ShardsReady")["status"] == "False", lab["status"]
+    assert condition(lab)["reason"] == "ShardsNotReady", lab["status"]
+    assert lab["status"]["readyServices"] == lab["status"]["totalServices"]
     assert len(json.loads(cluster.kubectl("get", "shards", "-n", LAB, "-o", "json").stdout)["items"]) == 3
     # the Git path only: the HelmReleases of cluster-a/flux.yaml need a helm-controller
     assert not cluster.kubectl("get", "helmreleases.helm.toolkit.fluxcd.io", "-n", NAMESPACE,
@@ -196,7 +201,7 @@ def test_a_bad_commit_fails_the_kustomization_and_the_lab_keeps_running(cluster,
     assert good in failed["status"]["lastAppliedRevision"]
     # nothing of the bad commit was applied, and the lab runs on
     assert cluster.get("personaload", "billing-burst", LAB)["spec"]["profile"]["rate"] == 50
-    assert condition(cluster.get("lab", "pim", LAB)).get("status") == "True"
+    assert condition(cluster.get("lab", "pim", LAB), "Progressing").get("status") == "False"
 
     git("revert", "--no-edit", "HEAD", cwd=checkout)
     git("push", "--quiet", "origin", f"HEAD:{gitops.BRANCH}", cwd=checkout)
