@@ -160,6 +160,8 @@ class ReconcileMemory:
         self.failover_passes_lock = threading.Lock()
         #: Shard uid -> the (phase, reason) of its last logged failover pass
         self.last_said: dict[str, tuple[str, str]] = {}
+        #: namespace -> (when looked up, the Prometheus URL its Labs name): `slo.step.prometheus_url`
+        self.prometheus_urls: dict[str, tuple[float, str | None]] = {}
 
     def failover_pass_lock(self, uid: str) -> threading.Lock:
         with self.failover_passes_lock:

@@ -29,17 +29,17 @@ def reads_budget(body: dict) -> bool:
     return budget is not None and budget.get("reason") != "NoPrometheusUrl"
 
 #: How long the Prometheus named for a namespace is reused: every SLO of a namespace asks on
-#: every reconcile, and listing its Labs each time was a fifth of the operator's work with 150 SLOs.
+#: every reconcile, and listing the namespace's Labs each time would cost a fifth of the
+#: operator's work with 150 SLOs (the cache lives in `ReconcileMemory.prometheus_urls`).
 URL_TTL_SECONDS = 10.0
-#: namespace -> (when looked up, the URL found)
-_urls: dict[str, tuple[float, str | None]] = {}
 
 
 def prometheus_url(namespace: str, default: str | None) -> str | None:
     """The Prometheus of the SLO's namespace: a Lab's spec.observability.prometheusUrl (the
     first by name that sets one), else `default` (the operator's --prometheus-url); at most
     URL_TTL_SECONDS old."""
-    seen = _urls.get(namespace)
+    urls = reconcile.context().memory.prometheus_urls
+    seen = urls.get(namespace)
     if seen and time.monotonic() - seen[0] < URL_TTL_SECONDS:
         return seen[1]
     url = None
@@ -48,7 +48,7 @@ def prometheus_url(namespace: str, default: str | None) -> str | None:
         if url:
             break
     url = url or default
-    _urls[namespace] = (time.monotonic(), url)
+    urls[namespace] = (time.monotonic(), url)
     return url
 
 
