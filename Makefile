@@ -27,8 +27,8 @@ deps: ## install the Debian packages the project needs (only the missing ones)
 	if [ -z "$$missing" ]; then echo "ok   Debian packages: up to date"; exit 0; fi; \
 	mkdir -p .lab/logs; log=$$PWD/.lab/logs/deps.log; started=$$(date +%s); \
 	echo "..   Debian packages: installing $$missing"; \
-	if { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	     DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing; } >$$log 2>&1; then \
+	if { $(SUDO) apt-get update -qq && \
+	     DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; } >$$log 2>&1; then \
 	  echo "ok   Debian packages: $$(( $$(date +%s) - started )) s"; \
 	else \
 	  echo "FAIL Debian packages: failed after $$(( $$(date +%s) - started )) s"; \

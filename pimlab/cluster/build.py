@@ -32,8 +32,8 @@ GODEBUG_DEFAULT = "go1.24"
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
                  "kubelet", "kube-proxy")
 BINARIES = (*KUBE_COMMANDS, "etcd", "kwok")
-# What a cold build takes on the 2-core machine (the README's figures), until one is measured
-# here (progress.py).
+# What a cold build takes on the 2-core machine (docs/benchmarks.md's figures), until one is
+# measured here (progress.py).
 CONTROLPLANE_COLD_SECONDS = 10 * 60
 ADDONS_COLD_SECONDS = 5 * 60
 

@@ -39,8 +39,8 @@ CONTROLLERS = {
     "source-controller": (FLUX_SOURCE_CONTROLLER.module, FLUX_SOURCE_CONTROLLER.version),
     "kustomize-controller": (FLUX_KUSTOMIZE_CONTROLLER.module, FLUX_KUSTOMIZE_CONTROLLER.version),
 }
-# What a cold build takes on the 2-core machine (the README's figure), until one is measured
-# here (progress.py).
+# What a cold build takes on the 2-core machine (docs/benchmarks.md's figure), until one is
+# measured here (progress.py).
 COLD_SECONDS = 35 * 60
 
 

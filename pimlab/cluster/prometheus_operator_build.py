@@ -46,8 +46,8 @@ COMMANDS = {
 PROMETHEUS_VERSION = "v3.5.0"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 PROMETHEUS_MODULE_VERSION = "v0.305.0"  # the module's tag of v3.5.0
-# What a cold build takes on the 2-core machine (the README's figures), until one is measured
-# here (progress.py).
+# What a cold build takes on the 2-core machine (docs/benchmarks.md's figures), until one is
+# measured here (progress.py).
 COLD_SECONDS = 12 * 60
 PROMETHEUS_COLD_SECONDS = 16 * 60
 
