@@ -20,12 +20,20 @@ DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
+# apt's output goes to .lab/logs/deps.log, shown (its last 30 lines) only when it fails, as the
+# build steps' output is (pimlab/cluster/progress.py).
 deps: ## install the Debian packages the project needs (only the missing ones)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	if [ -z "$$missing" ]; then echo "ok   Debian packages: up to date"; exit 0; fi; \
+	mkdir -p .lab/logs; log=$$PWD/.lab/logs/deps.log; started=$$(date +%s); \
+	echo "..   Debian packages: installing $$missing"; \
+	if { $(SUDO) apt-get update -qq && \
+	     DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; } >$$log 2>&1; then \
+	  echo "ok   Debian packages: $$(( $$(date +%s) - started )) s"; \
+	else \
+	  echo "FAIL Debian packages: failed after $$(( $$(date +%s) - started )) s"; \
+	  echo "     last 30 lines of $$log:"; tail -n 30 $$log | sed 's/^/     | /'; \
+	  echo "     full log: $$log"; exit 1; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

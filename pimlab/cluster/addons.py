@@ -52,8 +52,13 @@ def render(layout: Layout) -> list[dict]:
 
 
 def install(cluster: ClusterHandle, timeout: int = 120) -> None:
-    """Apply the add-ons and wait until their Deployments are available."""
-    cluster.say("installing the add-ons: CoreDNS, local-path-provisioner, StorageClass standard")
+    """Apply the add-ons and wait until their Deployments are available (a step)."""
+    with cluster.progress.step("addons-install", "installing the add-ons: CoreDNS, "
+                               "local-path-provisioner, StorageClass standard"):
+        _apply(cluster, timeout)
+
+
+def _apply(cluster: ClusterHandle, timeout: int) -> None:
     cluster.kubectl("apply", "--server-side", "--field-manager=pimlab-cluster",
                     "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(render(cluster.layout)))
     for namespace, name in ADDON_DEPLOYMENTS:

@@ -15,11 +15,13 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from pimlab.cluster.layout import cache_root
+from pimlab.cluster.progress import Progress, run
 
 KUBERNETES_VERSION = "v1.34.4"
 KWOK_VERSION = "v0.7.0"
@@ -30,13 +32,10 @@ GODEBUG_DEFAULT = "go1.24"
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
                  "kubelet", "kube-proxy")
 BINARIES = (*KUBE_COMMANDS, "etcd", "kwok")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("PIMLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pimlab"
-    )
-    return Path(base)
+# What a cold build takes on the 2-core machine (docs/benchmarks.md's figures), until one is
+# measured here (progress.py).
+CONTROLPLANE_COLD_SECONDS = 10 * 60
+ADDONS_COLD_SECONDS = 5 * 60
 
 
 def bin_dir() -> Path:
@@ -47,13 +46,10 @@ def is_built() -> bool:
     return all((bin_dir() / name).is_file() for name in BINARIES)
 
 
-def go(args: list[str], cwd: Path, log) -> None:
+def go(args: list[str], cwd: Path, log, env: dict | None = None) -> None:
     """`go ARGS` in `cwd` with CGO off, its output into `log`; raises naming the log on failure."""
-    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
-    print(f"$ go {' '.join(args)}", file=log, flush=True)
-    proc = subprocess.run(["go", *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"go {args[0]} failed in {cwd} (exit {proc.returncode}); see {log.name}")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false", **(env or {}))
+    run(["go", *args], log, cwd=cwd, env=env, what=f"go {args[0]} in {cwd}")
 
 
 def build_once(directory: Path, done: Callable[[], bool], build_missing: Callable[[], None],
@@ -75,11 +71,9 @@ def build_once(directory: Path, done: Callable[[], bool], build_missing: Callabl
 
 def _staging_replaces(work: Path, log) -> list[str]:
     """Map every staging module that k8s.io/kubernetes pins at v0.0.0 to its published v0.X.Y."""
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
-        cwd=work, capture_output=True, text=True, check=True,
-    )
-    gomod = Path(json.loads(out.stdout)["GoMod"]).read_text()
+    out = run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], log,
+              cwd=work, capture=True, what=f"go mod download k8s.io/kubernetes@{KUBERNETES_VERSION}")
+    gomod = Path(json.loads(out)["GoMod"]).read_text()
     staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
     modules = sorted(
         {line.split()[0] for line in gomod.splitlines() if "=> ./staging/src/" in line}
@@ -157,14 +151,8 @@ def _build_missing(target: Path, log) -> None:
     if not (target / "kwok").is_file():
         env_bin = work / "kwok-bin"
         env_bin.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, GOBIN=str(env_bin), CGO_ENABLED="0")
-        print(f"$ go install sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}", file=log, flush=True)
-        proc = subprocess.run(
-            ["go", "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"go install kwok failed (exit {proc.returncode}); see {log.name}")
+        go(["install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+           work, log, env={"GOBIN": str(env_bin)})
         shutil.move(str(env_bin / "kwok"), target / "kwok")
 
 
@@ -185,12 +173,16 @@ def addon_binary(name: str) -> Path:
     return addons_dir() / name
 
 
+def addons_built() -> bool:
+    return all(addon_binary(name).is_file() for name in ADDONS)
+
+
 def build_addons(log=sys.stderr) -> Path:
     """`go install` every add-on that is missing into addons_dir(); return addons_dir()."""
     if shutil.which("go") is None:
         raise RuntimeError("Go is not installed: the add-ons are built with the machine's Go")
     target = addons_dir()
-    if all(addon_binary(name).is_file() for name in ADDONS):
+    if addons_built():
         return target
     target.mkdir(parents=True, exist_ok=True)
     with open(target.parent / "build.lock", "w") as lock:
@@ -200,17 +192,19 @@ def build_addons(log=sys.stderr) -> Path:
                 continue
             gobin = target.parent / "gobin"
             gobin.mkdir(exist_ok=True)
-            env = dict(os.environ, GOBIN=str(gobin), CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
-            print(f"$ go install {module}@{version}", file=log, flush=True)
-            proc = subprocess.run(
-                ["go", "install", "-trimpath", "-ldflags=-s -w", f"{module}@{version}"],
-                cwd=target.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                raise RuntimeError(f"go install {module}@{version} failed (exit {proc.returncode})"
-                                   f"; see {getattr(log, 'name', 'the build log')}")
+            go(["install", "-trimpath", "-ldflags=-s -w", f"{module}@{version}"], target.parent, log,
+               env={"GOBIN": str(gobin)})
             shutil.move(str(gobin / module.rsplit("/", 1)[1]), addon_binary(name))
     return target
 
 
-if __name__ == "__main__":
-    print(build())
+def build_step(progress: Progress) -> Path:
+    """build() as a step of `progress`: one line, Go's output in the step's log."""
+    return progress.build_step("controlplane", f"control plane binaries (Kubernetes {KUBERNETES_VERSION}, "
+                               "etcd, kwok)", CONTROLPLANE_COLD_SECONDS, is_built, build)
+
+
+def addons_step(progress: Progress) -> Path:
+    """build_addons() as a step of `progress`."""
+    return progress.build_step("addons", "add-on binaries (CoreDNS, local-path-provisioner)",
+                               ADDONS_COLD_SECONDS, addons_built, build_addons)

@@ -10,6 +10,7 @@ from pimlab.cluster.gitops import GitOps
 from pimlab.cluster.lab import LocalLab
 from pimlab.cluster.local_cluster import LocalCluster
 from pimlab.cluster.procs import ClusterError
+from pimlab.cluster.progress import run_steps
 from pimlab_operator.render import project_home
 
 
@@ -44,13 +45,7 @@ def _status(args) -> int:
 
 
 def _build(args) -> int:
-    try:
-        print(build.build(log=sys.stdout))
-        print(build.build_addons(log=sys.stdout))
-    except RuntimeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_steps(build.build_step, build.addons_step, root=args.root)
 
 
 def _tree_command(sub, name: str, help: str):
@@ -78,21 +73,16 @@ def _lab_up(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not args.no_samples:
-        # With kwok only, the sample's SQL Server Shards never bootstrap (kwok runs nothing), so
-        # the Lab stays not Ready (ShardsNotReady): it is as far as it gets once its services are
-        # rolled out.
-        wanted = ("condition=Ready", "Ready") if lab.plane.real_node else \
-            ("condition=Progressing=False", "rolled out")
-        proc = lab.plane.kubectl("wait", f"--for={wanted[0]}", "lab", "--all", "-n", "lab",
-                                 f"--timeout={args.wait}s", check=False, timeout=args.wait + 10)
-        print(proc.stdout + proc.stderr, end="")
-        if proc.returncode != 0:
+        try:
+            lab.wait_ready(args.wait)
+        except RuntimeError as error:
             print(lab.state())
-            print(f"error: the sample Lab did not become {wanted[1]} (kubectl get lab -n lab -o wide says why)",
-                  file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr)
             return 1
         if lab.plane.real_node:
-            print(f"seeding the shards: {lab.seed()}")
+            with lab.plane.progress.step("seed", "seeding the shards"):
+                seeded = lab.seed()
+            print(f"seeded: {seeded}")
     print(lab.state())
     if lab.operator_runs_as_pod():
         operator = "Operator: a pod on the real node (kubectl -n pim-system logs deployment/pimlab-operator)"

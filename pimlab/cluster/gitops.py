@@ -94,9 +94,10 @@ class GitOps:
         self.layout = self.plane.layout
         self.operator = lab_operator(self.layout)
         self.out = out
+        self.progress = self.plane.progress
 
     def say(self, message: str) -> None:
-        print(message, file=self.out, flush=True)
+        self.plane.say(message)
 
     def kubectl(self, *args: str, **kwargs):
         return self.plane.kubectl(*args, **kwargs)
@@ -190,16 +191,16 @@ class GitOps:
 
     def up(self, source: Path, operator: bool = True) -> None:
         self.plane.up()
-        flux_build.build(log=self.out)
+        flux_build.build_step(self.progress)
         commit = self.publish(source)
         self.say(f"serving {source} at {commit[:12]} as {url(self.layout)} (branch {BRANCH})")
         if "git-server" not in running(self.layout):
-            start(self.layout, self.git_server(), self.say)
+            start(self.layout, self.git_server(), self.progress)
         self.install()
         alive = running(self.layout)
         for component in self.controllers():
             if component.name not in alive:
-                start(self.layout, component, self.say)
+                start(self.layout, component, self.progress)
         self.bootstrap(source)
         self.say("waiting for Flux to apply the CRDs and the operator (pim-crds, pim-operator)")
         self.wait_ready("pim-operator")

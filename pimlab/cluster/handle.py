@@ -1,10 +1,10 @@
 """The cluster handle every layer of this package talks to a cluster through: its layout,
-`kubectl` with the admin's kubeconfig, progress said to the user, and the kubeconfig writers
-(a client certificate's, a ServiceAccount token's).
+`kubectl` with the admin's kubeconfig, progress said to the user (pimlab.cluster.progress), and
+the kubeconfig writers (a client certificate's, a ServiceAccount token's).
 
-It is the floor of the package's stack, with `layout`, `pki` and `procs`: the builders, the node
-and the add-ons take a `ClusterHandle`; the orchestrators (`local_cluster`, `lab`, `gitops`)
-are or hold one.
+It is the floor of the package's stack, with `layout`, `pki`, `procs` and `progress`: the
+builders, the node and the add-ons take a `ClusterHandle`; the orchestrators (`local_cluster`,
+`lab`, `gitops`) are or hold one.
 """
 
 from __future__ import annotations
@@ -19,19 +19,21 @@ import yaml
 from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS, SCHEDULER_ANNOTATION_PREFIX, Layout
 from pimlab.cluster.pki import KeyPair
 from pimlab.cluster.procs import ClusterError
+from pimlab.cluster.progress import Progress
 
 
 class ClusterHandle:
-    """One working tree's cluster as its users see it: `.lab/` and the admin's `kubectl`."""
+    """One working tree's cluster as its users see it: `.lab/`, the admin's `kubectl`, and the
+    progress said on `out` (pimlab.cluster.progress: steps, their logs in `.lab/logs/`)."""
 
     def __init__(self, layout: Layout, out=None):
         self.layout = layout
         self.out = out
+        self.progress = Progress(out, layout.step_logs)
 
     def say(self, message: str) -> None:
-        """One line of progress for the user (nothing when there is no output to say it on)."""
-        if self.out is not None:
-            print(message, file=self.out, flush=True)
+        """One line for the user (nothing when there is no output to say it on)."""
+        self.progress.say(message)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:

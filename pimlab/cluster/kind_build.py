@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pimlab.cluster.build import build_once, cache_root, go
+from pimlab.cluster.build import build_once, go
+from pimlab.cluster.layout import cache_root
 from pimlab_operator.render import render_text
 
 MODULE, VERSION = "sigs.k8s.io/kind", "v0.30.0"

@@ -88,64 +88,89 @@ class LocalLab:
         self.operator_kubeconfig = self.operator.kubeconfig
 
     def say(self, message: str) -> None:
-        print(message, file=self.out, flush=True)
+        self.plane.say(message)
 
     def refresh_project_image(self) -> bool:
         """The node's project image rebuilt and imported if its sources changed since it was
         imported (a lab that already runs skips the cluster's own image step). True when it
         was: the pods started before still run the old one."""
-        done = images.ensure([images.PROJECT_IMAGE], str(self.plane.layout.containerd_socket), self.out)
+        done = images.ensure([images.PROJECT_IMAGE], str(self.plane.layout.containerd_socket),
+                             self.plane.progress)
         return done[images.PROJECT_IMAGE] == "imported"
 
     def up(self, samples: bool = True, local_operator: bool = False) -> None:
         home = project_home()
         self.plane.up()
         kubectl = self.plane.kubectl
+        step = self.plane.progress.step
         real = self.plane.real_node
         refreshed = real and self.refresh_project_image()
-        self.say("installing the CRDs from crds/")
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        with step("crds", "installing the CRDs from crds/"):
+            kubectl("apply", "--server-side", "--force-conflicts", "-f", str(home / "crds"))
+            kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         if real:
-            url = monitoring.install(self.plane, self.out)
+            url = monitoring.install(self.plane)
             self.say(f"Prometheus is up: {url} from the host (the Lab names it as {monitoring.prometheus_url()})")
         else:
-            self.say("installing the monitoring.coreos.com CRDs from crds/thirdparty/ "
-                     "(kwok runs no Prometheus pod: the SLOs' rules are made, not evaluated)")
-            monitoring.install_crds(self.plane)
+            with step("monitoring-crds", "installing the monitoring.coreos.com CRDs from crds/thirdparty/ "
+                      "(kwok runs no Prometheus pod: the SLOs' rules are made, not evaluated)"):
+                monitoring.install_crds(self.plane)
         if real and not local_operator:
-            self.operator.stop()
-            self.say("installing the operator as a pod on the real node (clusters/local/operator)")
-            kubectl("apply", "--server-side", "--force-conflicts", "-k",
-                    str(home / "clusters/local/operator"))
-            if refreshed:
-                self.say("the project image changed since the lab started: restarting the operator "
-                         "(the Lab's and Shards' pods keep the old image until they are recreated, e.g. "
-                         "`kubectl -n lab rollout restart deployment`)")
-                kubectl("rollout", "restart", "deployment/pimlab-operator", "-n", OPERATOR_NAMESPACE)
-            proc = kubectl("rollout", "status", "deployment/pimlab-operator", "-n",
-                           OPERATOR_NAMESPACE, "--timeout=120s", check=False, timeout=130)
-            if proc.returncode != 0:
-                raise RuntimeError(
-                    f"the operator's pod did not become ready: {proc.stderr.strip()}; see "
-                    f"`kubectl -n {OPERATOR_NAMESPACE} logs deployment/pimlab-operator`")
+            with step("operator", "installing the operator as a pod on the real node (clusters/local/operator)"):
+                self._operator_pod(refreshed)
         else:
             why = "--local-operator" if real else "kwok only simulates its pod"
-            self.say("installing the operator's namespace, RBAC and Deployment "
-                     f"(clusters/base/operator); {why}, so the operator runs as a local process")
-            if real:  # the Deployment's pod is simulated beside the local process, not run
-                self.plane.ensure_kwok_namespace(OPERATOR_NAMESPACE)
-            install_operator_manifests(self.plane)
-            if self.operator.pid():
-                self.say("restarting the operator")
-            write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
-            pid = self.operator.start()
-            self.say(f"operator started (pid {pid}, log {self.operator_log})")
+            with step("operator", "installing the operator's namespace, RBAC and Deployment "
+                      f"(clusters/base/operator); {why}, so the operator runs as a local process"):
+                self._local_operator(real)
         if samples:
             where = "on the real node, Lab image mapped to the local one" if real else "on kwok nodes"
-            self.say(f"applying samples/ ({where})")
-            kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                    input=yaml.safe_dump_all(sample_documents(real)))
+            with step("samples", f"applying samples/ ({where})"):
+                kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                        input=yaml.safe_dump_all(sample_documents(real)))
+
+    def _operator_pod(self, refreshed: bool) -> None:
+        """The operator as a pod of the project's image, restarted when that image changed."""
+        kubectl = self.plane.kubectl
+        self.operator.stop()
+        kubectl("apply", "--server-side", "--force-conflicts", "-k",
+                str(project_home() / "clusters/local/operator"))
+        if refreshed:
+            self.say("the project image changed since the lab started: restarting the operator "
+                     "(the Lab's and Shards' pods keep the old image until they are recreated, e.g. "
+                     "`kubectl -n lab rollout restart deployment`)")
+            kubectl("rollout", "restart", "deployment/pimlab-operator", "-n", OPERATOR_NAMESPACE)
+        proc = kubectl("rollout", "status", "deployment/pimlab-operator", "-n",
+                       OPERATOR_NAMESPACE, "--timeout=120s", check=False, timeout=130)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"the operator's pod did not become ready: {proc.stderr.strip()}; see "
+                f"`kubectl -n {OPERATOR_NAMESPACE} logs deployment/pimlab-operator`")
+
+    def _local_operator(self, real: bool) -> None:
+        """The operator as a local process with its ServiceAccount's token, beside its
+        Deployment (simulated by kwok)."""
+        if real:  # the Deployment's pod is simulated beside the local process, not run
+            self.plane.ensure_kwok_namespace(OPERATOR_NAMESPACE)
+        install_operator_manifests(self.plane)
+        if self.operator.pid():
+            self.say("restarting the operator")
+        write_operator_kubeconfig(self.plane, self.operator_kubeconfig)
+        pid = self.operator.start()
+        self.say(f"operator started (pid {pid}, log {self.operator_log})")
+
+    def wait_ready(self, timeout: int, namespace: str = "lab") -> None:
+        """Every Lab in `namespace` Ready within `timeout` seconds (a step); raises saying where
+        to look. With kwok only, rolled out (Progressing=False) instead: the sample's SQL Server
+        Shards never bootstrap there (kwok runs nothing), so the Lab stays not Ready
+        (ShardsNotReady); it is as far as it gets once its services are rolled out."""
+        condition, state = ("Ready", "Ready") if self.plane.real_node else ("Progressing=False", "rolled out")
+        with self.plane.progress.step("lab-ready", f"waiting for the Lab in namespace {namespace} to be {state}"):
+            proc = self.plane.kubectl("wait", f"--for=condition={condition}", "lab", "--all", "-n", namespace,
+                                      f"--timeout={timeout}s", check=False, timeout=timeout + 10)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the Lab did not become {state}: {proc.stderr.strip()} "
+                                   f"(kubectl get lab -n {namespace} -o wide says why)")
 
     def seed(self, namespace: str = "lab", lab: str = "pim", attempts: int = 5) -> str:
         """Synthetic reference data and patients in the Lab's shards (`pimlab seed`, run in its

@@ -1,9 +1,10 @@
 """Where one local cluster lives and which addresses it uses.
 
 Everything is below the working tree's `.lab/` (ignored by git): `.lab/kubeconfig`,
-`.lab/bin/` (links to the cached binaries), `.lab/cluster/` (pki, etcd data, logs, pids) and
-`.lab/cluster/node/` (containerd's root, state and socket, kubelet's root dir, CNI config and
-IPAM state, pod logs, local-path volumes).
+`.lab/bin/` (links to the cached binaries), `.lab/logs/` (the build and image steps' output, kept
+across `down`), `.lab/cluster/` (pki, etcd data, logs, pids) and `.lab/cluster/node/`
+(containerd's root, state and socket, kubelet's root dir, CNI config and IPAM state, pod logs,
+local-path volumes).
 
 Addresses:
 - the control plane listens on 127.0.0.1 only (ports below, moved by PIMLAB_PORT_OFFSET);
@@ -67,6 +68,15 @@ KUBE_PROXY_HEALTHZ_PORT = 10256
 KUBE_PROXY_METRICS_PORT = 10249
 
 
+def cache_root() -> Path:
+    """Where the built binaries, images and step timings are cached, outside any working tree:
+    $PIMLAB_CACHE, else $XDG_CACHE_HOME/pimlab, else ~/.cache/pimlab."""
+    base = os.environ.get("PIMLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pimlab"
+    )
+    return Path(base)
+
+
 @dataclass(frozen=True)
 class Ports:
     etcd_client: int = 12379
@@ -106,6 +116,11 @@ class Layout:
     @property
     def bin(self) -> Path:
         return self.lab / "bin"
+
+    @property
+    def step_logs(self) -> Path:
+        """The build and image steps' logs (pimlab.cluster.progress), one per step."""
+        return self.lab / "logs"
 
     @property
     def state(self) -> Path:

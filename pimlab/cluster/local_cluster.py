@@ -116,7 +116,7 @@ class LocalCluster(ClusterHandle):
                  "(PIMLAB_NODE=kwok says so without probing)")
         return f"kwok: {reason}"
 
-    def up(self, build_log=None) -> None:
+    def up(self) -> None:
         if self.healthy():
             self.say(f"cluster already running: {self.layout.server} "
                      f"(node: {self.node_mode()})")
@@ -126,7 +126,7 @@ class LocalCluster(ClusterHandle):
         if self.running() or node.owner() == str(self.layout.root):
             self.say("a previous cluster is partly running: stopping it first")
             self.down(quiet=True)
-        bin_dir = build.build(log=build_log or self.out)
+        bin_dir = build.build_step(self.progress)
         self._link_binaries(bin_dir)
         for port in self.layout.ports.__dict__.values():
             if port_open(port):
@@ -139,13 +139,13 @@ class LocalCluster(ClusterHandle):
         self.layout.node_mode_file.write_text(mode + "\n")
         creds = self.plane.credentials()
         for component in self.plane.components(creds):
-            start(self.layout, component, self.say)
+            start(self.layout, component, self.progress)
         write_kubeconfig(self.layout.kubeconfig, self.layout.server, self.ca,
                          creds["admin"], "pimlab-admin")
         self._apply_kwok_nodes()
         self._mark_cluster()
         if mode == "real":
-            self._node_up(build_log or self.out)
+            self._node_up()
         self._wait_nodes_ready()
         self._wait_default_service_account()
         if mode == "real":
@@ -157,16 +157,15 @@ class LocalCluster(ClusterHandle):
         nodes = self.plane.kwok_nodes(tainted=self.real_node)
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(nodes))
 
-    def _node_up(self, log) -> None:
+    def _node_up(self) -> None:
         self.node.prepare(images.PAUSE_IMAGE)
-        start(self.layout, self.node.containerd(), self.say)
-        self.say(f"importing images into the node's containerd: {', '.join(addons.NODE_IMAGES)}")
+        start(self.layout, self.node.containerd(), self.progress)
         try:
-            self.node.import_images(list(addons.NODE_IMAGES), log)
+            self.node.import_images(list(addons.NODE_IMAGES), self.progress)
         except Exception as error:  # the image code names the failing step and its log
             raise ClusterError(f"images for the real node: {error}") from error
         for component in self.node.kubelet_and_proxy(self.ca):
-            start(self.layout, component, self.say)
+            start(self.layout, component, self.progress)
         proc = self.kubectl("wait", "--for=condition=Ready", f"node/{NODE_NAME}",
                             "--timeout=90s", check=False, timeout=100)
         if proc.returncode != 0:

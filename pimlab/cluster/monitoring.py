@@ -7,7 +7,7 @@ configuration prometheus-operator writes for a ServiceMonitor.
     crd_files()                  -> the monitoring.coreos.com CRD files, for server-side apply
     install_crds(cluster)        -> apply them and wait until they are Established
     manifests(...)               -> ServiceAccounts, RBAC, Deployment, Services and the Prometheus
-    install(cluster, log)        -> on the real node: the CRDs, both images imported into the
+    install(cluster)             -> on the real node: the CRDs, both images imported into the
                                     node's containerd, the stack applied, Prometheus Ready;
                                     returns the Prometheus URL the host reaches (its ClusterIP)
     prometheus_url(namespace)    -> what to put in Lab.spec.observability.prometheusUrl
@@ -58,17 +58,22 @@ def install_crds(cluster: ClusterHandle, timeout: float = 60) -> list[str]:
     return names
 
 
-def install(cluster: ClusterHandle, log=None, namespace: str = NAMESPACE, timeout: int = 180) -> str:
+def install(cluster: ClusterHandle, namespace: str = NAMESPACE, timeout: int = 180) -> str:
     """The monitoring stack on the real node, as kube-prometheus-stack has it: the CRDs, then
     prometheus-operator (a pod, its image built from the Go module proxy and imported into the
     node's containerd), then the Prometheus object whose StatefulSet prometheus-operator makes.
     Returns the URL of Prometheus from the host (its ClusterIP: kube-proxy runs on the host)."""
     install_crds(cluster)
-    cluster.say(f"importing the monitoring images into the node's containerd: {OPERATOR_IMAGE}")
-    images.ensure([OPERATOR_IMAGE, PROMETHEUS_IMAGE], str(cluster.layout.containerd_socket), log)
+    images.ensure([OPERATOR_IMAGE, PROMETHEUS_IMAGE], str(cluster.layout.containerd_socket), cluster.progress)
+    with cluster.progress.step("monitoring", f"installing prometheus-operator and Prometheus/{PROMETHEUS_NAME} "
+                               f"in namespace {namespace}"):
+        return _apply_stack(cluster, namespace, timeout)
+
+
+def _apply_stack(cluster: ClusterHandle, namespace: str, timeout: int) -> str:
+    """prometheus-operator and the Prometheus object applied and rolled out; Prometheus's URL."""
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": namespace, "labels": LABELS, "annotations": REAL_NODE_NAMESPACE_ANNOTATIONS}}
-    cluster.say(f"installing prometheus-operator and Prometheus/{PROMETHEUS_NAME} in namespace {namespace}")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-",
                     input=yaml.safe_dump_all([ns, *manifests(namespace)]))
     proc = cluster.kubectl("rollout", "status", "deployment/prometheus-operator", "-n", namespace,

@@ -40,6 +40,7 @@ from pimlab.cluster.layout import (
 )
 from pimlab.cluster.pki import CertificateAuthority, KeyPair
 from pimlab.cluster.procs import Component, http_ok, listening
+from pimlab.cluster.progress import Progress
 
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD = Path("/usr/bin/containerd")
@@ -380,8 +381,8 @@ class NodeRunner:
             ),
         ]
 
-    def import_images(self, names: list[str], log) -> None:
-        images.ensure(names, str(self.layout.containerd_socket), log)
+    def import_images(self, names: list[str], progress: Progress) -> None:
+        images.ensure(names, str(self.layout.containerd_socket), progress)
 
 
 def present() -> bool:

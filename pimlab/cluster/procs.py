@@ -16,6 +16,7 @@ from typing import Callable
 
 from pimlab.cluster.layout import HOST, Layout, Ports
 from pimlab.cluster.pki import KeyPair
+from pimlab.cluster.progress import Progress
 
 
 class ClusterError(RuntimeError):
@@ -89,12 +90,17 @@ def pid_alive(pid: int, binary: Path) -> bool:
     return os.path.realpath(exe.removesuffix(" (deleted)")) == os.path.realpath(binary)
 
 
-def start(layout: Layout, component: Component, say: Callable[[str], None]) -> int:
-    """Start `component` in its own session, record its pid, wait until it is healthy."""
+def start(layout: Layout, component: Component, progress: Progress) -> int:
+    """Start `component` in its own session, record its pid, wait until it is healthy (a step
+    of `progress`)."""
+    with progress.step(f"start-{component.name}", f"starting {component.name}"):
+        return _start(layout, component)
+
+
+def _start(layout: Layout, component: Component) -> int:
     log_path = layout.log(component.name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     layout.pids.mkdir(parents=True, exist_ok=True)
-    say(f"starting {component.name} (log: {log_path})")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(component.binary), *component.args],

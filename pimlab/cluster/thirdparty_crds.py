@@ -17,7 +17,7 @@ versions whose CRDs this module serves.
   as pseudo-versions, and this one's three CRDs are byte-identical to v2.8.3's.
 - grafana-operator v5.24.0.
 
-    python -m pimlab.cluster.thirdparty_crds     # resolve, print the directory
+    python -m pimlab.cluster.thirdparty_crds     # resolve, as a progress step
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pimlab.cluster.build import build_once, cache_root
+from pimlab.cluster.build import build_once
+from pimlab.cluster.layout import cache_root
+from pimlab.cluster.progress import Progress, run_steps
 
 BASES = "config/crd/bases"
 
@@ -66,6 +68,10 @@ GRAFANA_OPERATOR = CrdModule(
 
 MODULES = (FLUX_SOURCE_CONTROLLER, FLUX_KUSTOMIZE_CONTROLLER, FLUX_HELM_CONTROLLER, CHAOS_MESH,
            GRAFANA_OPERATOR)
+
+# What a cold resolve takes (module zips downloaded, nothing compiled), until one is measured
+# here (progress.py).
+COLD_SECONDS = 60
 
 #: prometheus-operator's CRDs, kept in the repository (see its README for source and checksums)
 REPOSITORY_CRDS = Path(__file__).resolve().parents[2] / "crds" / "thirdparty"
@@ -125,5 +131,11 @@ def all_files(log=sys.stderr) -> list[Path]:
     return sorted(REPOSITORY_CRDS.glob("*.yaml")) + files()
 
 
+def resolve_step(progress: Progress) -> Path:
+    """resolve() as a step of `progress` (`make thirdparty-crds`)."""
+    return progress.build_step("thirdparty-crds", "third-party CRDs (Flux, Chaos Mesh, grafana-operator) "
+                               "from their Go modules", COLD_SECONDS, is_resolved, resolve)
+
+
 if __name__ == "__main__":
-    print(resolve())
+    sys.exit(run_steps(resolve_step))

@@ -1,14 +1,16 @@
 """`python -m pimlab.cluster.images build|ensure|status`: the node's images from the command
-line (`make image` runs `build`)."""
+line (`make image` runs `build`), one progress line per image, the builders' output in
+`.lab/logs/`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
+from functools import partial
 
-from pimlab.cluster.images import ALL_IMAGES, build, ensure, status
+from pimlab.cluster.images import ALL_IMAGES, build_step, ensure, status
+from pimlab.cluster.progress import run_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,17 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        for ref in args.refs:
-            started = time.monotonic()
-            built = build(ref, log=sys.stderr)
-            size = built.archive.stat().st_size / 2**20
-            print(f"{ref:52} {'built' if built.rebuilt else 'up to date':10} "
-                  f"{time.monotonic() - started:7.1f} s {size:8.1f} MiB  {built.archive}")
-    elif args.command == "ensure":
-        for ref, what in ensure(args.refs, args.address, log=sys.stderr).items():
-            print(f"{ref:52} {what}")
-    else:
-        print(json.dumps(status(), indent=2))
+        return run_steps(*(partial(build_step, ref) for ref in args.refs))
+    if args.command == "ensure":
+        return run_steps(partial(ensure, args.refs, args.address))
+    print(json.dumps(status(), indent=2))
     return 0
 
 

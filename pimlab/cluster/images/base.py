@@ -10,7 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pimlab.cluster.images.builder import images_dir, image_id, podman, podman_cmd, run, sha256
+from pimlab.cluster.images.builder import images_dir, image_id, podman, podman_cmd, sha256
+from pimlab.cluster.progress import run
 
 IMAGE_NAME = "localhost/pimlab/base"  # tagged bookworm-<hash of its recipe>
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, as python:3.11-slim's

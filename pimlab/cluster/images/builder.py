@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pimlab.cluster.build import addon_binary, build_addons, cache_root
+from pimlab.cluster.build import addon_binary, build_addons
+from pimlab.cluster.layout import cache_root
+from pimlab.cluster.progress import run
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -41,31 +43,6 @@ class Built:
     image_id: str
     rebuilt: bool
     seconds: float
-
-
-def run(cmd: list[str], log, *, cwd: Path | None = None, env: dict | None = None,
-        capture: bool = False, what: str | None = None) -> str:
-    """`cmd` with its output into `log` (or captured and returned); raises saying what failed."""
-    log = log or sys.stderr  # callers without a log of their own: the terminal
-    print("$ " + " ".join(cmd), file=log, flush=True)
-    try:
-        log.fileno()
-        to_log = True
-    except (AttributeError, OSError, ValueError):  # e.g. io.StringIO: copy the output in
-        to_log = False
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, text=True,
-        stdout=log if to_log and not capture else subprocess.PIPE,
-        stderr=subprocess.PIPE if capture else subprocess.STDOUT,
-    )
-    if not capture and not to_log:
-        log.write(proc.stdout)
-    if proc.returncode != 0:
-        detail = ((proc.stderr if capture else proc.stdout) or "")[-2000:] if capture or not to_log \
-            else f"see {getattr(log, 'name', 'the log')}"
-        raise RuntimeError(f"{what or ' '.join(cmd[:2])} failed "
-                           f"(exit {proc.returncode}): {detail}")
-    return proc.stdout if capture else ""
 
 
 def podman_cmd() -> list[str]:
@@ -109,16 +86,16 @@ def sha256(*parts: bytes | str) -> str:
     return h.hexdigest()
 
 
-def _slug(ref: str) -> str:
+def slug(ref: str) -> str:
     return ref.removeprefix("localhost/").replace("/", "_").replace(":", "_")
 
 
 def state_path(ref: str) -> Path:
-    return images_dir() / f"{_slug(ref)}.json"
+    return images_dir() / f"{slug(ref)}.json"
 
 
 def archive_path(ref: str) -> Path:
-    return images_dir() / f"{_slug(ref)}.tar"
+    return images_dir() / f"{slug(ref)}.tar"
 
 
 def load_state(ref: str) -> dict | None:

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 from pimlab.cluster.build import KUBERNETES_VERSION
-from pimlab.cluster.images.builder import (
-    Built, cached, import_rootfs, run, save, sha256, single_file_rootfs,
-)
+from pimlab.cluster.images.builder import Built, cached, import_rootfs, save, sha256, single_file_rootfs
+from pimlab.cluster.progress import run
 
 VERSION = "3.10.1"  # build/pause/Makefile's TAG in k8s.io/kubernetes v1.34
 IMAGE = f"localhost/pimlab/pause:{VERSION}"
