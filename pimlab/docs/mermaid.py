@@ -1,7 +1,7 @@
 """Mermaid diagrams: parse them without a browser, render them with one.
 
 Both tools come from npm at pinned versions, installed once into `~/.cache/pimlab` (the project's
-cache, see pimlab.cluster.build.cache_root) with the machine's npm and its configured registry:
+cache, see pimlab.cluster.layout.cache_root) with the machine's npm and its configured registry:
 - parsing: `mermaid` itself, run by node with jsdom as its DOM (`mermaid_parse.mjs`); about 2 s
   for every diagram of the docs, so `make test` can afford it;
 - rendering: `@mermaid-js/mermaid-cli` (mmdc), which drives a headless browser through
@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pimlab.cluster.build import cache_root
+from pimlab.cluster.layout import cache_root
 
 PARSER_PACKAGES = ("mermaid@11.17.2", "jsdom@25.0.1")
 RENDERER_PACKAGES = ("@mermaid-js/mermaid-cli@11.12.0", "puppeteer@23.11.1")
