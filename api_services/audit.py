@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from api_services.db import audit_events, audit_head, history, outbox
 from api_services.prepared import prebuilt
+from api_services.tables import audit_events, audit_head, history, outbox
 
 GENESIS = "0" * 64
 

@@ -183,7 +183,7 @@ class DriverConnection:
     def transaction(self):
         """BEGIN IMMEDIATE ... COMMIT on the driver; rolled back if the body raises. A statement
         SQLAlchemy ran inside joined the transaction (autobegin without a second BEGIN, see
-        db.sqlite_engine), so SQLAlchemy ends it: its commit is the driver's."""
+        engines.sqlite_engine), so SQLAlchemy ends it: its commit is the driver's."""
         try:
             self.raw.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

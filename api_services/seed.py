@@ -11,9 +11,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from api_services.audit import Actor, record_write
-from api_services.db import Engines, facilities, providers
 from api_services.domain import claims, encounters, ids, patients, reference
+from api_services.engines import Engines
 from api_services.sharding import ShardMap, slot_of
+from api_services.tables import facilities, providers
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fen", "gar", "hil", "jun", "nas", "pek"]
 CITIES = ["Northvale", "Eastmoor", "Southbay", "Westfield", "Midtown"]

@@ -23,10 +23,10 @@ import time
 import sqlalchemy as sa
 
 from api_services.audit import now_iso
-from api_services.db import event_stream, outbox, processed_events
 from api_services.domain import kpis
 from api_services.group_commit import transact
 from api_services.prepared import prebuilt
+from api_services.tables import event_stream, outbox, processed_events
 from api_services.telemetry import OUTBOX_PUBLISHED, PROJECTED, WORKER_FAILURES, WORKER_RESTARTS, tracer
 
 log = logging.getLogger("pim.workers")

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
 from api_services.audit import Actor, now_iso, record_write
-from api_services.db import claims
 from api_services.domain import ids
 from api_services.redaction import FreeText
+from api_services.tables import claims
 
 
 class SubmitClaim(BaseModel):

@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
-from api_services.db import diagnoses, encounters, medications, procedures
 from api_services.domain import ids
 from api_services.prepared import prebuilt
 from api_services.redaction import FreeText
+from api_services.tables import diagnoses, encounters, medications, procedures
 
 
 class BookEncounter(BaseModel):

@@ -8,9 +8,9 @@ from pydantic import BaseModel
 
 from api_services import integrity
 from api_services.auth import Principal, principal, require
-from api_services.db import event_stream, outbox, processed_events
 from api_services.errors import ERROR_RESPONSES, Unavailable
 from api_services.runtime import runtime
+from api_services.tables import event_stream, outbox, processed_events
 from api_services.telemetry import current_context
 from api_services.transactions import run_read
 

@@ -181,7 +181,7 @@ def test_the_write_engine_never_connects_to_a_standby(stack):
     primary's URL refuses a server in recovery at connect time (libpq target_session_attrs)."""
     import sqlalchemy as sa
 
-    from api_services.db import postgres_url
+    from api_services.engines import postgres_url
     from api_services.sharding import Shard
 
     shard, _, _, workdir = stack

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
 
-from api_services import db
+from api_services import engines, tables
 from api_services.sharding import ShardMap, ShardMapWatcher, embedded_map, load_map, slot_of
 
 CLUSTER_MAP = {
@@ -72,17 +72,17 @@ def test_mssql_url_reads_mounted_credentials_and_hides_the_password(tmp_path):
     (secret / "username").write_text("pim_app\n")
     (secret / "password").write_text("s3cr3t-Pa55\n")
     shard = ShardMap.model_validate(CLUSTER_MAP).by_name("shard-01")
-    url = db.mssql_url(shard, tmp_path)
+    url = engines.mssql_url(shard, tmp_path)
     assert url.drivername == "mssql+pyodbc" and url.host == "shard-01-primary.lab.svc" and url.port == 1433
     assert url.username == "pim_app" and url.password == "s3cr3t-Pa55" and url.database == "pim"
     assert url.query["driver"] == "ODBC Driver 18 for SQL Server"
     assert "s3cr3t" not in str(url) and "s3cr3t" not in repr(url)
-    ro = db.mssql_url(shard, tmp_path, readonly=True)
+    ro = engines.mssql_url(shard, tmp_path, readonly=True)
     assert ro.host == "shard-01-readonly.lab.svc" and ro.query["ApplicationIntent"] == "ReadOnly"
 
 
 def test_schema_and_chain_lock_compile_for_sql_server():
-    ddl = str(CreateTable(db.audit_events).compile(dialect=mssql.dialect()))
+    ddl = str(CreateTable(tables.audit_events).compile(dialect=mssql.dialect()))
     assert "CREATE TABLE audit_events" in ddl
     from api_services.audit import chain_head_for_update
 
