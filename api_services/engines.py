@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, Engine
 
 from api_services.errors import Unavailable
 from api_services.group_commit import Changes, GroupCommitWrites, SerializedWrites
-from api_services.sharding import Shard, ShardMap
+from api_services.sharding import ShardEntry, ShardMap
 from api_services.tables import metadata, migrate
 
 MSSQL_DRIVER = "ODBC Driver 18 for SQL Server"
@@ -29,7 +29,7 @@ def read_secret_file(root: Path, secret: str, key: str) -> str:
     return (root / secret / key).read_text().strip()
 
 
-def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
+def mssql_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
     """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
     endpoint = shard.readonly if readonly and shard.readonly else shard.primary
     if endpoint is None or not shard.credentials_secret:
@@ -48,7 +48,7 @@ def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> U
     )
 
 
-def postgres_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
+def postgres_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
     """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service.
 
     The primary's asks libpq for a read-write session: after a crash the old primary comes back
@@ -202,8 +202,8 @@ class Engines:
         self.create_schema = create_schema
         self.acquire_seconds = acquire_seconds
         self._lock = threading.Lock()
-        self._by_shard: dict[str, tuple[Shard, Engine, Engine, Engine]] = {}
-        self._failed: dict[str, tuple[Shard, str, float]] = {}
+        self._by_shard: dict[str, tuple[ShardEntry, Engine, Engine, Engine]] = {}
+        self._failed: dict[str, tuple[ShardEntry, str, float]] = {}
 
     def sync(self, shard_map: ShardMap) -> None:
         with self._lock:
@@ -216,7 +216,7 @@ class Engines:
                     continue
                 self._install(shard, known)
 
-    def _install(self, shard: Shard, known) -> None:
+    def _install(self, shard: ShardEntry, known) -> None:
         try:
             built = self._build(shard)
         except Exception as exc:  # reported per shard, never fatal to the process
@@ -232,7 +232,7 @@ class Engines:
             for engine in known[1:]:
                 engine.dispose()
 
-    def _build(self, shard: Shard) -> tuple[Engine, Engine, Engine]:
+    def _build(self, shard: ShardEntry) -> tuple[Engine, Engine, Engine]:
         if shard.sqlite_path:
             write = sqlite_engine(shard.sqlite_path, self.synchronous, self.acquire_seconds)
             try:
