@@ -101,6 +101,6 @@ def seed(engines: Engines, shard_map: ShardMap, seed_value: int = 42, n_patients
                         medications=[encounters.Medication(name=med[0], dose=med[1])])
                     encounters.document(conn, SEEDER, encounters.snapshot(conn, enc_id), notes)
                     claim = claims.SubmitClaim(encounter_id=enc_id, amount_cents=amount, payer=payer)
-                    claims.submit(conn, SEEDER, ids.slotted_id("clm", slot, f"{enc_id}:claim"), patient_id, claim)
+                    claims.submit(conn, SEEDER, ids.slotted_id("clm", slot, f"{enc_id}:claim"), claim)
                     counts["claims"] += 1
     return counts
