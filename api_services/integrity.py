@@ -12,6 +12,7 @@ from api_services.domain import encounters as enc_dom
 from api_services.domain import kpis
 from api_services.domain import patients as pat_dom
 from api_services.domain import reference
+from api_services.errors import ApiError
 from api_services.tables import (audit_events, claims, encounters, event_stream, facilities, outbox, patients,
                                  processed_events, providers)
 from api_services.workers import CONSUMER
@@ -26,8 +27,6 @@ _ENTITIES = {
 
 
 def _per_shard(engines, fn) -> dict:
-    from api_services.errors import ApiError
-
     shards = {}
     for name in engines.names():
         try:

@@ -28,6 +28,7 @@ from api_services.group_commit import transact
 from api_services.prepared import prebuilt
 from api_services.tables import event_stream, outbox, processed_events
 from api_services.telemetry import OUTBOX_PUBLISHED, PROJECTED, WORKER_FAILURES, WORKER_RESTARTS, tracer
+from api_services.transactions import purge_expired_keys
 
 log = logging.getLogger("pim.workers")
 CONSUMER = "financial-kpis"
@@ -288,8 +289,6 @@ def _relay_step(me: str, ttl_seconds: float):
         moved = relay_once(engine, shard, me)
         now = time.monotonic()
         if now - last_purge.get(shard, 0.0) >= PURGE_EVERY_SECONDS:
-            from api_services.transactions import purge_expired_keys
-
             purge_expired_keys(engine, ttl_seconds)
             last_purge[shard] = now
         return moved
