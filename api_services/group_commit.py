@@ -65,11 +65,11 @@ class Changes:
 class SerializedWrites:
     """A SQLite write engine whose transactions queue on an in-process lock before BEGIN IMMEDIATE.
 
-    SQLite admits one writer per file anyway; without this, concurrent request threads race for
-    the file lock and the losers sleep in SQLite's busy handler (1, 2, 5, 10 ... 100 ms back-off),
-    which showed up as most of the booking latency under load. Queueing on a lock wakes the next
-    writer the moment the previous one commits. Other processes (a separate relay) still meet
-    at the file lock, with the busy timeout as before. Everything else is the engine's.
+    SQLite admits one writer per file anyway; racing for the file lock instead would put the
+    losers to sleep in SQLite's busy handler (1, 2, 5, 10 ... 100 ms back-off), most of a
+    booking's latency under load. Queueing on a lock wakes the next writer the moment the
+    previous one commits. Other processes (a separate relay) meet at the file lock, with the busy
+    timeout. Everything else is the engine's.
     """
 
     def __init__(self, engine: Engine, name: str = "", acquire_seconds: float = 30.0):
