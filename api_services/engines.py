@@ -1,9 +1,10 @@
 """The engines of each shard: SQLite files here, SQL Server (`mssql+pyodbc`) or PostgreSQL
 (`postgresql+psycopg`) in the cluster, rebuilt when the shard map changes.
 
-Each shard has a write engine (writes serialized or group-committed, api_services/group_commit.py),
-a primary read engine (a client reads its own writes) and a reporting engine (the read-only
-Service in the cluster). The schema they hold is api_services/tables.py.
+Each shard has a write engine (on SQLite and PostgreSQL its writes are serialized or
+group-committed, api_services/group_commit.py), a primary read engine (a client reads its own
+writes) and a reporting engine (the read-only Service in the cluster). The schema they hold is
+api_services/tables.py.
 """
 
 from __future__ import annotations
@@ -29,16 +30,14 @@ def read_secret_file(root: Path, secret: str, key: str) -> str:
     return (root / secret / key).read_text().strip()
 
 
-def mssql_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
-    """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
+def _server_url(shard: ShardEntry, credentials_root: Path, readonly: bool, server: str, drivername: str,
+                query: dict) -> URL:
+    """The URL of a shard's primary (or read-only) Service, with the mounted Secret's login."""
     endpoint = shard.readonly if readonly and shard.readonly else shard.primary
     if endpoint is None or not shard.credentials_secret:
-        raise ValueError(f"shard {shard.name} has no SQL Server endpoint or credentialsSecret")
-    query = {"driver": MSSQL_DRIVER, "Encrypt": "yes", "TrustServerCertificate": "yes"}
-    if readonly:
-        query["ApplicationIntent"] = "ReadOnly"
+        raise ValueError(f"shard {shard.name} has no {server} endpoint or credentialsSecret")
     return URL.create(
-        "mssql+pyodbc",
+        drivername,
         username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
         password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
         host=endpoint.host,
@@ -48,6 +47,14 @@ def mssql_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False)
     )
 
 
+def mssql_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
+    """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
+    query = {"driver": MSSQL_DRIVER, "Encrypt": "yes", "TrustServerCertificate": "yes"}
+    if readonly:
+        query["ApplicationIntent"] = "ReadOnly"
+    return _server_url(shard, credentials_root, readonly, "SQL Server", "mssql+pyodbc", query)
+
+
 def postgres_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
     """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service.
 
@@ -55,19 +62,9 @@ def postgres_url(shard: ShardEntry, credentials_root: Path, readonly: bool = Fal
     as a standby on the same pod IP while the `-primary` Service still routes to it for a few
     seconds (until the operator removes its label); a connection made then would stay in the
     pool, pass every pre-ping, and fail every write long after the failover."""
-    endpoint = shard.readonly if readonly and shard.readonly else shard.primary
-    if endpoint is None or not shard.credentials_secret:
-        raise ValueError(f"shard {shard.name} has no PostgreSQL endpoint or credentialsSecret")
-    return URL.create(
-        "postgresql+psycopg",
-        username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
-        password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
-        host=endpoint.host,
-        port=endpoint.port,
-        database=shard.database,
-        query={"connect_timeout": "3", "application_name": "pim-services",
-               "target_session_attrs": "any" if readonly else "read-write"},
-    )
+    return _server_url(shard, credentials_root, readonly, "PostgreSQL", "postgresql+psycopg",
+                       {"connect_timeout": "3", "application_name": "pim-services",
+                        "target_session_attrs": "any" if readonly else "read-write"})
 
 
 #: PostgreSQL's message when a wait for the synchronous quorum is cancelled: the commit is kept
