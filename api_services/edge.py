@@ -13,6 +13,7 @@ import uuid
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.exceptions import HTTPException
 
 from api_services.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, error_response
 from api_services.redaction import redact
@@ -70,8 +71,10 @@ class EdgeMiddleware:
                 message = await receive()
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
-                    if seen > self.max_body:  # answered by the app's handler of ApiError
-                        raise PayloadTooLarge(f"body larger than {self.max_body} bytes")
+                    if seen > self.max_body:
+                        # An HTTPException: FastAPI turns any other error raised while it reads a
+                        # body into a 400. errors.install maps it to payload_too_large.
+                        raise HTTPException(413, f"body larger than {self.max_body} bytes")
                 return message
 
             try:

@@ -190,11 +190,12 @@ def install(app: FastAPI) -> None:
             return error_response(422, "validation_error", "request body is not valid UTF-8 JSON",
                                   errors=[{"field": "body", "code": "json_invalid",
                                            "message": "body is not valid UTF-8 JSON"}])
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        # 404 and 405 from Starlette's routing; 413 from the edge, for a body that outgrows the limit
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
         if code is None:  # never an undocumented code: anything else is reported as a bug
             log.error("unmapped HTTP error", extra={"status": exc.status_code})
             return error_response(500, "internal_error", "internal error")
-        message = {404: "no such route", 405: "method not allowed on this route"}[exc.status_code]
+        message = {404: "no such route", 405: "method not allowed on this route"}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
