@@ -6,10 +6,11 @@ import os
 import socket
 from pathlib import Path
 
-from pimlab.instance.manager import Config, parse_peers, run
-
 
 def _run(args) -> int:
+    # the manager imports psycopg, which only a postgres Shard's pod needs
+    from pimlab.instance.manager import Config, parse_peers, run
+
     name = args.name or os.environ.get("POD_NAME") or socket.gethostname()
     peers = parse_peers(args.peers)
     return run(Config(
