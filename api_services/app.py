@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import tempfile
 import time
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
@@ -13,14 +16,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 
-from api_services import errors, faults
+from api_services import errors, faults, gateway
 from api_services.catalog import NAMES, WORKERS
 from api_services.config import Settings, load_settings
 from api_services.edge import EdgeMiddleware
 from api_services.routers import admin, billing, encounters, patients
 from api_services.runtime import Runtime
 from api_services.telemetry import PIPELINE, REGISTRY, setup_tracing
-from api_services.workers import describe_failure
+from api_services.workers import describe_failure, pipeline_counts, reason_kind, start_workers
 
 log = logging.getLogger("pim.app")
 API_TITLE = "PIM SRE Lab healthcare API"
@@ -100,8 +103,6 @@ def _readiness(rt: Runtime, cache: dict) -> tuple[str, dict[str, str]]:
 
 def _pipeline_source(rt: Runtime):
     """What the scrape-time pipeline gauges read: every shard's counts, straight from its store."""
-    from api_services.workers import pipeline_counts, reason_kind
-
     def source():
         for name in rt.shard_names():
             try:
@@ -127,8 +128,6 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        from api_services.workers import start_workers
-
         rt.workers = start_workers(rt, roles)
         if rt.engines is not None and (roles or service == "all"):
             PIPELINE.source = _pipeline_source(rt)
@@ -155,8 +154,6 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
     errors.install(app)
     route_label = None
     if gateway_proxy:
-        from api_services import gateway
-
         route_label = gateway.route_label
     app.add_middleware(EdgeMiddleware, service=service, max_body_bytes=settings.max_body_bytes,
                        route_label=route_label)
@@ -189,13 +186,8 @@ def build_app(service: str = "all", settings: Settings | None = None) -> FastAPI
 
 def openapi_document() -> dict:
     """The public API (what the gateway serves), independent of any data directory."""
-    import tempfile
-    from dataclasses import replace
-
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings()
-        from pathlib import Path
-
         settings = replace(settings, data_dir=Path(tmp), shard_map_file=Path(tmp) / "shard-map.json",
                            shard_map_explicit=False, dev_issuer_key_file=Path(tmp) / "k.pem")
         app = build_app("all", settings)

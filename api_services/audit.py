@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from api_services.db import audit_events, audit_head, history, outbox
 from api_services.prepared import prebuilt
+from api_services.tables import audit_events, audit_head, history, outbox
 
 GENESIS = "0" * 64
 
@@ -121,8 +121,9 @@ def _verify_history(conn: Connection) -> list[dict]:
         sa.select(audit_events.c.seq, audit_events.c.history_id, audit_events.c.history_hash)
         .where(audit_events.c.history_id.is_not(None)))}
     seen = set()
-    # Rows written before events bound history (older files) are legacy: only rows after the
-    # first bound one must be bound. A file with no bound row at all is wholly legacy.
+    # A store an older schema wrote has history rows no event binds (its audit_events lack
+    # history_id): only the rows from the first bound one on must be bound, and a store with no
+    # bound row at all is checked for none.
     floor = min(bound) if bound else None
     for row in conn.execute(sa.select(history).order_by(history.c.id)).mappings():
         seen.add(row["id"])

@@ -7,16 +7,19 @@ import json
 import os
 import sys
 
+import uvicorn
+
+from api_services.app import build_app
+from api_services.auth import issue_dev_token
 from api_services.catalog import NAMES
+from api_services.config import load_settings
+from api_services.integrity import replay, verify_audit
+from api_services.runtime import Runtime
+from api_services.seed import seed
+from api_services.telemetry import setup_logging
 
 
 def _serve(args) -> int:
-    import uvicorn
-
-    from api_services.app import build_app
-    from api_services.config import load_settings
-    from api_services.telemetry import setup_logging
-
     settings = load_settings()
     setup_logging(settings.log_level)
     app = build_app(args.service, settings)
@@ -25,17 +28,11 @@ def _serve(args) -> int:
     return 0
 
 
-def _engines():
-    from api_services.config import load_settings
-    from api_services.runtime import Runtime
-
-    rt = Runtime(load_settings(), "cli")
-    return rt
+def _engines() -> Runtime:
+    return Runtime(load_settings(), "cli")
 
 
 def _seed(args) -> int:
-    from api_services.seed import seed
-
     rt = _engines()
     counts = seed(rt.engines, rt.shard_map, args.seed, args.patients)
     print(json.dumps({"seed": args.seed, "created": counts}))
@@ -44,9 +41,6 @@ def _seed(args) -> int:
 
 
 def _token(args) -> int:
-    from api_services.auth import issue_dev_token
-    from api_services.config import load_settings
-
     try:
         print(issue_dev_token(load_settings(), args.persona, args.user, args.ttl))
     except ValueError as exc:
@@ -56,8 +50,6 @@ def _token(args) -> int:
 
 
 def _audit_verify(args) -> int:
-    from api_services.integrity import verify_audit
-
     rt = _engines()
     report = verify_audit(rt.engines)
     print(json.dumps(report, indent=2))
@@ -65,8 +57,6 @@ def _audit_verify(args) -> int:
 
 
 def _replay(args) -> int:
-    from api_services.integrity import replay
-
     rt = _engines()
     report = replay(rt.engines)
     print(json.dumps(report, indent=2))

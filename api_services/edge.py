@@ -1,11 +1,11 @@
 """The ASGI edge every service shares: request id, server span, body limit, RED metrics, access log.
 
-A plain ASGI middleware (not BaseHTTPMiddleware) so it costs little on the hot path.
+A plain ASGI middleware (not BaseHTTPMiddleware) so it costs little on the hot path. What it
+refuses it refuses with the error types and body of api_services/errors.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.exceptions import HTTPException
 
+from api_services.errors import ApiError, PayloadTooLarge, UnsupportedMediaType, error_response
 from api_services.redaction import redact
 from api_services.telemetry import RequestContext, bind_context, observe_request, reset_context, trace_ids, tracer
 
@@ -71,27 +72,22 @@ class EdgeMiddleware:
                 if message["type"] == "http.request":
                     seen += len(message.get("body", b""))
                     if seen > self.max_body:
+                        # An HTTPException: FastAPI turns any other error raised while it reads a
+                        # body into a 400. errors.install maps it to payload_too_large.
                         raise HTTPException(413, f"body larger than {self.max_body} bytes")
                 return message
 
             try:
-                declared = headers.get("content-length")
-                media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-                has_body = (declared not in (None, "", "0")) or "transfer-encoding" in headers
-                if declared and declared.isdigit() and int(declared) > self.max_body:
-                    await self._error(send_wrapper, 413, "payload_too_large",
-                                      f"body larger than {self.max_body} bytes", ctx.request_id)
-                elif method in _WITH_BODY and has_body and not (media == "application/json" or media.endswith("+json")):
-                    await self._error(send_wrapper, 415, "unsupported_media_type",
-                                      f"request body must be application/json, not {media[:60] or 'untyped'}",
-                                      ctx.request_id)
+                refused = self._refused(headers, method)
+                if refused is not None:
+                    await error_response(refused.status, refused.code, refused.message)(scope, receive, send_wrapper)
                 else:
                     await self.app(scope, receive_wrapper, send_wrapper)
             except Exception as exc:  # last resort: never leak a trace, always answer JSON
                 log.error("unhandled error", exc_info=exc, extra={"error_type": type(exc).__name__})
                 span.set_status(Status(StatusCode.ERROR))
                 if not state["started"]:
-                    await self._error(send_wrapper, 500, "internal_error", "internal error", ctx.request_id)
+                    await error_response(500, "internal_error", "internal error")(scope, receive, send_wrapper)
             finally:
                 elapsed = time.perf_counter() - started  # the request's one timing point
                 route = scope.get("route")
@@ -110,12 +106,16 @@ class EdgeMiddleware:
                                                "duration_ms": round(elapsed * 1000, 2), "service": self.service})
                 reset_context(token)
 
-    @staticmethod
-    async def _error(send, status: int, code: str, message: str, request_id: str) -> None:
-        body = json.dumps({"code": code, "message": message, "request_id": request_id}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    def _refused(self, headers: dict[str, str], method: str) -> ApiError | None:
+        """What is refused before any route runs: a declared body above the limit, a body not JSON."""
+        declared = headers.get("content-length")
+        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        has_body = (declared not in (None, "", "0")) or "transfer-encoding" in headers
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            return PayloadTooLarge(f"body larger than {self.max_body} bytes")
+        if method in _WITH_BODY and has_body and not (media == "application/json" or media.endswith("+json")):
+            return UnsupportedMediaType(f"request body must be application/json, not {media[:60] or 'untyped'}")
+        return None
 
 
 def inject_trace_headers(headers: dict[str, str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_services.telemetry import current_context
@@ -113,6 +114,12 @@ class Invalid(ApiError):
     status, code = 422, "validation_error"
 
 
+def unknown_reference(field: str, what: str) -> Invalid:
+    """422 `unknown_reference`: the payload's `field` names a `what` that does not exist."""
+    return Invalid(f"unknown {what}", "unknown_reference",
+                   errors=[{"field": f"body.{field}", "code": "unknown_reference", "message": f"no such {what}"}])
+
+
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
@@ -157,8 +164,6 @@ async def _audit_refusal(req: Request, exc: ApiError) -> None:
     auditor = getattr(getattr(req.app.state, "runtime", None), "refusals", None)
     if auditor is None:
         return
-    from starlette.concurrency import run_in_threadpool
-
     route = getattr(req.scope.get("route"), "path", None) or "unmatched"
     client = req.client.host if req.client else "unknown"
     await run_in_threadpool(auditor.record, exc.status, exc.code, exc.message, req.method, route, client)
@@ -185,8 +190,8 @@ def install(app: FastAPI) -> None:
             return error_response(422, "validation_error", "request body is not valid UTF-8 JSON",
                                   errors=[{"field": "body", "code": "json_invalid",
                                            "message": "body is not valid UTF-8 JSON"}])
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                415: "unsupported_media_type"}.get(exc.status_code)
+        # 404 and 405 from Starlette's routing; 413 from the edge, for a body that outgrows the limit
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code)
         if code is None:  # never an undocumented code: anything else is reported as a bug
             log.error("unmapped HTTP error", extra={"status": exc.status_code})
             return error_response(500, "internal_error", "internal error")

@@ -7,13 +7,14 @@ import json
 import sqlalchemy as sa
 
 from api_services.audit import EVENT_OF_ACTION, canonical, verify_chain
-from api_services.db import (audit_events, claims, encounters, event_stream, facilities, outbox, patients,
-                             processed_events, providers)
 from api_services.domain import claims as claim_dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import kpis
 from api_services.domain import patients as pat_dom
 from api_services.domain import reference
+from api_services.errors import ApiError
+from api_services.tables import (audit_events, claims, encounters, event_stream, facilities, outbox, patients,
+                                 processed_events, providers)
 from api_services.workers import CONSUMER
 
 _ENTITIES = {
@@ -26,8 +27,6 @@ _ENTITIES = {
 
 
 def _per_shard(engines, fn) -> dict:
-    from api_services.errors import ApiError
-
     shards = {}
     for name in engines.names():
         try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from api_services.app import openapi_document
+
 TARGET = Path(__file__).with_name("openapi.json")
 
 
 def render() -> str:
-    from api_services.app import openapi_document
-
     return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
 
 

@@ -2,7 +2,7 @@
 directly inside a group commit.
 
 A statement wrapped in `prebuilt(...)` is the one definition every engine uses: PostgreSQL and
-SQL Server execute it through SQLAlchemy as before; a SQLite group commit compiles it once (per
+SQL Server execute it through SQLAlchemy; a SQLite group commit compiles it once (per
 set of parameter names) to the driver's SQL and runs it on the sqlite3 connection, which keeps
 its own prepared-statement cache; a list of parameter sets with the same names is one
 `executemany`. Anything else given to `DriverConnection.execute` (a statement built per call,
@@ -12,7 +12,7 @@ write function works unchanged.
 Only statements whose columns need no type conversion on SQLite take the direct path (strings,
 integers, floats); one that would need a bind or result processor falls back to SQLAlchemy.
 Driver errors are re-raised as SQLAlchemy's (IntegrityError, OperationalError ...), so callers
-map them to HTTP answers exactly as before.
+map them to HTTP answers the same way whichever path ran.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class DriverConnection:
     def transaction(self):
         """BEGIN IMMEDIATE ... COMMIT on the driver; rolled back if the body raises. A statement
         SQLAlchemy ran inside joined the transaction (autobegin without a second BEGIN, see
-        db.sqlite_engine), so SQLAlchemy ends it: its commit is the driver's."""
+        engines.sqlite_engine), so SQLAlchemy ends it: its commit is the driver's."""
         try:
             self.raw.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 _MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
            r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?")
@@ -42,6 +42,4 @@ def free_text(max_length: int):
 
 def FreeText(max_length: int, **field):  # noqa: N802 - reads as a type in the models
     """`Annotated[str, ...]` for free text that may carry PHI: length-checked, then redacted."""
-    from pydantic import Field
-
     return Annotated[str, Field(min_length=1, max_length=max_length, **field), free_text(max_length)]

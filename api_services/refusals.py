@@ -13,6 +13,7 @@ import logging
 import threading
 
 from api_services.audit import Actor, append_audit
+from api_services.rate_limit import TokenBuckets
 from api_services.sharding import slot_of
 from api_services.telemetry import REFUSED_AUDIT_SUPPRESSED, current_context
 
@@ -23,8 +24,6 @@ OVERALL_RPS, OVERALL_BURST = 20.0, 50
 
 class RefusalAuditor:
     def __init__(self, runtime):
-        from api_services.runtime import TokenBuckets
-
         self.rt = runtime
         self.per_caller = TokenBuckets(PER_CALLER_RPS, PER_CALLER_BURST)
         self.overall = TokenBuckets(OVERALL_RPS, OVERALL_BURST)

@@ -6,34 +6,16 @@ import threading
 import time
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from api_services.auth import Authenticator
 from api_services.config import Settings
-from api_services.db import Engines
+from api_services.engines import Engines
 from api_services.errors import NotFound, RateLimited
+from api_services.rate_limit import TokenBuckets
+from api_services.refusals import RefusalAuditor
 from api_services.sharding import ShardMapWatcher, ensure_embedded_map, slot_in_id, slot_of
 from api_services.telemetry import RATE_LIMITED, SHARD_MAP_VERSION, WORKER_UP, current_context
-
-
-class TokenBuckets:
-    """Per-user token buckets: `rate` requests/second sustained, `burst` at once."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 when allowed, else seconds until a token is available."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
 
 
 class WorkerHealth:
@@ -85,8 +67,6 @@ class Runtime:
             if service in ("gateway", "all") else None
         self.workers: list = []
         self.worker_health = WorkerHealth()
-        from api_services.refusals import RefusalAuditor
-
         self.refusals = RefusalAuditor(self)
 
     def _map_changed(self, shard_map) -> None:
@@ -102,8 +82,6 @@ class Runtime:
         """For async endpoints: a due map check (a stat, and on a change engine rebuilds that may
         connect to a server) runs on a threadpool thread, never on the event loop."""
         if self.watcher.due():
-            from starlette.concurrency import run_in_threadpool
-
             await run_in_threadpool(self.watcher.get)
 
     def shard_names(self) -> list[str]:

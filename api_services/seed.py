@@ -11,9 +11,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from api_services.audit import Actor, record_write
-from api_services.db import Engines, facilities, providers
 from api_services.domain import claims, encounters, ids, patients, reference
+from api_services.engines import Engines
 from api_services.sharding import ShardMap, slot_of
+from api_services.tables import facilities, providers
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vo", "zu", "bel", "dor", "fen", "gar", "hil", "jun", "nas", "pek"]
 CITIES = ["Northvale", "Eastmoor", "Southbay", "Westfield", "Midtown"]
@@ -100,6 +101,6 @@ def seed(engines: Engines, shard_map: ShardMap, seed_value: int = 42, n_patients
                         medications=[encounters.Medication(name=med[0], dose=med[1])])
                     encounters.document(conn, SEEDER, encounters.snapshot(conn, enc_id), notes)
                     claim = claims.SubmitClaim(encounter_id=enc_id, amount_cents=amount, payer=payer)
-                    claims.submit(conn, SEEDER, ids.slotted_id("clm", slot, f"{enc_id}:claim"), patient_id, claim)
+                    claims.submit(conn, SEEDER, ids.slotted_id("clm", slot, f"{enc_id}:claim"), claim)
                     counts["claims"] += 1
     return counts

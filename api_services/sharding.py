@@ -33,12 +33,14 @@ class SlotRange(BaseModel):
     end: int = Field(ge=0)
 
 
-class Shard(BaseModel):
+class ShardEntry(BaseModel):
+    """One shard's entry in the map: its slots, and where and how to reach its store."""
+
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     name: str
     ordinal: int
-    engine: Literal["sqlserver", "postgres"] = "sqlserver"  # unused when sqlitePath is set
+    engine: Literal["sqlserver", "postgres"] = "sqlserver"  # the Shard's spec.engine; a sqlitePath overrides it
     slots: SlotRange
     primary: Endpoint | None = None
     readonly: Endpoint | None = None
@@ -47,10 +49,15 @@ class Shard(BaseModel):
     sqlite_path: str | None = Field(default=None, alias="sqlitePath")
 
     @model_validator(mode="after")
-    def _has_backend(self) -> "Shard":
+    def _has_backend(self) -> "ShardEntry":
         if not self.sqlite_path and not self.primary:
             raise ValueError(f"shard {self.name}: needs either primary or sqlitePath")
         return self
+
+    @property
+    def backend(self) -> Literal["sqlite", "sqlserver", "postgres"]:
+        """The engine that stores this shard's data, named as the Shard CRD's `spec.engine` names it."""
+        return "sqlite" if self.sqlite_path else self.engine
 
 
 class ShardMap(BaseModel):
@@ -58,7 +65,7 @@ class ShardMap(BaseModel):
 
     version: int
     slot_count: int = Field(default=1024, alias="slotCount", gt=0)
-    shards: list[Shard] = Field(min_length=1)
+    shards: list[ShardEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _covers_every_slot_once(self) -> "ShardMap":
@@ -72,13 +79,13 @@ class ShardMap(BaseModel):
             raise ValueError(f"slot ranges end at {expected - 1}, expected {self.slot_count - 1}")
         return self
 
-    def shard_for_slot(self, slot: int) -> Shard:
+    def shard_for_slot(self, slot: int) -> ShardEntry:
         for shard in self.shards:
             if shard.slots.start <= slot <= shard.slots.end:
                 return shard
         raise ValueError(f"slot {slot} outside map")  # unreachable after validation
 
-    def by_name(self, name: str) -> Shard:
+    def by_name(self, name: str) -> ShardEntry:
         for shard in self.shards:
             if shard.name == name:
                 return shard

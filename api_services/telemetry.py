@@ -17,7 +17,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from api_services.redaction import redact
 
@@ -162,8 +164,6 @@ class PipelineCollector:
         return []
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
         pending = GaugeMetricFamily("pim_outbox_pending_events", "Outbox events not yet relayed (counted at scrape).",
                                     labels=["shard"])
         lag = GaugeMetricFamily("pim_projection_lag_events", "Published events not yet projected (counted at scrape).",
@@ -225,12 +225,11 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None) -> None:
     global _tracer_ready
     if _tracer_ready:
         return
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-
     provider = TracerProvider(resource=Resource.create({"service.name": f"pim-{service_name}",
                                                         "service.namespace": "pim-sre-lab"}),
                               sampler=None if otlp_endpoint else ALWAYS_OFF)
     if otlp_endpoint:
+        # the OTLP exporter (protobuf and an HTTP client) loads only where spans are exported
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = otlp_endpoint.rstrip("/")

@@ -24,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from api_services.audit import now_iso
-from api_services.db import idempotency_keys
 from api_services.errors import ApiError, Conflict, Unavailable
 from api_services.group_commit import GroupCommitWrites, transact, transact_async
 from api_services.prepared import prebuilt
+from api_services.tables import idempotency_keys
 from api_services.telemetry import DB_TX_DURATION, tracer
 
 log = logging.getLogger("pim.transactions")

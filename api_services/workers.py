@@ -23,11 +23,12 @@ import time
 import sqlalchemy as sa
 
 from api_services.audit import now_iso
-from api_services.db import event_stream, outbox, processed_events
 from api_services.domain import kpis
 from api_services.group_commit import transact
 from api_services.prepared import prebuilt
+from api_services.tables import event_stream, outbox, processed_events
 from api_services.telemetry import OUTBOX_PUBLISHED, PROJECTED, WORKER_FAILURES, WORKER_RESTARTS, tracer
+from api_services.transactions import purge_expired_keys
 
 log = logging.getLogger("pim.workers")
 CONSUMER = "financial-kpis"
@@ -56,11 +57,11 @@ def relay_once(engine, shard: str, me: str, batch: int = BATCH) -> int:
 
     Select, append (idempotent by event_id) and mark published commit together or not at all,
     so a relay killed at any instant leaves every row either published-and-appended or plainly
-    pending for the next relay, never "claimed" by a dead process. (The former claim-then-publish
-    in two transactions stranded rows claimed just before a kill -9 until their 30 s lease
-    expired.) Concurrent relays are serialised by the write lock (SQLite BEGIN IMMEDIATE) or skip
-    each other's locked rows (SQL Server UPDLOCK/READPAST); event_id uniqueness backs both.
-    `claimed_by`/`claimed_at` now only record which relay published a row, and when.
+    pending for the next relay, never "claimed" by a dead process (a claim committed apart from
+    the publish would strand the rows a kill -9 left claimed until a lease expired). Concurrent
+    relays are serialised by the write lock (SQLite BEGIN IMMEDIATE) or skip each other's locked
+    rows (SQL Server UPDLOCK/READPAST); event_id uniqueness backs both.
+    `claimed_by`/`claimed_at` record which relay published a row, and when.
     On a group-committed SQLite shard the step is one write of the shard's next group commit,
     so it shares that commit's fsync with the request writes instead of paying its own.
     """
@@ -105,8 +106,8 @@ def reorder_window(conn) -> int:
     """Positions re-checked below the checkpoint. A server database assigns identity values
     before commit, so a lower position can become visible after a higher one was projected;
     SQLite's writers hold the file's write lock from BEGIN to COMMIT, so its positions become
-    visible in order and nothing below the checkpoint can appear later (the re-check was half of
-    the projection's SQLite time)."""
+    visible in order and nothing below the checkpoint can appear later (skipping the re-check
+    there halves the projection's SQLite time)."""
     return 0 if conn.dialect.name == "sqlite" else REORDER_WINDOW
 
 
@@ -288,8 +289,6 @@ def _relay_step(me: str, ttl_seconds: float):
         moved = relay_once(engine, shard, me)
         now = time.monotonic()
         if now - last_purge.get(shard, 0.0) >= PURGE_EVERY_SECONDS:
-            from api_services.transactions import purge_expired_keys
-
             purge_expired_keys(engine, ttl_seconds)
             last_purge[shard] = now
         return moved

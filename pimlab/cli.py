@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from api_services import cli as services_cli
+from pimlab import kind as kind_cli
+from pimlab.cluster import cli as cluster_cli
+from pimlab.docs import check as docs_check
+from pimlab.instance import cli as instance_cli
+from pimlab_load import cli as load_cli
+from pimlab_operator import cli as operator_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pimlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from api_services import cli as services_cli
-    from pimlab import kind as kind_cli
-    from pimlab.cluster import cli as cluster_cli
-    from pimlab.docs import check as docs_check
-    from pimlab_load import cli as load_cli
-    from pimlab.instance import cli as instance_cli
-    from pimlab_operator import cli as operator_cli
-
     cluster_cli.add_commands(sub)
     cluster_cli.add_lab_commands(sub)
     cluster_cli.add_gitops_commands(sub)

@@ -13,13 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 FILTER = 'service=~"$service", shard=~"$shard", persona=~"$persona"'
 SLO_JOIN = "on(slo, slo_namespace)"
 
 
 def _sdk():
-    try:
+    try:  # Grafana's SDK: an optional dependency (the test extra)
         from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, table, timeseries
         from grafana_foundation_sdk.models import dashboard as model
     except ImportError as error:  # pragma: no cover - the test extra installs it
@@ -207,7 +206,7 @@ BUILDERS = {
 
 
 def rendered() -> dict[str, str]:
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder  # optional dependency, see _sdk
 
     out = {}
     for name, build in BUILDERS.items():

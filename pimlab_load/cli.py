@@ -12,6 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from pimlab_load.config import from_spec, load_file
+from pimlab_load.dispatch import Engine
+from pimlab_load.metrics import Metrics
+from pimlab_load.report import summary, to_wire
+
 #: Exit code of a run whose thresholds did not hold (the run itself worked).
 THRESHOLDS_MISSED = 99
 #: Exit code of a configuration the engine refuses.
@@ -63,7 +70,7 @@ def quick_spec(args) -> dict:
 def run_loop(coroutine):
     """uvloop where it is installed (about twice the requests per core), else asyncio's loop."""
     try:
-        import uvloop
+        import uvloop  # optional: not built for every platform
     except ImportError:
         return asyncio.run(coroutine)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -72,10 +79,6 @@ def run_loop(coroutine):
 
 def execute(cfg, print_summary=print) -> int:
     """Run the engine; print the summary, write the termination message, return the exit code."""
-    from pimlab_load.dispatch import Engine
-    from pimlab_load.metrics import Metrics
-    from pimlab_load.report import summary, to_wire
-
     metrics = None
     if cfg.metrics_port:
         metrics = Metrics(cfg.run_key, cfg.index)
@@ -98,10 +101,6 @@ def execute(cfg, print_summary=print) -> int:
 
 
 def _run(args) -> int:
-    from pydantic import ValidationError
-
-    from pimlab_load.config import load_file
-
     try:
         cfg = load_file(args.config)
     except (OSError, ValueError, ValidationError) as error:
@@ -113,10 +112,6 @@ def _run(args) -> int:
 
 
 def _quick(args) -> int:
-    from pydantic import ValidationError
-
-    from pimlab_load.config import from_spec
-
     if not args.url or args.rate is None:
         print("pimlab load: --url and --rate are required (or use `pimlab load run --config FILE`)", file=sys.stderr)
         return BAD_CONFIG

@@ -26,6 +26,8 @@ import zlib
 import aiohttp
 from yarl import URL
 
+from api_services.auth import issue_dev_token
+from api_services.config import load_settings
 from pimlab_load.config import EngineConfig
 from pimlab_load.journeys import Abort, Journeys, PersonaPlan, Population, arrival_rng, draw
 from pimlab_load.metrics import Metrics
@@ -45,14 +47,10 @@ class Tokens:
     """Development-issuer tokens (the same issuer as `pimlab token`), cached per (role, user)."""
 
     def __init__(self):
-        from api_services.config import load_settings
-
         self.settings = load_settings()
         self.cache: dict[tuple[str, str], tuple[str, float]] = {}
 
     def header(self, role: str, user: str) -> str:
-        from api_services.auth import issue_dev_token
-
         now = time.monotonic()
         cached = self.cache.get((role, user))
         if cached is None or now - cached[1] > TOKEN_RENEW:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from pimlab_operator.schema import duration_seconds
+
 #: Histogram range: 1 µs to one hour, 2 significant digits (values within 1 %).
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 2
 #: The kubelet keeps at most this many bytes of a termination message.
@@ -95,8 +97,6 @@ def _ms(h: HdrHistogram | None) -> dict | None:
 def verdicts(summary: dict, thresholds: dict | None) -> list[dict]:
     """Each threshold of the PersonaLoad spec (`p95`, `p99` as durations, `errorRatio`) against
     the summary: limit, observed and whether it held."""
-    from pimlab_operator.schema import duration_seconds
-
     out = []
     for name in ("p95", "p99"):
         if (thresholds or {}).get(name):

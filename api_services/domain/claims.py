@@ -8,9 +8,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
 from api_services.audit import Actor, now_iso, record_write
-from api_services.db import claims
-from api_services.domain import ids
+from api_services.domain import encounters, ids
+from api_services.errors import Conflict, unknown_reference
 from api_services.redaction import FreeText
+from api_services.tables import claims
 
 
 class SubmitClaim(BaseModel):
@@ -48,8 +49,19 @@ def open_claim_for(conn, encounter_id: str) -> str | None:
                         .with_hint(claims, "WITH (UPDLOCK, HOLDLOCK, ROWLOCK)", dialect_name="mssql")).scalar()
 
 
-def submit(conn, actor: Actor, claim_id: str, patient_id: str, data: SubmitClaim) -> dict:
-    row = {"claim_id": claim_id, "encounter_id": data.encounter_id, "patient_id": patient_id,
+def submit(conn, actor: Actor, claim_id: str, data: SubmitClaim) -> dict:
+    """Claim an encounter that exists (422 `unknown_reference` otherwise), is documented and has no
+    open claim (409 otherwise); the claim belongs to the encounter's patient."""
+    encounter = encounters.snapshot(conn, data.encounter_id)
+    if encounter is None:
+        raise unknown_reference("encounter_id", "encounter")
+    if encounter["status"] != "documented":
+        raise Conflict(f"encounter {data.encounter_id} is not documented yet; document it before claiming",
+                       "encounter_not_documented")
+    already = open_claim_for(conn, data.encounter_id)
+    if already is not None:
+        raise Conflict(f"encounter {data.encounter_id} already has open claim {already}", "claim_already_open")
+    row = {"claim_id": claim_id, "encounter_id": data.encounter_id, "patient_id": encounter["patient_id"],
            "amount_cents": data.amount_cents, "payer": data.payer, "status": "submitted", "version": 1,
            "created_at": now_iso()}
     conn.execute(claims.insert().values(**row))

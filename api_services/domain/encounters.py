@@ -9,10 +9,11 @@ import sqlalchemy as sa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
-from api_services.db import diagnoses, encounters, medications, procedures
-from api_services.domain import ids
+from api_services.domain import ids, patients, reference
+from api_services.errors import Conflict, unknown_reference
 from api_services.prepared import prebuilt
 from api_services.redaction import FreeText
+from api_services.tables import diagnoses, encounters, medications, procedures
 
 
 class BookEncounter(BaseModel):
@@ -120,6 +121,13 @@ _INSERT_ENCOUNTER = prebuilt(encounters.insert())
 
 
 def book(conn, actor: Actor, encounter_id: str, data: BookEncounter) -> dict:
+    """Book for a patient, provider and facility that exist (422 `unknown_reference` otherwise)."""
+    if patients.snapshot(conn, data.patient_id) is None:
+        raise unknown_reference("patient_id", "patient")
+    if not reference.provider_exists(conn, data.provider_id):
+        raise unknown_reference("provider_id", "provider")
+    if not reference.facility_exists(conn, data.facility_id):
+        raise unknown_reference("facility_id", "facility")
     ts = now_iso()
     row = {"encounter_id": encounter_id, "patient_id": data.patient_id, "provider_id": data.provider_id,
            "facility_id": data.facility_id,
@@ -141,7 +149,6 @@ def document(conn, actor: Actor, before: dict, data: EncounterNotes) -> dict:
     result = conn.execute(encounters.update().where(encounters.c.encounter_id == encounter_id,
                                                     encounters.c.version == before["version"]).values(**updated))
     if result.rowcount != 1:
-        from api_services.errors import Conflict
         raise Conflict("encounter changed concurrently; retry", "version_conflict")
     for table in (diagnoses, procedures, medications):
         conn.execute(table.delete().where(table.c.encounter_id == encounter_id))
@@ -154,6 +161,3 @@ def document(conn, actor: Actor, before: dict, data: EncounterNotes) -> dict:
                  version=version, before=before, after=after, event_type="encounter.documented")
     return after
 
-
-def parse_when(value: str) -> datetime:
-    return datetime.fromisoformat(value)

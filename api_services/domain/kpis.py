@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from api_services.db import financial_kpis
 from api_services.prepared import prebuilt
+from api_services.tables import financial_kpis
 
 KPI_NAMES = ("encounters_booked", "encounters_documented", "claims_submitted", "claims_amount_cents")
 

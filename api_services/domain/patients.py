@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api_services.audit import Actor, now_iso, record_write
-from api_services.db import patients
 from api_services.prepared import prebuilt
 from api_services.redaction import FreeText
+from api_services.tables import patients
 
 Sex = Literal["F", "M", "X"]
 

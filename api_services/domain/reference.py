@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from api_services.db import facilities, providers
 from api_services.prepared import prebuilt
+from api_services.tables import facilities, providers
 
 
 class Facility(BaseModel):

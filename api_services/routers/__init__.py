@@ -19,21 +19,25 @@ def actor(who: Principal) -> Actor:
                  correlation_id=ctx.correlation_id)
 
 
-def answer_write(response: Response, status: int, location: str, replayed: bool) -> None:
-    """Status and headers of an acknowledged write; a replay of the first answer says so."""
-    response.status_code = status
-    response.headers["Location"] = location
+def write_headers(location: str | None, replayed: bool) -> dict[str, str]:
+    """Headers of an acknowledged write: where the written resource is, and whether this answer is
+    the replay of the first one (`Idempotent-Replayed`)."""
+    headers = {"Location": location} if location else {}
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+        headers["Idempotent-Replayed"] = "true"
+    return headers
+
+
+def answer_write(response: Response, status: int, location: str | None, replayed: bool) -> None:
+    """Status and headers of an acknowledged write, set on the route's response."""
+    response.status_code = status
+    response.headers.update(write_headers(location, replayed))
 
 
 def written(status: int, body: dict, location: str, replayed: bool) -> JSONResponse:
     """`answer_write` as the response itself, for a body built to the route's response model
     (FastAPI then skips validating and re-serializing it through that model)."""
-    headers = {"Location": location}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=write_headers(location, replayed))
 
 
 def _link(operation: str, description: str, parameters: dict | None = None, body: dict | None = None) -> dict:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from api_services import integrity
 from api_services.auth import Principal, principal, require
-from api_services.db import event_stream, outbox, processed_events
 from api_services.errors import ERROR_RESPONSES, Unavailable
 from api_services.runtime import runtime
+from api_services.tables import event_stream, outbox, processed_events
 from api_services.telemetry import current_context
 from api_services.transactions import run_read
 
@@ -22,7 +24,7 @@ class ShardState(BaseModel):
     ordinal: int
     slot_start: int
     slot_end: int
-    backend: str
+    backend: Literal["sqlite", "sqlserver", "postgres"]
     status: str = "ok"
     outbox_pending: int | None = None
     events_published: int | None = None
@@ -56,7 +58,7 @@ def shards(request: Request, who: Principal = Depends(principal)):
     out = []
     for s in smap.shards:
         state = ShardState(name=s.name, ordinal=s.ordinal, slot_start=s.slots.start, slot_end=s.slots.end,
-                           backend="sqlite" if s.sqlite_path else "mssql")
+                           backend=s.backend)
         try:  # one unavailable shard is reported as such, the others still are
             state.outbox_pending, state.events_published, state.events_projected = run_read(
                 rt.engines.reporting(s.name), s.name, _pipeline)

@@ -8,8 +8,7 @@ from api_services.auth import Principal, principal, require
 from api_services.domain import claims as dom
 from api_services.domain import encounters as enc_dom
 from api_services.domain import ids, kpis
-from api_services.errors import (ERROR_RESPONSES, WRITE_RESPONSES, Conflict, Forbidden, Invalid, NotFound,
-                                 Unavailable)
+from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, Invalid, NotFound, Unavailable
 from api_services.routers import LINKS, IdempotencyKey, actor, answer_write
 from api_services.runtime import runtime
 from api_services.telemetry import current_context, tracer
@@ -35,23 +34,10 @@ def submit_claim(body: dom.SubmitClaim, request: Request, response: Response,
                       errors=[{"field": "body.amount_cents", "code": "amount_above_ceiling",
                                "message": f"at most {ceiling} cents"}])
 
-    def write(conn):
-        encounter = enc_dom.snapshot(conn, body.encounter_id)
-        if encounter is None:
-            raise Invalid("unknown encounter", "unknown_reference", errors=[
-                {"field": "body.encounter_id", "code": "unknown_reference", "message": "no such encounter"}])
-        if encounter["status"] != "documented":
-            raise Conflict(f"encounter {body.encounter_id} is not documented yet; document it before claiming",
-                           "encounter_not_documented")
-        already = dom.open_claim_for(conn, body.encounter_id)
-        if already is not None:
-            raise Conflict(f"encounter {body.encounter_id} already has open claim {already}", "claim_already_open")
-        return dom.submit(conn, actor(who), claim_id, encounter["patient_id"], body)
-
     with tracer().start_as_current_span("claim.submit"):
         status, out, replayed = transactions.write(
-            rt, shard, "claim.submit", write, status=202, user_id=who.user_id,
-            idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
+            rt, shard, "claim.submit", lambda conn: dom.submit(conn, actor(who), claim_id, body), status=202,
+            user_id=who.user_id, idempotency_key=idempotency_key, req_hash=request_hash("POST", "/claims", body.model_dump()))
     answer_write(response, status, f"/claims/{out['tracking_id']}", replayed)
     return out
 

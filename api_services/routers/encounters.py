@@ -7,8 +7,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from api_services.auth import Principal, principal, require
 from api_services.domain import encounters as dom
 from api_services.domain import ids, reference
-from api_services.domain import patients as pat_dom
-from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, Invalid, NotFound
+from api_services.errors import ERROR_RESPONSES, WRITE_RESPONSES, Forbidden, NotFound
 from api_services.routers import LINKS, IdempotencyKey, actor, answer_write, written
 from api_services.runtime import runtime
 from api_services.telemetry import tracer
@@ -17,11 +16,6 @@ from api_services.transactions import request_hash, run_read
 
 router = APIRouter(tags=["encounter"], responses=ERROR_RESPONSES)
 EncounterId = Path(pattern=ids.ENCOUNTER_ID)
-
-
-def _unknown(field: str, what: str) -> Invalid:
-    return Invalid(f"unknown {what}", "unknown_reference",
-                   errors=[{"field": f"body.{field}", "code": "unknown_reference", "message": f"no such {what}"}])
 
 
 @router.post("/encounters", status_code=202, response_model=dom.Accepted,
@@ -39,19 +33,10 @@ async def book_encounter(body: dom.BookEncounter, request: Request,
     shard, slot = rt.route_patient(body.patient_id)
     encounter_id = ids.slotted_id("enc", slot)
 
-    def write(conn):
-        if pat_dom.snapshot(conn, body.patient_id) is None:
-            raise _unknown("patient_id", "patient")
-        if not reference.provider_exists(conn, body.provider_id):
-            raise _unknown("provider_id", "provider")
-        if not reference.facility_exists(conn, body.facility_id):
-            raise _unknown("facility_id", "facility")
-        return dom.book(conn, actor(who), encounter_id, body)
-
     with tracer().start_as_current_span("encounter.book"):
         status, out, replayed = await transactions.write_async(
-            rt, shard, "encounter.book", write, status=202, user_id=who.user_id,
-            idempotency_key=idempotency_key,
+            rt, shard, "encounter.book", lambda conn: dom.book(conn, actor(who), encounter_id, body), status=202,
+            user_id=who.user_id, idempotency_key=idempotency_key,
             req_hash=request_hash("POST", "/encounters", body.model_dump()) if idempotency_key else "")
     return written(status, out, f"/encounters/{out['tracking_id']}", replayed)  # `out` is a dom.Accepted
 
@@ -84,14 +69,13 @@ def document_encounter(body: dom.EncounterNotes, request: Request, response: Res
     rt = runtime(request)
     shard, _ = rt.route_id(encounter_id, "encounter")
     with tracer().start_as_current_span("encounter.document"):
-        _status, out, replayed = transactions.write(
+        status, out, replayed = transactions.write(
             rt, shard, "encounter.document",
             lambda conn: dom.document(conn, actor(who), _load(conn, encounter_id), body), status=200,
             user_id=who.user_id, idempotency_key=idempotency_key,
             req_hash=request_hash("PATCH", f"/encounters/{encounter_id}/notes", body.model_dump())
             if idempotency_key else "")
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    answer_write(response, status, None, replayed)
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def _run(args) -> int:
+    # the manager imports psycopg, which only a postgres Shard's pod needs
     from pimlab.instance.manager import Config, parse_peers, run
 
     name = args.name or os.environ.get("POD_NAME") or socket.gethostname()

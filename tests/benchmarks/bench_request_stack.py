@@ -60,7 +60,8 @@ def pipeline_per_event_us(tmp: Path, batch: int, events: int = 1500) -> dict:
     """CPU microseconds per event of the relay and of the projection, `batch` events per step,
     over `events` booking events written through the audited write path."""
     from api_services.audit import Actor, record_write
-    from api_services.db import metadata, sqlite_engine
+    from api_services.engines import sqlite_engine
+    from api_services.tables import metadata
     from api_services.workers import project_once, relay_once
 
     plain = sqlite_engine(str(tmp / f"pipeline-{batch}.db"))

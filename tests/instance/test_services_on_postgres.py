@@ -181,15 +181,15 @@ def test_the_write_engine_never_connects_to_a_standby(stack):
     primary's URL refuses a server in recovery at connect time (libpq target_session_attrs)."""
     import sqlalchemy as sa
 
-    from api_services.db import postgres_url
-    from api_services.sharding import Shard
+    from api_services.engines import postgres_url
+    from api_services.sharding import ShardEntry
 
     shard, _, _, workdir = stack
     standby = next(pod for pod in shard.members if pod != shard.primary())
 
     def engine(pod: str, readonly: bool = False):
         host, port = shard.url(pod).split(":")
-        entry = Shard(name="shard-00", ordinal=0, engine="postgres", slots={"start": 0, "end": 1023},
+        entry = ShardEntry(name="shard-00", ordinal=0, engine="postgres", slots={"start": 0, "end": 1023},
                       primary={"host": host, "port": int(port)}, readonly={"host": host, "port": int(port)},
                       credentialsSecret="shard-00-credentials")
         return sa.create_engine(postgres_url(entry, workdir / "credentials", readonly=readonly))

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from api_services.db import sqlite_engine
+from api_services.engines import sqlite_engine
 from api_services.seed import seeded_patient_id
 from api_services.sharding import load_map
 from api_services.workers import project_once, relay_once
@@ -170,7 +170,7 @@ def test_seed_rows_are_attributed_to_a_system_actor_with_a_request_id_per_run(se
 def test_history_written_before_binding_existed_still_verifies(tmp_path):
     """A shard from before history binding: its old rows are legacy, new rows are bound."""
     from api_services.audit import Actor, append_audit, record_write, verify_chain
-    from api_services.db import history, metadata
+    from api_services.tables import history, metadata
 
     engine = sqlite_engine(str(tmp_path / "legacy.db"))
     metadata.create_all(engine)

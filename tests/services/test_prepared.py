@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from api_services.db import encounters, metadata, migrate, sqlite_engine
 from api_services.domain.encounters import _INSERT_ENCOUNTER
+from api_services.engines import sqlite_engine
 from api_services.group_commit import GroupCommitWrites
 from api_services.prepared import DriverConnection, DriverResult
+from api_services.tables import encounters, metadata, migrate
 
 
 def _row(encounter_id: str) -> dict:

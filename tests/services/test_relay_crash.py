@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from api_services.audit import Actor, record_write
-from api_services.db import event_stream, metadata, outbox, processed_events, sqlite_engine
+from api_services.engines import sqlite_engine
+from api_services.tables import event_stream, metadata, outbox, processed_events
 from api_services import workers
 from api_services.workers import project_once, relay_once
 

@@ -1,4 +1,4 @@
-"""Hash slots, shard map validation and reload, and SQL Server URL building."""
+"""Hash slots, shard map validation and reload, SQL Server URL building, and the shards' report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy.dialects import mssql
 from sqlalchemy.schema import CreateTable
 
-from api_services import db
+from api_services import engines, tables
 from api_services.sharding import ShardMap, ShardMapWatcher, embedded_map, load_map, slot_of
+
+from .conftest import free_port, start_server
 
 CLUSTER_MAP = {
     "version": 7, "slotCount": 1024,
@@ -72,17 +74,17 @@ def test_mssql_url_reads_mounted_credentials_and_hides_the_password(tmp_path):
     (secret / "username").write_text("pim_app\n")
     (secret / "password").write_text("s3cr3t-Pa55\n")
     shard = ShardMap.model_validate(CLUSTER_MAP).by_name("shard-01")
-    url = db.mssql_url(shard, tmp_path)
+    url = engines.mssql_url(shard, tmp_path)
     assert url.drivername == "mssql+pyodbc" and url.host == "shard-01-primary.lab.svc" and url.port == 1433
     assert url.username == "pim_app" and url.password == "s3cr3t-Pa55" and url.database == "pim"
     assert url.query["driver"] == "ODBC Driver 18 for SQL Server"
     assert "s3cr3t" not in str(url) and "s3cr3t" not in repr(url)
-    ro = db.mssql_url(shard, tmp_path, readonly=True)
+    ro = engines.mssql_url(shard, tmp_path, readonly=True)
     assert ro.host == "shard-01-readonly.lab.svc" and ro.query["ApplicationIntent"] == "ReadOnly"
 
 
 def test_schema_and_chain_lock_compile_for_sql_server():
-    ddl = str(CreateTable(db.audit_events).compile(dialect=mssql.dialect()))
+    ddl = str(CreateTable(tables.audit_events).compile(dialect=mssql.dialect()))
     assert "CREATE TABLE audit_events" in ddl
     from api_services.audit import chain_head_for_update
 
@@ -101,3 +103,36 @@ def test_running_server_reloads_its_map_without_restart(server):
             time.sleep(0.2)
         assert "pim_shard_map_version " + f"{current['version'] + 1}.0" in sre.get("/metrics").text
     assert load_map(path).version == current["version"] + 1
+
+
+def test_admin_shards_reports_the_engine_each_shard_runs(tmp_path):
+    """`backend` names the engine as the Shard CRD's `spec.engine` does (`sqlserver` when the map
+    names none), or `sqlite` for a shard stored in a file. It is read from the map, so a shard
+    whose server cannot be reached is reported with its engine, as unavailable."""
+    credentials = tmp_path / "credentials"
+    mapped = embedded_map(tmp_path / ".lab" / "data", 3)
+    for shard, engine in zip(mapped["shards"][1:], ("postgres", None)):
+        del shard["sqlitePath"]
+        if engine:
+            shard["engine"] = engine
+        shard["primary"] = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
+        shard["credentialsSecret"] = f"{shard['name']}-credentials"
+        (credentials / shard["credentialsSecret"]).mkdir(parents=True)
+        (credentials / shard["credentialsSecret"] / "username").write_text("pim_app\n")
+        (credentials / shard["credentialsSecret"] / "password").write_text("not-a-real-password\n")
+    map_file = tmp_path / "cluster-map.json"
+    map_file.write_text(json.dumps(mapped))
+    srv = start_server(tmp_path, env={"PIM_SHARD_MAP_FILE": str(map_file),
+                                      "PIM_SHARD_CREDENTIALS_DIR": str(credentials)})
+    try:
+        with srv.client("sre", "sre-1") as sre:
+            resp = sre.get("/admin/shards")
+        assert resp.status_code == 200, resp.text
+        shards = {s["name"]: s for s in resp.json()["shards"]}
+        assert {name: s["backend"] for name, s in shards.items()} == {
+            "shard-00": "sqlite", "shard-01": "postgres", "shard-02": "sqlserver"}
+        assert shards["shard-00"]["status"] == "ok"
+        assert shards["shard-01"]["status"].startswith("unavailable: shard shard-01 is unavailable")
+        assert shards["shard-02"]["status"].startswith("unavailable: shard shard-02 is unavailable")
+    finally:
+        srv.stop()

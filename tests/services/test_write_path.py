@@ -126,6 +126,21 @@ def test_oversized_body_is_413(server, patients):
     assert resp.json()["code"] == "payload_too_large" and resp.json()["request_id"]
 
 
+def test_oversized_body_without_a_length_is_413_when_it_outgrows_the_limit(server, patients):
+    """A chunked body declares no length: the edge counts it as it arrives."""
+    def chunks():
+        yield b"{"
+        for _ in range(70):
+            yield b" " * 1000
+        yield b"}"
+
+    with server.client("clinician", "prv-0001") as doc:
+        resp = doc.post("/encounters", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in resp.request.headers
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["code"] == "payload_too_large" and resp.json()["request_id"]
+
+
 def test_every_shard_in_metric_labels(server, patients):
     with server.client("clinician", "prv-0001") as doc:
         for pid in patients:

@@ -1,8 +1,10 @@
-"""Tables (SQLAlchemy Core) and one engine pair per shard: SQLite files here, SQL Server or
-PostgreSQL (`postgresql+psycopg`) in the cluster.
+"""The engines of each shard: SQLite files here, SQL Server (`mssql+pyodbc`) or PostgreSQL
+(`postgresql+psycopg`) in the cluster, rebuilt when the shard map changes.
 
-Every shard holds the same schema. Reference data (providers, facilities) is copied to every
-shard so a patient's requests never need a second shard.
+Each shard has a write engine (on SQLite and PostgreSQL its writes are serialized or
+group-committed, api_services/group_commit.py), a primary read engine (a client reads its own
+writes) and a reporting engine (the read-only Service in the cluster). The schema they hold is
+api_services/tables.py.
 """
 
 from __future__ import annotations
@@ -16,158 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from api_services.errors import Unavailable
-from api_services.sharding import Shard, ShardMap
+from api_services.group_commit import Changes, GroupCommitWrites, SerializedWrites
+from api_services.sharding import ShardEntry, ShardMap
+from api_services.tables import metadata, migrate
 
 MSSQL_DRIVER = "ODBC Driver 18 for SQL Server"
-
-metadata = sa.MetaData()
-_ts = lambda name: sa.Column(name, sa.String(40), nullable=False)  # noqa: E731 - ISO-8601 UTC text
-
-facilities = sa.Table(
-    "facilities", metadata,
-    sa.Column("facility_id", sa.String(40), primary_key=True),
-    sa.Column("name", sa.String(120), nullable=False),
-    sa.Column("city", sa.String(80), nullable=False),
-)
-providers = sa.Table(
-    "providers", metadata,
-    sa.Column("provider_id", sa.String(40), primary_key=True),
-    sa.Column("display_name", sa.String(120), nullable=False),
-    sa.Column("specialty", sa.String(80), nullable=False),
-    sa.Column("facility_id", sa.String(40), nullable=False),
-)
-patients = sa.Table(
-    "patients", metadata,
-    sa.Column("patient_id", sa.String(40), primary_key=True),
-    sa.Column("pseudonym", sa.String(120), nullable=False),
-    sa.Column("birth_year", sa.Integer, nullable=False),
-    sa.Column("sex", sa.String(1), nullable=False),
-    sa.Column("mrn", sa.String(40), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    _ts("created_at"),
-)
-encounters = sa.Table(
-    "encounters", metadata,
-    sa.Column("encounter_id", sa.String(48), primary_key=True),
-    sa.Column("patient_id", sa.String(40), nullable=False, index=True),
-    sa.Column("provider_id", sa.String(40), nullable=False),
-    sa.Column("facility_id", sa.String(40), nullable=False),
-    sa.Column("scheduled_for", sa.String(40), nullable=False),
-    sa.Column("reason", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("notes", sa.Text, nullable=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    _ts("created_at"),
-    _ts("updated_at"),
-)
-diagnoses = sa.Table(
-    "diagnoses", metadata,
-    sa.Column("encounter_id", sa.String(48), primary_key=True),
-    sa.Column("code", sa.String(10), primary_key=True),
-    sa.Column("description", sa.String(200), nullable=False),
-)
-procedures = sa.Table(
-    "procedures", metadata,
-    sa.Column("encounter_id", sa.String(48), primary_key=True),
-    sa.Column("code", sa.String(10), primary_key=True),
-    sa.Column("description", sa.String(200), nullable=False),
-)
-medications = sa.Table(
-    "medications", metadata,
-    sa.Column("encounter_id", sa.String(48), primary_key=True),
-    sa.Column("name", sa.String(80), primary_key=True),
-    sa.Column("dose", sa.String(40), nullable=False),
-)
-claims = sa.Table(
-    "claims", metadata,
-    sa.Column("claim_id", sa.String(48), primary_key=True),
-    sa.Column("encounter_id", sa.String(48), nullable=False, index=True),
-    sa.Column("patient_id", sa.String(40), nullable=False, index=True),
-    sa.Column("amount_cents", sa.BigInteger, nullable=False),
-    sa.Column("payer", sa.String(80), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    _ts("created_at"),
-)
-history = sa.Table(
-    "history", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("entity", sa.String(20), nullable=False),
-    sa.Column("entity_id", sa.String(48), nullable=False, index=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("before", sa.Text, nullable=True),
-    sa.Column("after", sa.Text, nullable=False),
-    _ts("valid_from"),
-    sa.Column("request_id", sa.String(64), nullable=False),
-    sa.Column("user_id", sa.String(64), nullable=False),
-)
-audit_events = sa.Table(
-    "audit_events", metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
-    _ts("ts"),
-    sa.Column("user_id", sa.String(64), nullable=False),
-    sa.Column("request_id", sa.String(64), nullable=False),
-    sa.Column("persona", sa.String(20), nullable=False),
-    sa.Column("action", sa.String(40), nullable=False),
-    sa.Column("entity", sa.String(20), nullable=False),
-    sa.Column("entity_id", sa.String(48), nullable=False),
-    sa.Column("before", sa.Text, nullable=True),
-    sa.Column("after", sa.Text, nullable=True),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-    # added later (nullable, so older files are migrated in place); part of the hash when set
-    sa.Column("correlation_id", sa.String(64), nullable=True),  # the client's X-Request-Id
-    sa.Column("history_id", sa.Integer, nullable=True),  # the history row this event binds
-    sa.Column("history_hash", sa.String(64), nullable=True),  # sha256 of that row
-)
-audit_head = sa.Table(
-    "audit_head", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-)
-outbox = sa.Table(
-    "outbox", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
-    sa.Column("event_type", sa.String(40), nullable=False),
-    sa.Column("entity_id", sa.String(48), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    _ts("created_at"),
-    sa.Column("claimed_by", sa.String(80), nullable=True),
-    sa.Column("claimed_at", sa.Float, nullable=True),
-    sa.Column("published_at", sa.String(40), nullable=True, index=True),
-)
-event_stream = sa.Table(  # the relay's destination: an append-only event log per shard
-    "event_stream", metadata,
-    sa.Column("position", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
-    sa.Column("event_type", sa.String(40), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    _ts("published_at"),
-)
-processed_events = sa.Table(  # the projection's idempotent-consumer ledger
-    "processed_events", metadata,
-    sa.Column("consumer", sa.String(40), primary_key=True),
-    sa.Column("event_id", sa.String(36), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False, index=True),
-    _ts("processed_at"),
-)
-financial_kpis = sa.Table(
-    "financial_kpis", metadata,
-    sa.Column("kpi", sa.String(40), primary_key=True),
-    sa.Column("value", sa.BigInteger, nullable=False),
-)
-idempotency_keys = sa.Table(
-    "idempotency_keys", metadata,
-    sa.Column("user_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("status_code", sa.Integer, nullable=False),
-    sa.Column("response", sa.Text, nullable=False),
-    _ts("created_at"),
-)
 
 
 def read_secret_file(root: Path, secret: str, key: str) -> str:
@@ -175,16 +30,14 @@ def read_secret_file(root: Path, secret: str, key: str) -> str:
     return (root / secret / key).read_text().strip()
 
 
-def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
-    """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
+def _server_url(shard: ShardEntry, credentials_root: Path, readonly: bool, server: str, drivername: str,
+                query: dict) -> URL:
+    """The URL of a shard's primary (or read-only) Service, with the mounted Secret's login."""
     endpoint = shard.readonly if readonly and shard.readonly else shard.primary
     if endpoint is None or not shard.credentials_secret:
-        raise ValueError(f"shard {shard.name} has no SQL Server endpoint or credentialsSecret")
-    query = {"driver": MSSQL_DRIVER, "Encrypt": "yes", "TrustServerCertificate": "yes"}
-    if readonly:
-        query["ApplicationIntent"] = "ReadOnly"
+        raise ValueError(f"shard {shard.name} has no {server} endpoint or credentialsSecret")
     return URL.create(
-        "mssql+pyodbc",
+        drivername,
         username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
         password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
         host=endpoint.host,
@@ -194,26 +47,24 @@ def mssql_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> U
     )
 
 
-def postgres_url(shard: Shard, credentials_root: Path, readonly: bool = False) -> URL:
+def mssql_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
+    """The `mssql+pyodbc` URL of a shard's primary (or read-only) Service."""
+    query = {"driver": MSSQL_DRIVER, "Encrypt": "yes", "TrustServerCertificate": "yes"}
+    if readonly:
+        query["ApplicationIntent"] = "ReadOnly"
+    return _server_url(shard, credentials_root, readonly, "SQL Server", "mssql+pyodbc", query)
+
+
+def postgres_url(shard: ShardEntry, credentials_root: Path, readonly: bool = False) -> URL:
     """The `postgresql+psycopg` URL of a shard's `-primary` (or `-readonly`) Service.
 
     The primary's asks libpq for a read-write session: after a crash the old primary comes back
     as a standby on the same pod IP while the `-primary` Service still routes to it for a few
     seconds (until the operator removes its label); a connection made then would stay in the
     pool, pass every pre-ping, and fail every write long after the failover."""
-    endpoint = shard.readonly if readonly and shard.readonly else shard.primary
-    if endpoint is None or not shard.credentials_secret:
-        raise ValueError(f"shard {shard.name} has no PostgreSQL endpoint or credentialsSecret")
-    return URL.create(
-        "postgresql+psycopg",
-        username=read_secret_file(credentials_root, shard.credentials_secret, "username"),
-        password=read_secret_file(credentials_root, shard.credentials_secret, "password"),
-        host=endpoint.host,
-        port=endpoint.port,
-        database=shard.database,
-        query={"connect_timeout": "3", "application_name": "pim-services",
-               "target_session_attrs": "any" if readonly else "read-write"},
-    )
+    return _server_url(shard, credentials_root, readonly, "PostgreSQL", "postgresql+psycopg",
+                       {"connect_timeout": "3", "application_name": "pim-services",
+                        "target_session_attrs": "any" if readonly else "read-write"})
 
 
 #: PostgreSQL's message when a wait for the synchronous quorum is cancelled: the commit is kept
@@ -318,39 +169,6 @@ def sqlite_read_engine(path: str, acquire_seconds: float = 30.0) -> Engine:
     return engine
 
 
-class SerializedWrites:
-    """A SQLite write engine whose transactions queue on an in-process lock before BEGIN IMMEDIATE.
-
-    SQLite admits one writer per file anyway; without this, concurrent request threads race for
-    the file lock and the losers sleep in SQLite's busy handler (1, 2, 5, 10 ... 100 ms back-off),
-    which showed up as most of the booking latency under load. Queueing on a lock wakes the next
-    writer the moment the previous one commits. Other processes (a separate relay) still meet
-    at the file lock, with the busy timeout as before. Everything else is the engine's.
-    """
-
-    def __init__(self, engine: Engine, name: str = "", acquire_seconds: float = 30.0):
-        self.engine = engine
-        self.name = name
-        self.acquire_seconds = acquire_seconds
-        self.lock = threading.Lock()
-
-    @contextmanager
-    def begin(self):
-        """Bounded: a writer that cannot get the shard within `acquire_seconds` gets 503, not a hang."""
-        if not self.lock.acquire(timeout=self.acquire_seconds):
-            raise Unavailable(f"shard {self.name} is busy (its write lock was not acquired within "
-                              f"{self.acquire_seconds:g} s); retry later", "shard_unavailable",
-                              headers={"Retry-After": "1"})
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
-            self.lock.release()
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-
 def _why(exc: BaseException) -> str:
     """The problem in words (never an exception class name): what an SRE reads in /readyz."""
     if isinstance(exc, OSError):
@@ -375,14 +193,14 @@ class Engines:
                  acquire_seconds: float = 30.0, write_timeout: float = 5.0, group_commit: bool = True):
         self.credentials_root = credentials_root
         self.group_commit = group_commit
-        self._changes: dict[str, object] = {}
+        self._changes: dict[str, Changes] = {}
         self.write_timeout = write_timeout
         self.synchronous = synchronous
         self.create_schema = create_schema
         self.acquire_seconds = acquire_seconds
         self._lock = threading.Lock()
-        self._by_shard: dict[str, tuple[Shard, Engine, Engine, Engine]] = {}
-        self._failed: dict[str, tuple[Shard, str, float]] = {}
+        self._by_shard: dict[str, tuple[ShardEntry, Engine, Engine, Engine]] = {}
+        self._failed: dict[str, tuple[ShardEntry, str, float]] = {}
 
     def sync(self, shard_map: ShardMap) -> None:
         with self._lock:
@@ -395,7 +213,7 @@ class Engines:
                     continue
                 self._install(shard, known)
 
-    def _install(self, shard: Shard, known) -> None:
+    def _install(self, shard: ShardEntry, known) -> None:
         try:
             built = self._build(shard)
         except Exception as exc:  # reported per shard, never fatal to the process
@@ -411,7 +229,7 @@ class Engines:
             for engine in known[1:]:
                 engine.dispose()
 
-    def _build(self, shard: Shard) -> tuple[Engine, Engine, Engine]:
+    def _build(self, shard: ShardEntry) -> tuple[Engine, Engine, Engine]:
         if shard.sqlite_path:
             write = sqlite_engine(shard.sqlite_path, self.synchronous, self.acquire_seconds)
             try:
@@ -425,8 +243,6 @@ class Engines:
                 write.dispose()
                 raise
             read = sqlite_read_engine(shard.sqlite_path, self.acquire_seconds)
-            from api_services.group_commit import GroupCommitWrites
-
             kind = GroupCommitWrites if self.group_commit else SerializedWrites
             return kind(write, shard.name, self.acquire_seconds), read, read
         if shard.engine == "postgres":
@@ -439,8 +255,6 @@ class Engines:
                                          pool_pre_ping=True, pool_timeout=self.write_timeout)
             writes = QuorumWrites(base, self.write_timeout)
             if self.group_commit:
-                from api_services.group_commit import GroupCommitWrites
-
                 writes = GroupCommitWrites(writes, shard.name, self.acquire_seconds)
             return writes, base, reporting
         write = sa.create_engine(mssql_url(shard, self.credentials_root), pool_pre_ping=True,
@@ -491,8 +305,6 @@ class Engines:
         """The shard's committed-write signal (kept across engine rebuilds): workers wake on it."""
         signal = self._changes.get(shard)
         if signal is None:
-            from api_services.group_commit import Changes
-
             signal = self._changes.setdefault(shard, Changes())
         return signal
 
@@ -511,15 +323,3 @@ class Engines:
                     engine.dispose()
             self._by_shard.clear()
             self._failed.clear()
-
-
-def migrate(engine) -> None:
-    """Add the nullable columns newer code knows to tables an older version created."""
-    with engine.begin() as conn:
-        inspector = sa.inspect(conn)
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    kind = column.type.compile(dialect=engine.dialect)
-                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD {column.name} {kind}")
