@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from pimlab.cluster.layout import KWOK_NAMESPACE_ANNOTATIONS, SCHEDULER_ANNOTATION_PREFIX, Layout
+from pimlab.cluster.layout import (
+    KWOK_NAMESPACE_ANNOTATIONS, REAL_NODE_SELECTOR_ANNOTATION, SCHEDULER_ANNOTATION_PREFIX, Layout,
+)
 from pimlab.cluster.pki import KeyPair
 from pimlab.cluster.procs import ClusterError
 from pimlab.cluster.progress import Progress
@@ -48,15 +50,29 @@ class ClusterHandle:
     def ensure_kwok_namespace(self, name: str) -> None:
         """Namespace `name`, its pods tolerating the kwok nodes' taint: for what is meant to be
         simulated, such as the Deployment beside a locally run operator. Created if missing,
-        annotated if it exists and places its pods nowhere yet, left as it is otherwise."""
+        annotated otherwise, unless it places its pods on the real node.
+
+        The annotations are server-side applied by a field manager of our own
+        (PLACEMENT_FIELD_MANAGER), also where they are there already: Flux's
+        kustomize-controller takes over and strips the fields of any `kubectl*` manager when it
+        applies the same Namespace from Git, and a field we co-own is kept."""
         proc = self.kubectl("get", "namespace", name, "-o", "json", check=False)
-        if proc.returncode != 0:
-            namespace = {"apiVersion": "v1", "kind": "Namespace",
-                         "metadata": {"name": name, "annotations": KWOK_NAMESPACE_ANNOTATIONS}}
-            self.kubectl("create", "-f", "-", input=yaml.safe_dump(namespace))
-        elif not placed(json.loads(proc.stdout)):
-            self.kubectl("annotate", "namespace", name,
-                         *[f"{key}={value}" for key, value in KWOK_NAMESPACE_ANNOTATIONS.items()])
+        if proc.returncode == 0 and on_real_node(json.loads(proc.stdout)):
+            return
+        namespace = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": name, "annotations": KWOK_NAMESPACE_ANNOTATIONS}}
+        self.kubectl("apply", "--server-side", f"--field-manager={PLACEMENT_FIELD_MANAGER}", "-f", "-",
+                     input=yaml.safe_dump(namespace))
+
+
+#: Who owns the placement annotations of the namespaces the local cluster makes for others.
+PLACEMENT_FIELD_MANAGER = "pimlab-placement"
+
+
+def on_real_node(namespace: dict) -> bool:
+    """Whether a namespace places its pods on the real node (REAL_NODE_NAMESPACE_ANNOTATIONS)."""
+    annotations = namespace["metadata"].get("annotations") or {}
+    return REAL_NODE_SELECTOR_ANNOTATION in annotations
 
 
 def placed(namespace: dict) -> bool:

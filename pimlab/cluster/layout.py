@@ -53,8 +53,9 @@ KWOK_NODE_TOLERATION = {"key": KWOK_NODE_TAINT["key"], "operator": "Exists",
 # The apiserver's PodNodeSelector and PodTolerationRestriction admission plugins apply these
 # to every pod created in an annotated namespace.
 SCHEDULER_ANNOTATION_PREFIX = "scheduler.alpha.kubernetes.io/"
+REAL_NODE_SELECTOR_ANNOTATION = SCHEDULER_ANNOTATION_PREFIX + "node-selector"
 REAL_NODE_NAMESPACE_ANNOTATIONS = {
-    SCHEDULER_ANNOTATION_PREFIX + "node-selector": "=".join(REAL_NODE_LABEL),
+    REAL_NODE_SELECTOR_ANNOTATION: "=".join(REAL_NODE_LABEL),
     SCHEDULER_ANNOTATION_PREFIX + "defaultTolerations": json.dumps([REAL_NODE_TOLERATION]),
 }
 KWOK_NAMESPACE_ANNOTATIONS = {

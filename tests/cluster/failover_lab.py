@@ -33,6 +33,7 @@ from pimlab.cluster.lab import sample_documents
 from pimlab.waiting import TimedOut, wait_for
 from pimlab_operator.objects import dev_issuer_secret
 from pimlab_operator.shard.desired import credentials_secret_name
+from pimlab_operator.shard.model import ShardSpec
 
 LAB, SHARD = "pim", "shard-00"
 PODS = tuple(f"{SHARD}-{i}" for i in range(3))
@@ -221,8 +222,8 @@ class FailoverLab:
         return yaml.safe_load(self.cluster.kubectl("get", "secret", name, "-n", self.namespace, "-o", "yaml").stdout)["data"]
 
     def password(self) -> str:
-        return base64.b64decode(self.secret(credentials_secret_name({"metadata": {"name": SHARD}, "spec": {}}))
-                                ["password"]).decode()
+        spec = ShardSpec.model_validate(documents(self.namespace)[1]["spec"])
+        return base64.b64decode(self.secret(credentials_secret_name(SHARD, spec))["password"]).decode()
 
     # -- what the cluster says ---------------------------------------------------------------
     def shard(self) -> dict:

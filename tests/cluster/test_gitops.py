@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from operator_process import free_port
 from pimlab.cluster import flux_build, gitops, gitops_processes

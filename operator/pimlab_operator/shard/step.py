@@ -59,7 +59,7 @@ def _pods(body: dict, spec: ShardSpec) -> list[dict]:
 
 
 def step(body: dict, spec: ShardSpec) -> None:
-    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    name = body["metadata"]["name"]
     password, secret_exists, credentials_missing = _credentials(body, spec)
     token = secrets.token_urlsafe(32) if password and spec.engine == "postgres" else None
     # The generated Secret is applied once; afterwards it is kept, never rewritten or pruned.
