@@ -47,11 +47,13 @@ def label_selector(labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
+def ready_condition(obj: dict) -> dict | None:
+    """The object's Ready condition (a pod's, a Shard's), or None while it reports none."""
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
 def pod_ready(pod: dict) -> bool:
-    for condition in (pod.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
+    return (ready_condition(pod) or {}).get("status") == "True"
 
 
 def owned_by(obj: dict, uid: str) -> bool:

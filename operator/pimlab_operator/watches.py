@@ -8,7 +8,7 @@ import asyncio
 from typing import Callable
 
 from pimlab_operator import kube, reconcile, resync
-from pimlab_operator.objects import selector_matches
+from pimlab_operator.objects import ready_condition, selector_matches
 from pimlab_operator.reconcile import Context, Kind
 from pimlab_operator.schema import API_VERSION
 
@@ -61,8 +61,8 @@ def shard_to_labs(ctx: Context, lab_kind: Kind) -> Callable:
     async def on_event(type, body, memo, **_):
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         labels = dict(body["metadata"].get("labels") or {})
-        ready = next(((c.get("status"), c.get("reason")) for c in (body.get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Ready"), None)
+        condition = ready_condition(body)
+        ready = (condition.get("status"), condition.get("reason")) if condition else None
         fingerprint = "" if type == "DELETED" else repr(
             (labels, body["spec"].get("ordinal"), body["spec"].get("slots"),
              body["spec"].get("credentialsSecretRef"), ready))

@@ -14,7 +14,7 @@ from api_services.catalog import COMPONENTS
 from pimlab_operator.conditions import Condition
 from pimlab_operator.lab.desired import SLOT_COUNT, slot_coverage
 from pimlab_operator.lab.model import LabSpec, LabStatus, ServiceSpec, ServiceStatus
-from pimlab_operator.objects import gateway_url
+from pimlab_operator.objects import gateway_url, ready_condition
 
 #: How many not-ready Shards a message names before it says "and N more".
 NAMED_SHARDS = 5
@@ -32,10 +32,10 @@ def service_status(key: str, service: ServiceSpec, deployment: dict | None) -> S
 
 def _shard_ready(shard: dict) -> tuple[bool, str]:
     """A Shard's own Ready condition: whether it holds, and its reason."""
-    for condition in (shard.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True", condition.get("reason") or "Unknown"
-    return False, "NoStatusYet"
+    condition = ready_condition(shard)
+    if condition is None:
+        return False, "NoStatusYet"
+    return condition.get("status") == "True", condition.get("reason") or "Unknown"
 
 
 def shards_ready(entries: list[dict], shards: list[dict]) -> Condition:
