@@ -112,8 +112,17 @@ up: venv ## with Docker and kind: kind cluster A, the image built and loaded, th
 down: venv ## delete the kind cluster (without Docker: `make lab-down`)
 	@if $(PIMLAB) kind check >/dev/null; then $(PIMLAB) kind down; else $(MAKE) lab-down; fi
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, each test module on one of them and the
+# modules sharing the real node or fixed names on one together (tests/conftest.py); then, alone,
+# the tests that need the cluster to themselves (`exclusive`). Both share one run id, so the cluster the run started is stopped once,
+# at the end.
+TEST_WORKERS ?= 3
 test: deps controlplane prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
-	$(PY) -m pytest
+	@export PIMLAB_TEST_SESSION=$$(od -An -N8 -tx8 /dev/urandom | tr -d ' '); \
+	PIMLAB_KEEP_CLUSTER=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	  -m "not exclusive" --durations=25; parallel=$$?; \
+	$(PY) -m pytest -m exclusive; alone=$$?; \
+	exit $$(( parallel != 0 ? parallel : alone ))
 
 slo-proof: deps controlplane prometheus-operator image ## on the real node: SLO page alerts fire under injected faults with the persona engine's load, and resolve
 	PIMLAB_NODE=real $(PY) -m pytest -q -p no:cacheprovider tests/cluster/test_slo_alerts_real_node.py

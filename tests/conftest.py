@@ -1,8 +1,15 @@
-"""Shared fixtures. The control plane is started once per session (or the one that
-`.lab/kubeconfig` points to is reused), and the tests refuse to touch any other cluster."""
+"""Shared fixtures. The control plane is started once per test run (or the one that
+`.lab/kubeconfig` points to is reused), and the tests refuse to touch any other cluster.
+
+A run may be spread over pytest-xdist workers (`make test`). Each test module stays on one
+worker, so its module fixtures are made once; the modules that bring up labs on the machine's
+one real node share a worker, one after another (`REAL_NODE_MODULES`). The first worker to need
+the cluster starts it under a file lock and tags it with the run's id ($PIMLAB_TEST_SESSION);
+the run's controlling process stops it at the end if the tag is still its own."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
@@ -55,18 +62,75 @@ class Cluster:
         return yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
 
 
+#: Test modules that share something a test run cannot hand out twice run in turn on one worker:
+#: the labs on the real node (two at once would not fit the 2-core node; this unit is the run's
+#: longest and goes first), and the modules that use the fixed names the samples, runbooks and
+#: Flux use (namespace `lab`, Flux's objects). Every other module is a unit of its own. A test
+#: that needs the whole cluster to itself is marked `exclusive` (`make test` runs those after).
+GROUPS = {
+    "real-node": ("test_real_node.py", "test_shard_failover_real_node.py", "test_slo_alerts_real_node.py",
+                  "test_drill_real_node.py", "test_chaos_real_node.py", "test_personaload_real_node.py",
+                  "test_images.py"),
+    "fixed-names": ("test_gitops.py", "test_runbook_commands.py", "test_validation.py", "test_deploy_manifests.py",
+                    "test_self_contained.py", "test_cluster_b_manifests.py"),
+}
+GROUP_OF = {module: group for group, modules in GROUPS.items() for module in modules}
+ORDER = {module: index for index, module in enumerate(GROUPS["real-node"] + GROUPS["fixed-names"])}
+RUN_ID = "PIMLAB_TEST_SESSION"
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    """The run's id, inherited by the workers (and by a pytest a test runs in a subprocess)."""
+    if not _is_worker(config):
+        os.environ.setdefault(RUN_ID, uuid.uuid4().hex)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each module one unit of work (`--dist loadgroup`), the GROUPS one unit each; the groups
+    first, in GROUPS' order; the cluster's restart last of all."""
+    for item in items:
+        module = Path(str(item.fspath)).name
+        item.add_marker(pytest.mark.xdist_group(GROUP_OF.get(module, item.nodeid.split("::")[0])))
+        if "exclusive" in item.keywords and _is_worker(config):
+            item.add_marker(pytest.mark.skip(reason="needs the cluster to itself: run it alone, after the "
+                                                    "other tests (as `make test` does)"))
+    items.sort(key=lambda item: ("restarts_cluster" in item.keywords,
+                                 ORDER.get(Path(str(item.fspath)).name, len(ORDER))))
+
+
+def _run_tag(plane: LocalCluster) -> Path:
+    return plane.layout.state / "test-run"
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     plane = LocalCluster(ROOT)
-    started_here = not plane.healthy()
-    if started_here:
-        plane.up()
+    plane.layout.lab.mkdir(parents=True, exist_ok=True)
+    with open(plane.layout.lab / "test-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be starting it
+        if not plane.healthy():
+            plane.up()
+            _run_tag(plane).write_text(os.environ[RUN_ID])
     reason = plane.foreign_reason()
     if reason:
         pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
-    yield Cluster(plane, started_here)
-    if started_here and not os.environ.get("PIMLAB_KEEP_CLUSTER"):
+    tag = _run_tag(plane)
+    return Cluster(plane, tag.exists() and tag.read_text() == os.environ[RUN_ID])
+
+
+def pytest_sessionfinish(session):
+    """Stop the cluster this run started (in the controlling process, once every worker is
+    done), unless PIMLAB_KEEP_CLUSTER asks to keep it."""
+    if _is_worker(session.config) or os.environ.get("PIMLAB_KEEP_CLUSTER"):
+        return
+    plane = LocalCluster(ROOT)
+    tag = _run_tag(plane)
+    if tag.exists() and tag.read_text() == os.environ.get(RUN_ID):
         plane.down(quiet=True)
 
 

@@ -109,7 +109,12 @@ def _from_kubeconfig(path: Path) -> _Connection:
     if user.get("client-certificate-data"):
         cert = _private_file(user["client-certificate-data"], ".crt")
         key = _private_file(user["client-key-data"], ".key")
-    if cert:
+        try:
+            tls.load_cert_chain(cert, key)
+        finally:  # loaded into memory: the private key never stays on disk
+            os.unlink(cert)
+            os.unlink(key)
+    elif cert:
         tls.load_cert_chain(cert, key)
     connection = _Connection(cluster["server"].rstrip("/"), _pool(tls), token=user.get("token"))
     if user.get("tokenFile"):

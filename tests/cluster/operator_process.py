@@ -30,7 +30,9 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
     """The operator as a local process, as its own ServiceAccount (so its RBAC is what it is
     held to), watching one fresh namespace of its own; `.namespace` names it.
 
-    `env`: variables the operator starts with (e.g. a short PIMLAB_SLO_REFRESH_SECONDS).
+    `env`: variables the operator starts with (e.g. a short PIMLAB_SLO_REFRESH_SECONDS). Its
+    operator namespace, where the chaos kill switch lives, is its own namespace unless `env`
+    names another (PIMLAB_OPERATOR_NAMESPACE): tests running at once never pause each other.
     `documents`: applied once the operator runs, each placed in the namespace; a Namespace
     among them is the namespace itself (its labels, e.g. a node selector, kept). A namespace
     that places its pods nowhere else tolerates the kwok nodes' taint: its pods are simulated
@@ -50,7 +52,7 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
                        "metadata": {"name": namespace, "annotations": KWOK_NAMESPACE_ANNOTATIONS}})
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
                               metrics_port=metrics_port or free_port(), health_port=free_port(),
-                              namespaces=(namespace,), env=env)
+                              namespaces=(namespace,), env={"PIMLAB_OPERATOR_NAMESPACE": namespace, **(env or {})})
     process.start()
     process.namespace = namespace
     try:

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from failover_lab import FailoverLab, Writers
-from operator_process import real_lab, require_real_node
 from pimlab.waiting import wait_for
 from test_chaos_experiments import KILL_SWITCH, OPT_IN, condition, experiment, settled
 
@@ -40,12 +39,9 @@ def _drill(name: str, namespace: str, **spec) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
-    """The real-node sample lab (its namespace opted in to chaos), seeded, with a local operator;
-    Chaos Mesh's CRDs installed (its daemons cannot run here: its objects are made and removed)."""
-    require_real_node(cluster)
-    with real_lab(cluster, tmp_path_factory, "chaos-real") as process:
-        yield process.namespace
+def lab(real_sample_lab):
+    """The run's real-node sample lab (tests/cluster/conftest.py), opted in to chaos."""
+    return real_sample_lab.namespace
 
 
 def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_deletion(cluster, lab):
@@ -73,14 +69,14 @@ def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_
     wait_for(lambda: cluster.get("chaosexperiment", "real-delay-deleted", lab) is None, timeout=30,
              what="the deleted experiment gone (its finalizer released after cleanup)")
     assert cluster.get("networkchaos", generated["real-delay-deleted"], lab) is None
-    cluster.kubectl("annotate", "namespace", "pim-system", f"{KILL_SWITCH}=true", "--overwrite")
+    cluster.kubectl("annotate", "namespace", lab, f"{KILL_SWITCH}=true", "--overwrite")  # the operator's
     try:
         aborted = settled(cluster, "real-delay-paused", lab, phases=("Aborted",), timeout=30)
         assert condition(aborted, "Degraded")["reason"] == "KillSwitchEngaged"
         wait_for(lambda: cluster.get("networkchaos", generated["real-delay-paused"], lab) is None, timeout=30,
                  what="the paused experiment's NetworkChaos removed")
     finally:
-        cluster.kubectl("annotate", "namespace", "pim-system", f"{KILL_SWITCH}-", check=False)
+        cluster.kubectl("annotate", "namespace", lab, f"{KILL_SWITCH}-", check=False)
 
 
 def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):

@@ -18,7 +18,7 @@ FLUX_B = CLUSTERS / "cluster-b/flux.yaml"
 
 
 def dry_run(cluster, text: str) -> str:
-    result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=text)
+    result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-", input=text)
     return result.stdout
 
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from operator_process import condition, real_lab, require_real_node
+from operator_process import condition
 from pimlab.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
-def lab(cluster, crds_installed, tmp_path_factory):
-    """The real-node sample lab in a namespace of its own, its operator a local process."""
-    require_real_node(cluster)
-    with real_lab(cluster, tmp_path_factory, "real") as process:
-        yield process.namespace
+def lab(real_sample_lab):
+    """The run's real-node sample lab (tests/cluster/conftest.py), its operator a local process."""
+    return real_sample_lab.namespace
 
 
 def finished(cluster, name: str, namespace: str, timeout: float) -> dict:

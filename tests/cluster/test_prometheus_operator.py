@@ -123,7 +123,7 @@ def test_prometheus_operator_renders_an_slo_rule_into_the_rule_configmap(
 
 def test_the_monitoring_stack_passes_server_side_dry_run(cluster, monitoring_crds, namespace):
     stack = monitoring.manifests(namespace)
-    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=pimlab-tests", "-f", "-",
+    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "--field-manager=pimlab-tests", "-f", "-",
                            input=yaml.safe_dump_all(stack))
     assert proc.stdout.count("serverside-applied") == len(stack), proc.stdout
     prom = next(o for o in stack if o["kind"] == "Prometheus")

@@ -290,6 +290,7 @@ def test_a_readiness_probe_gates_the_service_endpoints(real, real_ns):
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.exclusive  # an operator watching every namespace would reconcile the other workers' objects
 def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, crds_installed):
     """What `make lab` does on a real node: clusters/local/operator (the base Deployment and
     RBAC, the local image, its namespace placed on the real node)."""
@@ -315,10 +316,12 @@ def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, cr
                      "--wait=true", check=False)
 
 
+@pytest.mark.exclusive
+@pytest.mark.restarts_cluster
 def test_cluster_down_leaves_nothing_behind_and_up_brings_it_back(real):
     """Down with pods running (a veth, mounts, iptables rules in use), then nothing of the
-    node may remain on the machine. Runs last in the session (tests/cluster/conftest.py); a
-    cluster the session did not start is brought up again."""
+    node may remain on the machine. Runs after every other test (tests/conftest.py; `make test`
+    runs it alone, after the parallel run); a cluster the run did not start is brought up again."""
     real_ns = f"r-{os.urandom(4).hex()}"  # not the fixture: its clean-up needs the cluster
     real.apply({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": real_ns, "annotations": REAL_NODE_NAMESPACE_ANNOTATIONS}})

@@ -59,7 +59,8 @@ def lab(cluster, crds_installed, tmp_path_factory):
         pytest.skip(f"namespace {LAB} exists already (make lab or make gitops in this tree): not touching it")
     cluster.kubectl("create", "namespace", "pim-system", check=False)  # the kill switch lives on it
     documents = [*sample_documents(real_node=False), *runbook_objects()]
-    with operator_process(cluster, tmp_path_factory, "runbooks", namespace=LAB, documents=documents) as operator:
+    with operator_process(cluster, tmp_path_factory, "runbooks", namespace=LAB, documents=documents,
+                          env={"PIMLAB_OPERATOR_NAMESPACE": "pim-system"}) as operator:
         try:
             def ready() -> bool:
                 lab = cluster.get("lab", "pim", LAB) or {}
