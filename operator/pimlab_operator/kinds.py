@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import kopf
 
-from pimlab_operator import kube, reconcile, resync, settings, watches
+from pimlab_operator import kube, metrics, reconcile, resync, settings, watches
 from pimlab_operator.chaos import step as chaos
 from pimlab_operator.chaos.model import ChaosExperiment
 from pimlab_operator.config import Settings
@@ -83,6 +83,9 @@ def register(operator_settings: Settings) -> None:
     kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-cleanup",
                   when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
         lambda body, **_: chaos.finalize(dict(body)))
+    kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-forget",
+                  when=lambda type, **_: type == "DELETED")(
+        lambda body, **_: metrics.forget_chaos_experiment(body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 def _register_failover_timer(ctx: Context, kind: Kind) -> None:

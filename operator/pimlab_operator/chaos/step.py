@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from pimlab_operator import kube, reconcile
+from pimlab_operator import kube, metrics, reconcile
 from pimlab_operator.chaos import cron, desired, governance, grafana, inject, status
 from pimlab_operator.chaos.model import ChaosExperimentSpec, ChaosExperimentStatus
 from pimlab_operator.objects import label_selector
@@ -95,9 +95,17 @@ def probe_results(spec: ChaosExperimentSpec) -> dict[str, str | None]:
     return results
 
 
+def export_active(body: dict) -> None:
+    """chaos_experiment_active from the object as it stands (read, or just written)."""
+    meta = body["metadata"]
+    metrics.chaos_experiment_active(meta["namespace"], meta["name"], body["spec"]["action"],
+                                    status.fault_active(body))
+
+
 def _write(body: dict, spec: ChaosExperimentSpec, step: status.Step) -> dict:
     written = reconcile.write_status(body, step.status, step.conditions)
     grafana.announce(body, spec, step.status)  # once written: a refused write (409) announces nothing
+    export_active(written)
     return written
 
 
@@ -186,7 +194,9 @@ def _finish_cleanup(body: dict, spec: ChaosExperimentSpec | None) -> None:
     if spec is not None and not body["metadata"].get("deletionTimestamp"):
         detail = f"removed {', '.join(removed)}" if removed else "nothing left to remove"
         body = _write(body, spec, status.cleaned(status.previous(body), detail))
-    kube.set_finalizer(body, desired.FINALIZER, False)
+    released = kube.set_finalizer(body, desired.FINALIZER, False)
+    if released is not None:
+        export_active(released)
     if removed:
         kube.post_event(body, "Normal", "CleanedUp", f"removed {', '.join(removed)}")
 
@@ -220,6 +230,7 @@ def _schedule(body: dict, spec: ChaosExperimentSpec, run: ChaosExperimentStatus,
 
 
 def step(body: dict, spec: ChaosExperimentSpec) -> None:
+    export_active(body)  # the level, on every reconcile: right after a restart too
     run = status.previous(body)
     paused = governance.kill_switch(kube.get("v1", "Namespace", reconcile.context().settings.operator_namespace, None))
     if run.phase in status.ACTIVE and paused:
