@@ -266,12 +266,12 @@ def ledger_section(view: DrillView) -> Section:
     section = Section("Write ledger", image="ledger.png",
                       sources=["Drill status.ledger {acknowledged, verified, lost, lostSample} (copied from the "
                                f"PersonaLoad {view.status.load.name or '?'}'s status.ledger)."])
-    if ledger is None:
+    if ledger is None or ledger.acknowledged is None:
         section.missing = "The drill reports no ledger (status.ledger is unset: the load did not finish its read-back)."
         return section
-    section.png = figures.ledger(ledger.acknowledged, ledger.verified, ledger.lost)
-    section.text.append(f"{ledger.acknowledged:,} writes acknowledged, {ledger.verified:,} read back, "
-                        f"{ledger.lost:,} lost.")
+    verified, lost = ledger.verified or 0, ledger.lost or 0
+    section.png = figures.ledger(ledger.acknowledged, verified, lost)
+    section.text.append(f"{ledger.acknowledged:,} writes acknowledged, {verified:,} read back, {lost:,} lost.")
     if ledger.lost_sample:
         section.text.append("Lost (sample of tracking ids):")
         section.code = list(ledger.lost_sample)

@@ -1,6 +1,6 @@
 """The Prometheus side of a drill report: the PromQL each figure plots, and the range queries
 over the drill's own window (`status.window`). Every series is what the services export
-(`api_services/telemetry.py`) or what an SLO's own SLI says (`slo.desired.event_rates`)."""
+(`api_services/telemetry.py`) or what an SLO's own SLI says (`slo.desired.event_rate_queries`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pimlab_operator.slo import prometheus
-from pimlab_operator.slo.desired import event_rates
+from pimlab_operator.slo.desired import event_rate_queries
 from pimlab_operator.slo.model import SLOSpec
 
 #: The rate window of every query: four scrapes at the lab's 15 s scrape interval.
@@ -53,7 +53,7 @@ def per_shard_errors_query(selector: str) -> str:
 def slo_queries(spec: SLOSpec) -> tuple[str, str] | None:
     """Bad and total events per second of an SLO's SLI (None for a raw SLI: it has no events).
     No error series at all counts as zero bad events."""
-    rates = event_rates(spec, RATE_WINDOW)
+    rates = event_rate_queries(spec, RATE_WINDOW)
     if rates is None:
         return None
     errors, total = rates

@@ -44,10 +44,10 @@ class Failover(StatusModel):
 
 
 class Ledger(StatusModel):
-    acknowledged: int = 0
-    verified: int = 0
-    lost: int = 0
-    lost_sample: list[str] = []
+    acknowledged: int | None = None
+    verified: int | None = None
+    lost: int | None = None
+    lost_sample: list[str] | None = None
 
 
 class ShardRecovery(StatusModel):

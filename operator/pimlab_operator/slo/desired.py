@@ -66,12 +66,13 @@ def le_label(seconds: float) -> str:
     return repr(float(seconds))
 
 
-def event_rates(spec: SLOSpec, window: str) -> tuple[str, str] | None:
-    """The SLI's bad and total events per second over `window`, as two PromQL expressions; None
-    for a raw SLI, which gives only a ratio."""
+def event_rate_queries(spec: SLOSpec, window: str) -> tuple[str, str] | None:
+    """(bad events per second, all events per second) over `window`, as PromQL; None for a raw
+    SLI, which gives only a ratio."""
     sli = spec.sli
     if sli.ratio:
-        return sli.ratio.errors.replace(WINDOW_PLACEHOLDER, window), sli.ratio.total.replace(WINDOW_PLACEHOLDER, window)
+        return (sli.ratio.errors.replace(WINDOW_PLACEHOLDER, window),
+                sli.ratio.total.replace(WINDOW_PLACEHOLDER, window))
     if sli.raw:
         return None
     latency = sli.latency
@@ -86,12 +87,13 @@ def error_ratio_query(spec: SLOSpec, window: str) -> str:
     """The SLI's error ratio (0..1) over `window`, as PromQL that never yields NaN or +Inf: a
     window without traffic gives no sample at all (the denominator is kept only where it is
     above zero), and no error series at all counts as zero errors."""
-    if spec.sli.raw:
-        return f"clamp_max(({spec.sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)}) >= 0, 1)"
-    errors, total = event_rates(spec, window)
-    if spec.sli.ratio:
-        return f"(({errors}) or on() vector(0))\n/\n(({total}) > 0)"
-    return f"({errors})\n/\n({total} > 0)"
+    sli = spec.sli
+    if sli.raw:
+        return f"clamp_max(({sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)}) >= 0, 1)"
+    bad, total = event_rate_queries(spec, window)
+    if sli.ratio:
+        return f"(({bad}) or on() vector(0))\n/\n(({total}) > 0)"
+    return f"({bad})\n/\n({total} > 0)"
 
 
 def presence_query(spec: SLOSpec) -> str:
