@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 
 from api_services import telemetry
 from pimlab.report import cluster, document
-from pimlab.report.drill import build
+from pimlab.report.drill import TraceLogs, build
 from pimlab_operator.slo.model import SLOSpec
 from tests.live_prometheus import free_port, promql_metric_names, start_prometheus
 
@@ -151,7 +151,7 @@ def prometheus(tmp_path_factory):
     prom.stop()
 
 
-def slowest_logs() -> cluster.TraceLogs:
+def slowest_logs() -> TraceLogs:
     """The services' own log lines (telemetry.JsonFormatter) for two requests, one of them the
     slowest, filtered to the slowest's trace id as the report filters each pod's log."""
     out = io.StringIO()
@@ -172,7 +172,7 @@ def slowest_logs() -> cluster.TraceLogs:
         log.setLevel(level)
     lines = cluster.carrying(out.getvalue(), SLOW_TRACE)
     assert len(lines) == 1 and json.loads(lines[0])["trace_id"] == SLOW_TRACE
-    return cluster.TraceLogs([f"pim-encounter-7d9f-x2: {line}" for line in lines], source="test log")
+    return TraceLogs([f"pim-encounter-7d9f-x2: {line}" for line in lines], source="test log")
 
 
 def slowest():
@@ -261,7 +261,7 @@ def test_report_without_prometheus(tmp_path):
     needed Prometheus says why it is missing."""
     url = f"http://127.0.0.1:{free_port()}"
     slos = {name: SLOS[name] for name in BOOKING_SLOS}
-    report = build(drill_object(), slos, url, slowest(), cluster.TraceLogs(missing="no cluster in this test"),
+    report = build(drill_object(), slos, url, slowest(), TraceLogs(missing="no cluster in this test"),
                    timeout=2)
     written = document.write(report, tmp_path)
     assert {p.name for p in written} == {"failover-timeline.png", "ledger.png", "slowest-request.png", "report.md",
@@ -285,7 +285,7 @@ def test_report_of_a_drill_that_never_started(tmp_path):
     """An Aborted drill with no window, no Prometheus named: the header renders, every
     Prometheus figure says why it is missing."""
     drill = {"metadata": {"name": "refused", "namespace": "lab"}, "spec": {"labRef": "pim"},
-             "status": {"phase": "Aborted", "verdict": "Aborted", "reason": "PreflightRefused",
+             "status": {"phase": "Aborted", "verdict": "Aborted", "reason": "PreflightRefused", "ledger": None,
                         "message": "encounter-booking-availability has 3 % of its budget left (floor 10 %)"}}
     report = build(drill, {}, None)
     document.write(report, tmp_path)

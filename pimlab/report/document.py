@@ -22,7 +22,7 @@ th { background: #f2f2f2; }
 img { max-width: 100%; border: 1px solid #eee; }
 .source { color: #555; font-size: 12px; margin: .2em 0; }
 .source code, pre { background: #f6f6f6; }
-pre { padding: .6em; overflow-x: auto; font-size: 12px; }
+pre { padding: .6em; font-size: 12px; white-space: pre-wrap; overflow-wrap: anywhere; }
 .missing { color: #8a4b00; background: #fff4e0; padding: .4em .6em; border-left: 3px solid #e69500; }
 .Passed { color: #1e7b34; } .Failed, .Aborted { color: #b42318; }
 """

@@ -111,7 +111,7 @@ def verdict_sections(view: DrillView) -> list[Section]:
                  "status.recovery.seconds, status.ledger.lost, status.window, status.reason, status.message."])
     hypotheses = Section("Hypotheses", table=Table(
         ["Hypothesis", "Observed", "Limit", "Met", "Source"],
-        [[h.name, show(h.observed), show(h.limit), show(h.met), h.source] for h in status.hypotheses]),
+        [[h.name, show(h.observed), show(h.limit), show(h.met), show(h.source)] for h in status.hypotheses]),
         text=[] if status.hypotheses else ["The drill judged no hypothesis (it did not reach Judging)."],
         sources=["Drill status.hypotheses[] {name, observed, limit, met, source}."])
     budgets = Section("Error budgets", table=Table(

@@ -85,7 +85,7 @@ class Hypothesis(StatusModel):
     observed: float | str | None = None
     limit: float | str | None = None
     met: bool | None = None
-    source: str = ""
+    source: str | None = None
 
 
 class LoadRef(StatusModel):
@@ -138,4 +138,14 @@ class DrillView(StatusModel):
         if isinstance(lab, dict):  # {name: ...} or a plain name: both read
             lab = lab.get("name")
         return cls(name=meta.get("name", "?"), namespace=meta.get("namespace", "default"), lab=lab,
-                   status=DrillStatusView.model_validate(drill.get("status") or {}))
+                   status=DrillStatusView.model_validate(without_nulls(drill.get("status") or {})))
+
+
+def without_nulls(value):
+    """A JSON value with its null fields left out: null and absent mean the same in a status,
+    and the view's defaults then apply."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
