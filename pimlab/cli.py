@@ -14,6 +14,7 @@ from pimlab import kind as kind_cli
 from pimlab.cluster import cli as cluster_cli
 from pimlab.docs import check as docs_check
 from pimlab.instance import cli as instance_cli
+from pimlab.report import cli as report_cli
 from pimlab_load import cli as load_cli
 from pimlab_operator import cli as operator_cli
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     load_cli.add_commands(sub)
     instance_cli.add_commands(sub)
     docs_check.add_commands(sub)
+    report_cli.add_commands(sub)
     return parser
 
 

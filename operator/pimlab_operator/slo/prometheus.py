@@ -42,6 +42,19 @@ def _get(url: str, path: str, params: dict | None = None, timeout: float = PROME
     return body["data"]
 
 
+def query_range(url: str, expr: str, start: dt.datetime, end: dt.datetime, step_seconds: float,
+                timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> list[dict]:
+    """A range query's series: [{"metric": labels, "values": [(unix seconds, value), ...]}], NaN
+    and infinite samples dropped; PrometheusUnavailable as `read_slo`."""
+    data = _get(url, "/api/v1/query_range", {"query": expr, "start": start.timestamp(), "end": end.timestamp(),
+                                             "step": step_seconds}, timeout)
+    found = []
+    for series in data.get("result", []) if isinstance(data, dict) else []:
+        values = [(float(t), float(v)) for t, v in series.get("values", []) if math.isfinite(float(v))]
+        found.append({"metric": series.get("metric", {}), "values": values})
+    return found
+
+
 def read_slo(url: str, name: str, namespace: str, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> dict:
     """{"series": {metric name: value}, "alerts": [alert dicts of this SLO], "readAt": datetime}.
     NaN and infinite samples are dropped (the rules do not produce them, a foreign rule might).
