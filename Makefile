@@ -38,7 +38,7 @@ deps: ## install the Debian packages the project needs (only the missing ones)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,report]'
 	@touch $@
 
 venv: $(VENV)/.installed ## the Python virtual environment with the project and its test tools

@@ -31,9 +31,13 @@ class Marker:
 
 
 def _figure(rows: int = 1, height: float = 4.2, sharex: bool = True):
-    # matplotlib is heavy (numpy, fonts): loaded only when a report is drawn
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    # matplotlib is heavy (numpy, fonts) and an optional extra: loaded only when a report is drawn
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as missing:
+        raise RuntimeError("the drill report draws with matplotlib, the project's `report` extra: "
+                           "pip install -e '.[report]' (make venv installs it)") from missing
 
     fig = Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
