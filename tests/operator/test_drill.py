@@ -11,6 +11,7 @@ import datetime as dt
 import yaml
 
 from cr_samples import ROOT
+from pimlab_operator.chaos.desired import plan
 from pimlab_operator.drill import desired, status
 from pimlab_operator.drill.model import Drill, DrillSpec, DrillStatus
 from pimlab_operator.drill.status import Evidence, Observed, advance
@@ -211,11 +212,17 @@ def test_recovery_then_judging_over_the_drills_own_window():
     current = run(in_baseline(), Observed(lab=LAB, load=load("Running", 5)), 75).status
     current = run(current, Observed(lab=LAB, load=load("Running", 5)), 105).status
     recovering = run(current, seen, 106)
-    assert recovering.status.phase == "Recovering" and "until 2026-12-08T01:03:15" in recovering.status.message
+    assert recovering.status.phase == "Recovering" and "until 2026-12-08T01:03:15Z" in recovering.status.message
     assert run(recovering.status, seen, 194).status.phase == "Recovering"
-    judging = run(recovering.status, seen, 195)  # 15 + 60 + 30 + 90
+    early = run(recovering.status, Observed(lab=LAB, load=load("Failed", 5), experiments=seen.experiments), 150)
+    assert (early.status.phase, early.status.reason) == ("Aborted", "LoadEnded")
+    # Reconciled 2 s after the planned end (15 + 60 + 30 + 90), with the load just ended: the
+    # window closes at the planned end, and a load ending with it is no abort.
+    seen.load = load("Succeeded", 5, completedAt=stamp(196))
+    judging = run(recovering.status, seen, 197)
     assert (judging.status.phase, judging.status.reason) == ("Judging", "WaitingForLoad")
     assert (judging.status.window.start, judging.status.window.end) == (at(15), at(195))
+    seen.load = load("Running", 5)
     # It waits for the load to end (the engine reads its ledger back) and for the evidence.
     assert run(judging.status, seen, 200).status.phase == "Judging"
     ledger = {"acknowledged": 900, "verified": 900, "lost": 0, "lostSample": []}
@@ -351,3 +358,13 @@ def test_stored_status_round_trips():
     current = run(in_baseline(), Observed(lab=LAB, load=load("Running", 5)), 75).status
     stored = copy.deepcopy(current.model_dump(mode="json", by_alias=True, exclude_none=True))
     assert status.previous({"status": stored}) == current
+
+
+def test_a_podkill_on_a_shard_hits_its_current_primary():
+    """ChaosTarget.shardRef picks the Shard's primary (status.currentPrimary), never another of
+    its pods: a drill's podKill of a primary needs no more than shardRef."""
+    injection = spec().injections()[0]
+    pods = [{"metadata": {"name": f"shard-00-{i}"}, "status": {"phase": "Running"}} for i in range(3)]
+    shard = {"status": {"currentPrimary": "shard-00-2"}}
+    chosen = plan({"metadata": {"name": f"{NAME}-kill-primary", "uid": "u"}}, injection.experiment, pods, shard)
+    assert chosen.targets == ["shard-00-2"] and chosen.matched == 3 and chosen.refusal is None

@@ -129,7 +129,7 @@ def hypotheses(spec: DrillSpec, status: DrillStatus, readings: list[SloReading],
             pages = reading.firing_pages
             results.append(_result(f"slo/{slo.name}/noPageAfterRecovery", None if pages is None else len(pages), 0,
                                    f"Prometheus alerts of SLO {slo.name} with severity page, firing when judged: "
-                                   f"{', '.join(pages) if pages else 'none'}{why}"))
+                                   f"{'not read' if pages is None else ', '.join(pages) or 'none'}{why}"))
     recovery = status.recovery
     if spec.hypotheses.max_recovery_seconds is not None:
         results.append(_result("maxRecoverySeconds", recovery.seconds if recovery else None,

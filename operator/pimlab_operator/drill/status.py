@@ -94,8 +94,8 @@ def _when(stamp: str | dt.datetime | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def _seconds(delta: dt.timedelta) -> float:
-    return delta.total_seconds()
+def _iso(at: dt.datetime) -> str:
+    return at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _conditions(phase: str, reason: str, message: str) -> list[Condition]:
@@ -350,7 +350,7 @@ def _baseline(name: str, spec: DrillSpec, status: DrillStatus, seen: Observed, n
         start = started + dt.timedelta(seconds=ramp_up)
         status = _updated(status, window=DrillWindow(start=start))
         return _move(status, "Baseline", "BaselineRunning",
-                     f"baseline of {spec.baseline_seconds():g} s from {start.isoformat()} (the load's start"
+                     f"baseline of {spec.baseline_seconds():g} s from {_iso(start)} (the load's start"
                      f"{f' + {ramp_up:g} s ramp-up' if ramp_up else ''})", now)
     trouble = _load_trouble(spec, status, seen, now)
     if trouble:
@@ -385,21 +385,23 @@ def _injecting(name: str, spec: DrillSpec, status: DrillStatus, seen: Observed, 
         last = max(r.offset_seconds for r in status.injections)
         until = status.window.start + dt.timedelta(seconds=spec.baseline_seconds() + last + spec.recover_seconds())
         return _move(status, "Recovering", "Recovering",
-                     f"every injection fired; observing recovery until {until.isoformat()}", now)
+                     f"every injection fired; observing recovery until {_iso(until)}", now)
     return _move(status, "Injecting", status.reason or "Injecting", status.message or "", now)
 
 
 def _recovering(spec: DrillSpec, status: DrillStatus, seen: Observed, now: dt.datetime) -> Step:
+    """Until the planned end, which closes the window exactly there (the load, sized to the same
+    schedule, may end as the window does)."""
+    end = status.window.start + dt.timedelta(seconds=spec.planned_seconds())
+    status, _ = _missing_injections(status, seen, now)
+    if now >= end:
+        status = _updated(status, window=DrillWindow(start=status.window.start, end=end))
+        return _move(status, "Judging", "WaitingForLoad",
+                     "recovery observed; waiting for the load to end and read its ledger back", now)
     trouble = _load_trouble(spec, status, seen, now)
     if trouble:
         return _abort(status, *trouble, now)
-    status, _ = _missing_injections(status, seen, now)
-    end = status.window.start + dt.timedelta(seconds=spec.planned_seconds())
-    if now < end:
-        return _move(status, "Recovering", "Recovering", status.message or "", now)
-    status = _updated(status, window=DrillWindow(start=status.window.start, end=now))
-    return _move(status, "Judging", "WaitingForLoad",
-                 "recovery observed; waiting for the load to end and read its ledger back", now)
+    return _move(status, "Recovering", "Recovering", status.message or "", now)
 
 
 def _judging(name: str, spec: DrillSpec, status: DrillStatus, seen: Observed, now: dt.datetime) -> Step:
@@ -445,7 +447,7 @@ def advance(name: str, created: str, spec: DrillSpec, status: DrillStatus, seen:
 def _running(name: str, spec: DrillSpec, status: DrillStatus, seen: Observed, now: dt.datetime) -> Step:
     phase = status.phase
     if status.deadline and now >= status.deadline:
-        return _abort(status, "DeadlineExceeded", f"the drill passed its deadline {status.deadline.isoformat()} "
+        return _abort(status, "DeadlineExceeded", f"the drill passed its deadline {_iso(status.deadline)} "
                       f"(spec.timeout {spec.timeout}) in phase {phase}", now)
     if seen.kill_switch and real_injection(spec) and phase != "Judging":
         return _abort(status, "KillSwitchEngaged", seen.kill_switch, now)
