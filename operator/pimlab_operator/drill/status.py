@@ -20,6 +20,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from pimlab_operator.chaos.status import TERMINAL as EXPERIMENT_ENDED
+from pimlab_operator.chaos.status import parse_time
 from pimlab_operator.conditions import Condition
 from pimlab_operator.drill import judge
 from pimlab_operator.drill.desired import experiment_name, load_name
@@ -84,14 +85,8 @@ def previous(body: dict) -> DrillStatus:
     return DrillStatus.model_validate(body.get("status") or {})
 
 
-def running(status: DrillStatus) -> bool:
-    return (status.phase or "Pending") not in TERMINAL
-
-
 def _when(stamp: str | dt.datetime | None) -> dt.datetime | None:
-    if stamp is None or isinstance(stamp, dt.datetime):
-        return stamp
-    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return stamp if stamp is None or isinstance(stamp, dt.datetime) else parse_time(stamp)
 
 
 def _iso(at: dt.datetime) -> str:
