@@ -59,27 +59,32 @@ def await_failover_record(run: ChaosExperimentStatus, shard: dict | None, second
 
 
 def slo_readings(body: dict, spec: ChaosExperimentSpec, at: dt.datetime) -> dict[str, dict | str]:
-    """Each abortIf SLO's live error budget, from its status (the SLO kind reads Prometheus on
+    """Each abortIf SLO's live error budget (`live_budgets`)."""
+    return live_budgets(body["metadata"]["namespace"], [c.slo_ref for c in spec.abort_if or []], at)
+
+
+def live_budgets(namespace: str, slo_names: list[str], at: dt.datetime) -> dict[str, dict | str]:
+    """Each named SLO's live error budget, from its status (the SLO kind reads Prometheus on
     its timer), or why there is none: missing SLO, Prometheus unreadable, a stale reading."""
     readings: dict[str, dict | str] = {}
-    for condition in spec.abort_if or []:
-        slo = kube.get(API_VERSION, "SLO", condition.slo_ref, body["metadata"]["namespace"])
+    for name in slo_names:
+        slo = kube.get(API_VERSION, "SLO", name, namespace)
         if slo is None:
-            readings[condition.slo_ref] = "no such SLO"
+            readings[name] = "no such SLO"
             continue
         slo_status = slo.get("status") or {}
         budget = slo_status.get("errorBudget")
         if not budget:
             why = next((c.get("message") for c in slo_status.get("conditions") or [] if c["type"] == "BudgetCurrent"),
                        None)
-            readings[condition.slo_ref] = f"no error budget in its status ({why or 'no Prometheus named'})"
+            readings[name] = f"no error budget in its status ({why or 'no Prometheus named'})"
             continue
         stamp = budget.get("evaluatedAt")
         age = (at - status.parse_time(stamp)).total_seconds() if stamp else None
         if age is None or age > SLO_MAX_AGE_SECONDS:
-            readings[condition.slo_ref] = f"its error budget was last read {stamp or 'never'}"
+            readings[name] = f"its error budget was last read {stamp or 'never'}"
             continue
-        readings[condition.slo_ref] = budget
+        readings[name] = budget
     return readings
 
 

@@ -71,3 +71,12 @@ def read_slo(url: str, name: str, namespace: str, timeout: float = PROMETHEUS_TI
     mine = [a for a in (alerts.get("alerts", []) if isinstance(alerts, dict) else [])
             if a.get("labels", {}).get("slo") == name and a.get("labels", {}).get("slo_namespace") == namespace]
     return {"series": series, "alerts": mine, "readAt": read_at}
+
+
+def instant_value(url: str, query: str, at: dt.datetime, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> float | None:
+    """The one value `query` has at `at` (the sum of its samples when it has several); None
+    when it has no sample or only NaN/infinite ones (no traffic in the window)."""
+    data = _get(url, "/api/v1/query", {"query": query, "time": f"{at.timestamp():.3f}"}, timeout)
+    values = [float(sample["value"][1]) for sample in (data.get("result", []) if isinstance(data, dict) else [])]
+    finite = [value for value in values if math.isfinite(value)]
+    return sum(finite) if finite else None
