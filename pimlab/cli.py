@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from api_services import cli as services_cli
+from pimlab import drills as drill_cli
 from pimlab import kind as kind_cli
 from pimlab.cluster import cli as cluster_cli
 from pimlab.docs import check as docs_check
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     instance_cli.add_commands(sub)
     docs_check.add_commands(sub)
     report_cli.add_commands(sub)
+    drill_cli.add_commands(sub)
     return parser
 
 

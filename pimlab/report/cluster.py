@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from api_services.catalog import NAMES
 from pimlab.report.drill import TraceLogs
@@ -72,6 +73,21 @@ def trace_logs(lab: str | None, namespace: str, trace_id: str, since: datetime |
     return TraceLogs(lines[:MAX_LOG_LINES], source=source)
 
 
+def from_the_host(url: str) -> str:
+    """`url` with a Service's in-cluster name (`prometheus.monitoring`, `...svc.cluster.local`)
+    replaced by its ClusterIP, which the host reaches through the real node's kube-proxy; any
+    other URL as it is."""
+    parts = urlsplit(url)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) < 2 or (len(labels) > 2 and labels[2] != "svc") or labels[0].isdigit():
+        return url
+    service = kube.get("v1", "Service", labels[0], labels[1])
+    ip = ((service or {}).get("spec") or {}).get("clusterIP")
+    if not ip or ip == "None":
+        return url
+    return urlunsplit(parts._replace(netloc=f"{ip}:{parts.port}" if parts.port else ip))
+
+
 def read(name: str, namespace: str, prometheus_url: str | None) -> DrillEvidence:
     """Everything the report needs from the cluster; LookupError when the Drill does not exist."""
     drill = kube.get(API_VERSION, "Drill", name, namespace)
@@ -81,6 +97,7 @@ def read(name: str, namespace: str, prometheus_url: str | None) -> DrillEvidence
     if prometheus_url is None and view.lab:
         lab = kube.get(API_VERSION, "Lab", view.lab, namespace) or {}
         prometheus_url = ((lab.get("spec") or {}).get("observability") or {}).get("prometheusUrl")
+        prometheus_url = prometheus_url and from_the_host(prometheus_url)
     slos = {}
     for budget in view.status.budgets:
         slo = kube.get(API_VERSION, "SLO", budget.slo, namespace)
