@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from pimlab_load.config import from_spec, load_file
 from pimlab_load.dispatch import Engine
+from pimlab_load.ledger import status_fields
 from pimlab_load.metrics import Metrics
 from pimlab_load.report import summary, to_wire
 
@@ -91,6 +92,7 @@ def execute(cfg, print_summary=print) -> int:
     result["pod"] = {"index": cfg.index, "of": cfg.of}
     # the engine's own CPU: requests per CPU second is its capacity on an idle core
     result["cpuSeconds"] = round(cpu, 3)
+    result.update(status_fields(rec.ledger, rec.outages, rec.slowest))
     if cfg.termination_path:
         try:
             cfg.termination_path.write_text(to_wire(rec, cfg.index, cfg.of))
