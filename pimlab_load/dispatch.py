@@ -138,7 +138,7 @@ class Arrival:
             engine.rec.slowest = Slowest(trace_id, self.journey, f"{method} {route_label(path)}", ms,
                                          engine.wall(self.intended))
         if engine.ledger is not None and method != "GET" and not self.invalid:
-            engine.note_write(method, path, idempotency_key, shard, status, ok, data, first_send, sent, replayed)
+            engine.note_write(method, path, idempotency_key, shard, status, ok, data, first_send, sent, done, replayed)
         self.intended = done  # the next step is meant to follow this answer, after the think time
         if not ok:
             raise Abort()
@@ -171,7 +171,7 @@ class Engine:
         return monotonic + self._wall_offset
 
     def note_write(self, method: str, path: str, key: str | None, shard: str, status: object, ok: bool,
-                   data: object, first_send: float, sent: float, replayed: bool) -> None:
+                   data: object, first_send: float, sent: float, done: float, replayed: bool) -> None:
         """A write's answer into the ledger: acknowledged (on the shard its id names), or failed
         in a way that counts towards the shard's outage."""
         if ok:
@@ -179,7 +179,7 @@ class Engine:
             if what is not None:
                 kind, resource, version = what
                 self.ledger.acknowledged(kind, resource, version, key, self.shard_of.of_resource(resource),
-                                         self.wall(sent), replayed)
+                                         self.wall(sent), self.wall(done), replayed)
         elif status in OUTAGE:
             self.ledger.failed(shard, self.wall(first_send))
 

@@ -4,8 +4,9 @@ While the load runs, `WriteLedger` keeps one entry per acknowledged write: what 
 (a patient, an encounter booking, an encounter's notes at a version, a claim), its id as the
 answer names it, the Idempotency-Key sent, the shard and the wall-clock time. Per shard it
 measures write outages as the clients see them: from the send of a write that failed (5xx,
-timeout, connection error) to the send of the next write on that shard that was acknowledged
-(an idempotent replay, answered from the key's record, does not show the shard writes again);
+timeout, connection error) to the answer of the next write on that shard, sent after it, that
+was acknowledged (an idempotent replay, answered from the key's record, does not show the shard
+writes again);
 at most `OUTAGES_PER_SHARD` per shard, the longest. After the load `pimlab_load.verify` reads
 every entry back into a `LedgerResult`.
 
@@ -91,23 +92,28 @@ class WriteLedger:
         self._closed: dict[str, list[Outage]] = {}
 
     def acknowledged(self, kind: str, resource: str, version: int, key: str | None, shard: str, sent: float,
-                     replayed: bool = False) -> None:
-        """A write sent at `sent` was acknowledged; it ends the shard's outage if it was sent
-        after the outage's first failed write (an answer to an earlier send says nothing) and
-        is not an idempotent replay (read from the key's record: the shard wrote nothing)."""
+                     answered: float, replayed: bool = False) -> None:
+        """A write sent at `sent` was acknowledged at `answered`. It ends the shard's outage (at
+        `answered`: when the client saw the shard write again) if it was sent after the
+        outage's first failed write (an answer to an earlier send says nothing) and is not an
+        idempotent replay (read from the key's record: the shard wrote nothing)."""
         self.writes.setdefault((kind, resource, version), Write(kind, resource, key, shard, sent, version))
         failing = self._open.get(shard)
         if failing is not None and sent > failing[0] and not replayed:
             del self._open[shard]
             closed = self._closed.setdefault(shard, [])
-            closed.append(Outage(shard, failing[0], sent, sent - failing[0], failing[1]))
+            closed.append(Outage(shard, failing[0], answered, answered - failing[0], failing[1]))
             if len(closed) > OUTAGES_PER_SHARD:
                 closed[:] = _longest(closed)
 
     def failed(self, shard: str, sent: float) -> None:
-        """A write sent at `sent` failed (5xx, timeout, connection error) after its retries."""
+        """A write sent at `sent` failed (5xx, timeout, connection error) after its retries; one
+        sent before the end of the shard's last outage belongs to that outage."""
         failing = self._open.get(shard)
-        if failing is None:
+        last = (self._closed.get(shard) or [None])[-1]
+        if failing is None and last is not None and last.end is not None and sent < last.end:
+            last.failed += 1
+        elif failing is None:
             self._open[shard] = [sent, 1]
         else:
             failing[0] = min(failing[0], sent)

@@ -6,7 +6,8 @@ to the first send), plus a latency histogram per persona, journey and shard. `su
 recorder into the JSON summary (percentiles read from the histograms). `to_wire` packs a recorder
 into a termination message of at most 4 KiB with HDR's compressed encoding; the operator reads
 the pods' messages with `from_wire`, adds them with `merge` and summarises the sum, so
-percentiles are never averaged.
+percentiles are never averaged. A recorder also holds the slowest request and, with the ledger,
+its read-back and write outages; they travel in the same message (`ledger.wire`).
 """
 
 from __future__ import annotations

@@ -23,17 +23,18 @@ from pimlab_load.ledger import (
 from pimlab_load.report import WIRE_LIMIT, Recorder, from_wire, merge, to_wire
 
 
-def test_an_outage_runs_from_the_first_failed_send_to_the_next_acknowledged_send():
+def test_an_outage_runs_from_the_first_failed_send_to_the_next_acknowledged_answer():
     ledger = WriteLedger()
-    ledger.acknowledged("encounter", "enc-0001-a", 1, "k1", "shard-00", 100.0)
+    ledger.acknowledged("encounter", "enc-0001-a", 1, "k1", "shard-00", 100.0, 100.1)
     ledger.failed("shard-00", 110.0)
     ledger.failed("shard-00", 109.5)  # answered later, sent earlier: the outage starts at its send
-    ledger.acknowledged("encounter", "enc-0001-b", 1, "k2", "shard-00", 109.0)  # sent before: says nothing
-    ledger.acknowledged("patient", "pat-1", 1, "k3", "shard-00", 111.0, replayed=True)  # a replay writes nothing
+    ledger.acknowledged("encounter", "enc-0001-b", 1, "k2", "shard-00", 109.0, 111.0)  # sent before: says nothing
+    ledger.acknowledged("patient", "pat-1", 1, "k3", "shard-00", 111.0, 111.2, replayed=True)  # wrote nothing
     ledger.failed("shard-01", 112.0)
-    ledger.acknowledged("claim", "clm-0001-c", 1, "k4", "shard-00", 114.5)
+    ledger.acknowledged("claim", "clm-0001-c", 1, "k4", "shard-00", 113.0, 114.5)  # sent during, answered after
+    ledger.failed("shard-00", 114.0)  # sent before the recovery was seen: the same outage
     outages = ledger.outages(ended=120.0)
-    assert outages == [Outage("shard-00", 109.5, 114.5, 5.0, 2), Outage("shard-01", 112.0, None, 8.0, 1)]
+    assert outages == [Outage("shard-00", 109.5, 114.5, 5.0, 3), Outage("shard-01", 112.0, None, 8.0, 1)]
     assert len(ledger.writes) == 4
 
 
@@ -42,7 +43,7 @@ def test_each_shard_keeps_its_five_longest_outages():
     for i, length in enumerate([3, 1, 7, 2, 9, 4, 5, 8]):
         start = i * 100.0
         ledger.failed("shard-02", start)
-        ledger.acknowledged("patient", f"pat-{i}", 1, None, "shard-02", start + length)
+        ledger.acknowledged("patient", f"pat-{i}", 1, None, "shard-02", start + length - 0.5, start + length)
     kept = ledger.outages(ended=1000.0)
     assert [o.seconds for o in kept] == [7, 9, 4, 5, 8]  # the five longest, in time order
     assert len(kept) == OUTAGES_PER_SHARD
@@ -51,9 +52,9 @@ def test_each_shard_keeps_its_five_longest_outages():
 def test_a_write_is_recorded_once_and_notes_by_version():
     ledger = WriteLedger()
     for _ in range(3):  # the population's registration replayed
-        ledger.acknowledged("patient", "pat-1", 1, "pop-1-1", "shard-00", 1.0)
+        ledger.acknowledged("patient", "pat-1", 1, "pop-1-1", "shard-00", 1.0, 1.1)
     for version in (2, 3):
-        ledger.acknowledged("notes", "enc-0001-a", version, None, "shard-00", 2.0)
+        ledger.acknowledged("notes", "enc-0001-a", version, None, "shard-00", 2.0, 2.1)
     assert sorted(w.kind for w in ledger.writes.values()) == ["notes", "notes", "patient"]
     assert written("PATCH", "/encounters/enc-0001-a/notes", {"encounter_id": "enc-0001-a", "version": 4}) == \
         ("notes", "enc-0001-a", 4)

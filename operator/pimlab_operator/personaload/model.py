@@ -343,11 +343,13 @@ class LedgerStatus(StatusModel):
 
 class WriteOutage(StatusModel):
     """Writes to a shard failing as the clients saw them: from the send of a failed write (5xx,
-    timeout, connection error) to the send of the next acknowledged write on the shard."""
+    timeout, connection error) to the answer of the next write on the shard, sent after it, that
+    was acknowledged (not an idempotent replay); overlapping outages seen by several engine pods
+    are one."""
 
     shard: ShardName = Field(description="The shard.")
     start: datetime = Field(description="When the first failed write was sent.")
-    end: datetime | None = Field(None, description="When the next acknowledged write was sent; unset: still failing at the load's end.")
+    end: datetime | None = Field(None, description="When the next acknowledged write was answered; unset: still failing at the load's end.")
     seconds: float = Field(ge=0, description="From start to end (or to the load's end).")
     failed_writes: int = Field(ge=0, description="Writes that failed during the outage.")
 
