@@ -65,6 +65,8 @@ def quick_spec(args) -> dict:
                                 "retries": {"max": args.retries}}}
     if args.thresholds:
         spec["thresholds"] = _thresholds(args.thresholds)
+    if args.ledger:
+        spec["ledger"] = {"enabled": True}
     return spec
 
 
@@ -151,6 +153,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--invalid-ratio", type=float, default=0.0)
     load.add_argument("--thresholds", help="e.g. p95=300ms,p99=1s,errorRatio=0.01 (missed: exit 99)")
     load.add_argument("--count", type=int, help="stop after this many arrivals")
+    load.add_argument("--ledger", action="store_true",
+                      help="record every acknowledged write and the write outages, read the writes back at the end")
     load.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics (default off)")
     load.set_defaults(func=_quick)
     sub = load.add_subparsers(dest="load_command", metavar="ACTION")
