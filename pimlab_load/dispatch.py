@@ -8,7 +8,9 @@ the last attempt's send, schedule lag from the intended start to the first send.
 finds `maxInFlight` requests in flight is dropped and counted, never queued. A journey's later
 steps are intended at the previous response plus the think time. SIGTERM (a deleted Job) stops
 the schedule, lets requests in flight finish within the client timeout and ends with a partial
-summary.
+summary. Every request carries a W3C traceparent with a fresh trace id (the slowest request's is
+kept); with spec.ledger every write's answer goes into the `WriteLedger`, read back after the
+load (`verify`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Reading the ledger back after the load: is every acknowledged write still there?
 
 Each written resource is read once, through the same gateway, with a token of a persona allowed
-to read it: a patient as the front desk's admin, an encounter (booking or notes) as a
-clinician, a claim as an admin. A 200 verifies the resource's writes (a notes write only if the
-encounter is documented at its version or a later one; an older version means the notes were
-lost); a 404 saying the resource is not found means lost; any other answer is retried `ATTEMPTS` times, then the writes are
+to read it: a patient or a claim as an admin, an encounter (booking or notes) as a clinician.
+A 200 verifies the resource's writes (a notes write only if the encounter is documented at its
+version or a later one; an older version means the notes were lost); a 404 saying the resource
+does not exist means lost; any other answer is retried `ATTEMPTS` times, then the writes are
 unverifiable, never lost. Then `/admin/audit/verify` checks the hash chain of each shard written
 to. A stop (SIGTERM) ends the read-back: what is not read yet is unverifiable.
 """

@@ -203,6 +203,19 @@ def test_a_locked_shard_shows_a_write_outage_from_first_failure_to_next_ack(lab)
     assert rec.ledger.lost == 0 and rec.ledger.verified == rec.ledger.acknowledged  # failed is not lost
 
 
+def test_a_stopped_run_counts_its_writes_unverifiable_never_lost(lab):
+    """SIGTERM (a deleted Job, a drill's abort) leaves no time to read back: the writes are
+    counted and unverifiable; the report is still written."""
+    load = engine(lab, spec(lab, rate=15, duration="30s"))
+    threading.Timer(2.0, lambda: load.loop.call_soon_threadsafe(load.stop, "signal")).start()
+    rec = asyncio.run(load.run())
+    assert rec.stopped == "signal"
+    assert rec.ledger.acknowledged == len(load.ledger.writes) > 0
+    assert rec.ledger.unverifiable == rec.ledger.acknowledged and rec.ledger.verified == rec.ledger.lost == 0
+    assert rec.ledger.audit == {}
+    assert from_wire(to_wire(rec))[0].ledger.unverifiable == rec.ledger.acknowledged
+
+
 def test_two_engine_pods_merge_into_a_status_that_adds_up(lab, tmp_path):
     """Two `pimlab load run` processes (pods 0 and 1 of 2) write their termination messages;
     the PersonaLoad status merges them."""
