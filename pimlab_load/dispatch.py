@@ -167,6 +167,7 @@ class Engine:
         self.ledger = WriteLedger() if cfg.ledger and cfg.personas else None
         self.trace_rng = random.Random()  # trace ids: unique per run, unlike the seeded draws
         self._wall_offset = time.time() - now()
+        self.verify_cpu = 0.0  # CPU seconds of the read-back (not the load's)
 
     def wall(self, monotonic: float) -> float:
         """A monotonic timestamp as wall-clock seconds since the epoch."""
@@ -399,5 +400,7 @@ class Engine:
         """Read the ledger's writes back (a stop ends the read-back) and check the audit chains."""
         writes = list(self.ledger.writes.values())
         log.info("reading back %d acknowledged writes", len(writes))
+        cpu = time.process_time()
         self.rec.ledger = await read_back(writes, self.cfg.url, self.tokens.header, self.cfg.timeout,
                                           stopped=lambda: self.stop_reason is not None)
+        self.verify_cpu += time.process_time() - cpu
