@@ -26,6 +26,8 @@ from pimlab_operator.chaos.model import AbortCondition
 from pimlab_operator.drill.model import BudgetFigures, DrillSpec, DrillStatus, HypothesisResult
 
 LOST_WRITES = "maxLostWrites"
+#: Every shard the drill wrote to keeps an intact audit chain (no limit to set: a broken chain fails).
+AUDIT_CHAINS = "auditChainsIntact"
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,11 @@ def hypotheses(spec: DrillSpec, status: DrillStatus, readings: list[SloReading],
     results.append(_result(LOST_WRITES, ledger.lost if ledger else None, spec.hypotheses.max_lost_writes,
                            "PersonaLoad status.ledger.lost: acknowledged writes missing on read-back"
                            + ("" if ledger else " (no ledger in the PersonaLoad's status)")))
+    if ledger and ledger.audit_chains_checked:
+        broken = ledger.broken_audit_chains or []
+        results.append(_result(AUDIT_CHAINS, len(broken), 0,
+                               f"PersonaLoad status.ledger.auditChains: {ledger.audit_chains_checked} shard(s) "
+                               f"written to, verified after the run{': ' + '; '.join(broken) if broken else ''}"))
     latency = {entry.journey: entry for entry in status.latency or []}
     for ceiling in spec.hypotheses.latency or []:
         measured = latency.get(ceiling.journey)

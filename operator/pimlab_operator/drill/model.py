@@ -297,6 +297,10 @@ class LedgerFigures(StatusModel):
     lost: int | None = Field(None, ge=0, description="Acknowledged and missing on read-back.")
     lost_sample: list[Annotated[str, StringConstraints(max_length=253)]] | None = Field(
         None, max_length=10, description="Tracking ids of some lost writes.")
+    unverifiable: int | None = Field(None, ge=0, description="Acknowledged writes whose read-back itself failed.")
+    audit_chains_checked: int | None = Field(None, ge=0, description="Shards whose audit chain was verified.")
+    broken_audit_chains: list[Annotated[str, StringConstraints(max_length=300)]] | None = Field(
+        None, max_length=16, description="Shards whose audit chain did not verify, with the reason.")
 
 
 class ShardOutage(StatusModel):

@@ -212,8 +212,13 @@ def _load_facts(load: dict | None, window: DrillWindow | None, now: dt.datetime)
     facts: dict = {}
     ledger = load_status.get("ledger")
     if ledger:
-        facts["ledger"] = LedgerFigures(acknowledged=ledger.get("acknowledged"), verified=ledger.get("verified"),
-                                        lost=ledger.get("lost"), lost_sample=(ledger.get("lostSample") or [])[:10])
+        chains = ledger.get("auditChains") or []
+        facts["ledger"] = LedgerFigures(
+            acknowledged=ledger.get("acknowledged"), verified=ledger.get("verified"), lost=ledger.get("lost"),
+            lost_sample=(ledger.get("lostSample") or [])[:10], unverifiable=ledger.get("unverifiable"),
+            audit_chains_checked=len(chains),
+            broken_audit_chains=[f"{c.get('shard')}: {c.get('message') or 'does not verify'}"[:300]
+                                 for c in chains if not c.get("ok")][:16])
         longest: dict[str, ShardOutage] = {}
         for outage in load_status.get("writeOutages") or []:
             start = _when(outage.get("start"))
