@@ -15,7 +15,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams node gitops gitops-down up down clean
+.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams node gitops drill gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ deps: ## install the Debian packages the project needs (only the missing ones)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,report]'
 	@touch $@
 
 venv: $(VENV)/.installed ## the Python virtual environment with the project and its test tools
@@ -94,6 +94,11 @@ golden: venv ## rewrite tests/golden/ from what the operator renders for samples
 
 lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
 	$(PIMLAB) lab up
+
+# The lab as `make lab` leaves it (or brings it up), then samples/60-drills.yaml's
+# primary-loss-under-load: baseline, shard-00's primary pod killed under load, recovery, verdict.
+drill: lab ## run the sample drill on the lab and print its verdict; the report lands in .lab/reports/
+	$(PIMLAB) drill run primary-loss-under-load
 
 lab-down: venv ## stop the operator and the control plane
 	$(PIMLAB) lab down

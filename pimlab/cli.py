@@ -10,10 +10,12 @@ import argparse
 import sys
 
 from api_services import cli as services_cli
+from pimlab import drills as drill_cli
 from pimlab import kind as kind_cli
 from pimlab.cluster import cli as cluster_cli
 from pimlab.docs import check as docs_check
 from pimlab.instance import cli as instance_cli
+from pimlab.report import cli as report_cli
 from pimlab_load import cli as load_cli
 from pimlab_operator import cli as operator_cli
 
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     load_cli.add_commands(sub)
     instance_cli.add_commands(sub)
     docs_check.add_commands(sub)
+    report_cli.add_commands(sub)
+    drill_cli.add_commands(sub)
     return parser
 
 

@@ -2,7 +2,8 @@
 written as JSON into dashboards/ (`pimlab dashboards`; `--check` fails when a file is stale).
 
 Every query uses only series the lab produces: the services' RED and data-path metrics
-(`pim_*`), the SLOs' recording rules (`slo:*`), the operator's metrics (`pimlab_operator_*`) and
+(`pim_*`), the SLOs' recording rules (`slo:*`), the operator's metrics (`pimlab_operator_*`,
+`sql_failover_duration_seconds`, `chaos_experiment_active`, `pimlab_drill_phase`) and
 Prometheus's own `ALERTS`. The tests check each name against a live Prometheus.
 """
 
@@ -165,6 +166,13 @@ def shard_ha():
                 ('histogram_quantile(0.95, sum by (le) (rate(pimlab_operator_reconcile_duration_seconds_bucket'
                  '{kind="Shard"}[$__rate_interval])))', "p95 duration")], "none", 12,
                description="Failover decisions run in the Shard reconcile; its history is Shard.status.lastFailover."),
+        _panel("timeseries", "Completed failovers: duration by shard and reason",
+               [('sum by (shard, reason) (increase(sql_failover_duration_seconds_sum{shard=~"$shard"}'
+                 '[$__rate_interval])) / sum by (shard, reason) (increase('
+                 'sql_failover_duration_seconds_count{shard=~"$shard"}[$__rate_interval]))', "{{shard}} {{reason}}")],
+               "s", 24,
+               description="A point where a failover or switchover completed: its durationSeconds from the"
+                           " Shard's status (decision to the new primary's first acknowledged write)."),
     ]
     return _dashboard("pim-shard-ha", "PIM shard HA and failovers",
                       "How shards ride out a primary loss: refused writes, availability, replication backlog.",
@@ -187,13 +195,19 @@ def chaos_annotations():
     annotations = [
         _annotation("SLO burn alerts", 'ALERTS{alertstate="firing", alertname=~"SLOErrorBudgetBurn.*"}', "red"),
         _annotation("Shard map changed", "changes(max(pim_shard_map_version)[2m:]) > 0", "blue"),
-        _annotation("ChaosExperiment reconciled",
-                    'sum(increase(pimlab_operator_reconciles_total{kind="ChaosExperiment"}[1m])) > 0', "orange"),
+        _annotation("Chaos fault in flight", "max by (namespace, experiment, action) (chaos_experiment_active) > 0",
+                    "orange"),
+        _annotation("Failover completed",
+                    "sum by (namespace, shard, reason) (increase(sql_failover_duration_seconds_count[1m])) > 0",
+                    "purple"),
+        _annotation("Drill injecting or recovering",
+                    'max by (namespace, drill, phase) (pimlab_drill_phase{phase=~"Injecting|Recovering"}) > 0',
+                    "yellow"),
     ]
     return _dashboard("pim-chaos", "PIM chaos annotations",
-                      "Service health with chaos-related events marked: SLO burn alerts, shard-map changes and"
-                      " the operator acting on ChaosExperiments.", ["chaos"], panels,
-                      variables=_red_variables(), annotations=annotations)
+                      "Service health with chaos-related events marked: SLO burn alerts, shard-map changes,"
+                      " chaos faults in flight, completed failovers and drills injecting or recovering.",
+                      ["chaos"], panels, variables=_red_variables(), annotations=annotations)
 
 
 BUILDERS = {

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from pimlab_load.config import from_spec, load_file
 from pimlab_load.dispatch import Engine
+from pimlab_load.ledger import status_fields
 from pimlab_load.metrics import Metrics
 from pimlab_load.report import summary, to_wire
 
@@ -64,6 +65,8 @@ def quick_spec(args) -> dict:
                                 "retries": {"max": args.retries}}}
     if args.thresholds:
         spec["thresholds"] = _thresholds(args.thresholds)
+    if args.ledger:
+        spec["ledger"] = {"enabled": True}
     return spec
 
 
@@ -86,11 +89,12 @@ def execute(cfg, print_summary=print) -> int:
     engine = Engine(cfg, metrics)
     cpu = time.process_time()
     rec = run_loop(engine.run())
-    cpu = time.process_time() - cpu
+    cpu = time.process_time() - cpu - engine.verify_cpu
     result = summary(rec, cfg.thresholds)
     result["pod"] = {"index": cfg.index, "of": cfg.of}
     # the engine's own CPU: requests per CPU second is its capacity on an idle core
     result["cpuSeconds"] = round(cpu, 3)
+    result.update(status_fields(rec.ledger, rec.outages, rec.slowest))
     if cfg.termination_path:
         try:
             cfg.termination_path.write_text(to_wire(rec, cfg.index, cfg.of))
@@ -149,6 +153,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--invalid-ratio", type=float, default=0.0)
     load.add_argument("--thresholds", help="e.g. p95=300ms,p99=1s,errorRatio=0.01 (missed: exit 99)")
     load.add_argument("--count", type=int, help="stop after this many arrivals")
+    load.add_argument("--ledger", action="store_true",
+                      help="record every acknowledged write and the write outages, read the writes back at the end")
     load.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics (default off)")
     load.set_defaults(func=_quick)
     sub = load.add_subparsers(dest="load_command", metavar="ACTION")

@@ -43,6 +43,8 @@ class EngineConfig:
     run_key: str = "run"
     termination_path: Path | None = None
     metrics_port: int = 0
+    ledger: bool = False  # record every acknowledged write and the write outages
+    verify: bool = True  # with the ledger: read every write back after the load
 
 
 def personas_from_spec(entries: list[dict]) -> list[PersonaPlan]:
@@ -84,6 +86,7 @@ def from_spec(raw: dict, env: dict | None = None, url: str | None = None) -> Eng
     if not target:
         raise ValueError("no target: set PIM_LOAD_TARGET_URL (the operator does) or spec.target.url")
     pressure = spec.get("failurePressure") or {}
+    ledger = spec.get("ledger") or {}
     retries = pressure.get("retries") or {}
     of = int(env.get("PIM_LOAD_PARALLELISM") or spec.get("parallelism") or 1)
     index = int(env.get(INDEX_ENV) or 0)
@@ -98,7 +101,8 @@ def from_spec(raw: dict, env: dict | None = None, url: str | None = None) -> Eng
         thresholds=spec.get("thresholds"), index=index, of=of,
         run_key=env.get("PIM_LOAD_RUN_ID") or env.get("PIM_LOAD_RUN") or f"run{os.getpid()}",
         termination_path=termination_path(env),
-        metrics_port=int(env.get(METRICS_PORT_ENV, DEFAULT_METRICS_PORT)))
+        metrics_port=int(env.get(METRICS_PORT_ENV, DEFAULT_METRICS_PORT)),
+        ledger=ledger.get("enabled", False), verify=ledger.get("verify", True))
 
 
 def load_file(path: str | Path, env: dict | None = None) -> EngineConfig:

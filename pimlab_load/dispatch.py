@@ -8,7 +8,9 @@ the last attempt's send, schedule lag from the intended start to the first send.
 finds `maxInFlight` requests in flight is dropped and counted, never queued. A journey's later
 steps are intended at the previous response plus the think time. SIGTERM (a deleted Job) stops
 the schedule, lets requests in flight finish within the client timeout and ends with a partial
-summary.
+summary. Every request carries a W3C traceparent with a fresh trace id (the slowest request's is
+kept); with spec.ledger every write's answer goes into the `WriteLedger`, read back after the
+load (`verify`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,27 @@ import logging
 import random
 import signal
 import time
-import zlib
 
 import aiohttp
 from yarl import URL
 
 from api_services.auth import issue_dev_token
 from api_services.config import load_settings
+from api_services.gateway import route_label
+from api_services.sharding import slot_in_id, slot_of
 from pimlab_load.config import EngineConfig
 from pimlab_load.journeys import Abort, Journeys, PersonaPlan, Population, arrival_rng, draw
+from pimlab_load.ledger import LedgerResult, Slowest, WriteLedger, written
 from pimlab_load.metrics import Metrics
 from pimlab_load.report import Recorder
 from pimlab_load.schedule import share
+from pimlab_load.verify import read_back
 
 log = logging.getLogger("pimlab_load")
 #: Statuses worth a client retry.
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+#: Outcomes of a write that count towards a shard's write outage (a 429 is the client's own).
+OUTAGE = frozenset({"timeout", "error", 500, 502, 503, 504})
 #: Every timestamp: monotonic with sub-microsecond steps (uvloop's loop.time() has 1 ms steps).
 now = time.monotonic
 #: Tokens are minted for an hour and renewed after 50 minutes.
@@ -62,7 +69,9 @@ class Tokens:
 
 
 class ShardLookup:
-    """Which shard a patient lives on, from the gateway's `/admin/shards` (SRE token)."""
+    """Which shard a patient or a resource lives on: its slot by the services' own hash (or the
+    slot an encounter's or claim's id carries), the slot's shard from the gateway's
+    `/admin/shards` (SRE token)."""
 
     def __init__(self, view: dict | None):
         self.slot_count = (view or {}).get("slot_count") or 0
@@ -70,13 +79,19 @@ class ShardLookup:
         self.starts = [s["slot_start"] for s in shards]
         self.names = [s["name"] for s in shards]
 
+    def _of_slot(self, slot: int | None) -> str:
+        if slot is None or not self.slot_count or not self.names:
+            return "unknown"
+        return self.names[max(bisect.bisect_right(self.starts, slot) - 1, 0)]
+
     def __call__(self, patient: str | None) -> str:
         if patient is None:
             return "none"
-        if not self.slot_count or not self.names:
-            return "unknown"
-        slot = zlib.crc32(patient.encode()) % self.slot_count
-        return self.names[max(bisect.bisect_right(self.starts, slot) - 1, 0)]
+        return self._of_slot(slot_of(patient, self.slot_count) if self.slot_count else None)
+
+    def of_resource(self, resource: str) -> str:
+        """A patient id, or an encounter's or claim's id (which names its slot)."""
+        return self(resource) if resource.startswith("pat-") else self._of_slot(slot_in_id(resource))
 
 
 class Arrival:
@@ -108,15 +123,24 @@ class Arrival:
         if engine.in_flight >= engine.cfg.max_in_flight:
             engine.drop()
             raise Abort()
-        headers = {"Authorization": engine.tokens.header(role, user)}
+        trace_id = f"{engine.trace_rng.getrandbits(128):032x}"
+        headers = {"Authorization": engine.tokens.header(role, user),
+                   "traceparent": f"00-{trace_id}-{engine.trace_rng.getrandbits(64):016x}-01"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        status, data, first_send, sent, done = await engine.send(method, path, headers, body, self.rng)
+        status, data, first_send, sent, done, replayed = await engine.send(method, path, headers, body, self.rng)
         ok = status in expect if isinstance(status, int) else False
         if self.invalid:
             engine.rec.invalid += 1
-        engine.record(self.persona, self.journey, engine.shard_of(patient), str(status), not ok,
+        shard = engine.shard_of(patient)
+        engine.record(self.persona, self.journey, shard, str(status), not ok,
                       self.intended, first_send, sent, done)
+        slowest, ms = engine.rec.slowest, (done - self.intended) * 1000
+        if slowest is None or ms > slowest.ms:
+            engine.rec.slowest = Slowest(trace_id, self.journey, f"{method} {route_label(path)}", ms,
+                                         engine.wall(self.intended))
+        if engine.ledger is not None and method != "GET" and not self.invalid:
+            engine.note_write(method, path, idempotency_key, shard, status, ok, data, first_send, sent, done, replayed)
         self.intended = done  # the next step is meant to follow this answer, after the think time
         if not ok:
             raise Abort()
@@ -140,6 +164,27 @@ class Engine:
         self._logged_exception = False
         self.unstarted = 0  # arrivals whose task has not run yet
         self._urls: dict[str, URL] = {}
+        self.ledger = WriteLedger() if cfg.ledger and cfg.personas else None
+        self.trace_rng = random.Random()  # trace ids: unique per run, unlike the seeded draws
+        self._wall_offset = time.time() - now()
+        self.verify_cpu = 0.0  # CPU seconds of the read-back (not the load's)
+
+    def wall(self, monotonic: float) -> float:
+        """A monotonic timestamp as wall-clock seconds since the epoch."""
+        return monotonic + self._wall_offset
+
+    def note_write(self, method: str, path: str, key: str | None, shard: str, status: object, ok: bool,
+                   data: object, first_send: float, sent: float, done: float, replayed: bool) -> None:
+        """A write's answer into the ledger: acknowledged (on the shard its id names), or failed
+        in a way that counts towards the shard's outage."""
+        if ok:
+            what = written(method, path, data)
+            if what is not None:
+                kind, resource, version = what
+                self.ledger.acknowledged(kind, resource, version, key, self.shard_of.of_resource(resource),
+                                         self.wall(sent), self.wall(done), replayed)
+        elif status in OUTAGE:
+            self.ledger.failed(shard, self.wall(first_send))
 
     # -- the pieces every request goes through ------------------------------------------------
 
@@ -158,7 +203,7 @@ class Engine:
     async def send(self, method: str, path: str, headers: dict | None, body: dict | None,
                    rng: random.Random | None, parse: bool = True):
         """One request with the client's retries: (status or 'timeout'/'error', parsed body,
-        first send, last send, done)."""
+        first send, last send, done, whether the answer is an idempotent replay)."""
         cfg, metrics = self.cfg, self.metrics
         self.in_flight += 1
         if metrics:
@@ -169,7 +214,7 @@ class Engine:
                 sent = now()
                 if first_send is None:
                     first_send = sent
-                data = None
+                data, replayed = None, False
                 try:
                     url = self._urls.get(path)
                     if url is None:
@@ -179,6 +224,7 @@ class Engine:
                     async with self.session.request(method, url, headers=headers, json=body) as resp:
                         raw = await resp.read()
                         status = resp.status
+                        replayed = "Idempotent-Replayed" in resp.headers
                     if parse and raw and status < 500:
                         try:
                             data = json.loads(raw)
@@ -192,7 +238,7 @@ class Engine:
                 done = now()
                 retryable = status in ("timeout", "error") or status in RETRYABLE
                 if not retryable or attempt >= cfg.retries or self.closing:
-                    return status, data, first_send, sent, done
+                    return status, data, first_send, sent, done, replayed
                 attempt += 1
                 self.rec.retries += 1
                 if self.metrics:
@@ -213,7 +259,7 @@ class Engine:
             self.drop()
             return
         self.rec.journeys += 1
-        status, _, first_send, sent, done = await self.send("GET", "", None, None, None, parse=False)
+        status, _, first_send, sent, done, _ = await self.send("GET", "", None, None, None, parse=False)
         ok = isinstance(status, int) and status < 400
         self.record("-", "get", "none", str(status), not ok, due, first_send, sent, done)
 
@@ -340,4 +386,21 @@ class Engine:
             gc.unfreeze()
         self.rec.elapsed = max(min(end, start + cfg.profile.total) - start, 1e-9) if self.rec.stopped == "completed" \
             else max(end - start, 1e-9)
+        if self.ledger is not None:
+            self.rec.outages = self.ledger.outages(self.wall(end))
+            if cfg.verify and self.stop_reason is None:
+                await self.verify_writes()
+            else:
+                self.rec.ledger = LedgerResult.counted(list(self.ledger.writes.values()))
+                if cfg.verify:  # stopped before the read-back
+                    self.rec.ledger.unverifiable = self.rec.ledger.acknowledged
         return self.rec
+
+    async def verify_writes(self) -> None:
+        """Read the ledger's writes back (a stop ends the read-back) and check the audit chains."""
+        writes = list(self.ledger.writes.values())
+        log.info("reading back %d acknowledged writes", len(writes))
+        cpu = time.process_time()
+        self.rec.ledger = await read_back(writes, self.cfg.url, self.tokens.header, self.cfg.timeout,
+                                          stopped=lambda: self.stop_reason is not None)
+        self.verify_cpu += time.process_time() - cpu

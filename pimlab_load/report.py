@@ -6,7 +6,8 @@ to the first send), plus a latency histogram per persona, journey and shard. `su
 recorder into the JSON summary (percentiles read from the histograms). `to_wire` packs a recorder
 into a termination message of at most 4 KiB with HDR's compressed encoding; the operator reads
 the pods' messages with `from_wire`, adds them with `merge` and summarises the sum, so
-percentiles are never averaged.
+percentiles are never averaged. A recorder also holds the slowest request and, with the ledger,
+its read-back and write outages; they travel in the same message (`ledger.wire`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 
 from hdrh.histogram import HdrHistogram
 
+from pimlab_load import ledger
+from pimlab_load.ledger import LedgerResult, Outage, Slowest
 from pimlab_operator.schema import duration_seconds
 
 #: Histogram range: 1 µs to one hour, 2 significant digits (values within 1 %).
@@ -67,6 +70,9 @@ class Recorder:
     service: HdrHistogram = field(default_factory=histogram)
     lag: HdrHistogram = field(default_factory=histogram)
     by: dict[str, dict[str, Breakdown]] = field(default_factory=lambda: {d: {} for d in DIMENSIONS})
+    slowest: Slowest | None = None
+    ledger: LedgerResult | None = None  # with spec.ledger: the read-back of the acknowledged writes
+    outages: list[Outage] | None = None  # with spec.ledger: the write outages per shard
 
     def record(self, persona: str, journey: str, shard: str, status: str, error: bool,
                latency_us: float, service_us: float, lag_us: float) -> None:
@@ -173,9 +179,11 @@ def _encode(h: HdrHistogram | None, digits: int) -> str | None:
 
 
 def to_wire(rec: Recorder, index: int = 0, of: int = 1, limit: int = WIRE_LIMIT) -> str:
-    """The recorder as a termination message of at most `limit` bytes: first at 2 significant
-    digits, then 1; if it still does not fit, the breakdown histograms are given up (shards,
-    then journeys, then personas; their counts stay) and the message says which."""
+    """The recorder as a termination message of at most `limit` bytes: the ledger's share first
+    (at most `ledger.WIRE_BUDGET`), then the histograms at 2 significant digits, then 1; if
+    they still do not fit, the breakdown histograms are given up (shards, then journeys, then
+    personas; their counts stay) and the message says which."""
+    extra = ledger.wire(rec.ledger, rec.outages, rec.slowest)
     counts = {"scheduled": rec.scheduled, "journeys": rec.journeys, "requests": rec.requests,
               "errors": rec.errors, "dropped": rec.dropped, "retries": rec.retries,
               "timeouts": rec.timeouts, "invalid": rec.invalid}
@@ -192,7 +200,7 @@ def to_wire(rec: Recorder, index: int = 0, of: int = 1, limit: int = WIRE_LIMIT)
             message = json.dumps({"v": WIRE_VERSION, "pod": [index, of], "stopped": rec.stopped,
                                   "elapsed": round(rec.elapsed, 3), "digits": digits, "n": counts,
                                   "status": rec.by_status, "h": main, "by": by,
-                                  **({"approx": dropped_dims} if dropped_dims else {})},
+                                  **({"approx": dropped_dims} if dropped_dims else {}), **extra},
                                  separators=(",", ":"), sort_keys=True)
             if len(message.encode()) <= limit:
                 return message
@@ -201,7 +209,7 @@ def to_wire(rec: Recorder, index: int = 0, of: int = 1, limit: int = WIRE_LIMIT)
     # Even the counts alone do not fit (thousands of status codes or names): keep the totals.
     return json.dumps({"v": WIRE_VERSION, "pod": [index, of], "stopped": rec.stopped,
                        "elapsed": round(rec.elapsed, 3), "digits": 1, "n": counts, "status": {},
-                       "h": {"latency": _encode(rec.latency, 1)}, "by": {}, "approx": list(DIMENSIONS)},
+                       "h": {"latency": _encode(rec.latency, 1)}, "by": {}, "approx": list(DIMENSIONS), **extra},
                       separators=(",", ":"))
 
 
@@ -239,6 +247,7 @@ def from_wire(message: str) -> tuple[Recorder, tuple[int, int], list[str]]:
         for dimension in DIMENSIONS:
             for name, (requests, errors, encoded) in (data["by"].get(dimension) or {}).items():
                 rec.by[dimension][name] = Breakdown(int(requests), int(errors), _decode(encoded))
+        rec.ledger, rec.outages, rec.slowest = ledger.from_wire(data)
         index, of = (int(x) for x in data["pod"])
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, WireError):
@@ -260,7 +269,8 @@ def _add(target: HdrHistogram | None, source: HdrHistogram | None) -> HdrHistogr
 
 def merge(recorders: list[Recorder]) -> Recorder:
     """The recorders of several pods as one: counts add up, histograms add bucket by bucket
-    (so percentiles are those of the combined samples), the elapsed time is the longest."""
+    (so percentiles are those of the combined samples), the elapsed time is the longest, the
+    slowest request is the slowest of all; ledgers and outages merge as `ledger` says."""
     out = Recorder(pods=0, stopped="completed")
     first = True
     for rec in recorders:
@@ -283,7 +293,13 @@ def merge(recorders: list[Recorder]) -> Recorder:
                     mine.requests += part.requests
                     mine.errors += part.errors
                     mine.latency = _add(mine.latency, part.latency)
+        if rec.slowest is not None and (out.slowest is None or rec.slowest.ms > out.slowest.ms):
+            out.slowest = rec.slowest
         first = False
+    results = [rec.ledger for rec in recorders if rec.ledger is not None]
+    out.ledger = ledger.merge_results(results) if results else None
+    outages = [rec.outages for rec in recorders if rec.outages is not None]
+    out.outages = ledger.merge_outages([o for pod in outages for o in pod]) if outages else None
     # A name that some pod never saw still merges exactly; one whose histogram some pod left
     # out (`approx`) has latency None and reports counts only.
     return out

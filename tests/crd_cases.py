@@ -54,6 +54,22 @@ VALID: dict[str, dict[str, Any]] = {
         }},
         "objective": 99.9, "window": "30d",
     }),
+    "Drill": _obj("Drill", "primary-loss", {
+        "labRef": "pim",
+        "load": {"target": {"labRef": "pim"}, "personas": [{"name": "patient", "weight": 1}], "profile": {"rate": 5}},
+        "steps": [
+            {"baseline": {"duration": "60s"}},
+            {"inject": {"name": "kill-primary", "after": "0s",
+                        "experiment": {"action": "podKill", "target": {"shardRef": "shard-00"}, "dryRun": True}}},
+            {"inject": {"name": "kill-again", "after": "30s",
+                        "experiment": {"action": "podKill", "target": {"shardRef": "shard-01"}, "dryRun": True}}},
+            {"recover": {"duration": "90s"}},
+        ],
+        "hypotheses": {"slos": [{"name": "booking", "maxBudgetBurn": 0.05}], "maxRecoverySeconds": 15,
+                       "latency": [{"journey": "bookEncounter", "p95Ms": 1000}]},
+        "abort": {"fastBurn": {"burnRate": 14.4, "slos": ["booking"]}},
+        "compareTo": {"p95WorsePercent": 20},
+    }),
 }
 
 
@@ -92,6 +108,8 @@ class Invalid:
 
 _GW = "spec.services.gateway"
 _P0 = {"name": "patient", "weight": 70, "journeys": ["bookEncounter"]}
+_BASELINE, _RECOVER = VALID["Drill"]["spec"]["steps"][0], VALID["Drill"]["spec"]["steps"][-1]
+_INJECT_0, _INJECT_30 = VALID["Drill"]["spec"]["steps"][1:3]
 
 INVALID: list[Invalid] = [
     # SLO
@@ -162,6 +180,31 @@ INVALID: list[Invalid] = [
     Invalid("chaos-switchover-to-with-fenced-failover", "ChaosExperiment",
             {"parameters": {"failoverMode": "fencedFailover", "switchoverTo": "shard-00-1"}},
             "spec.parameters.switchoverTo"),
+    # Drill
+    Invalid("drill-load-scheduled", "Drill", {"load": {"schedule": "@hourly"}}, "spec.load.schedule"),
+    Invalid("drill-load-other-lab", "Drill", {"load": {"target": {"labRef": "other"}}}, "spec.load.target"),
+    Invalid("drill-load-to-url", "Drill", {"load": {"target": {"labRef": DELETE, "url": "http://gw:8080"}}},
+            "spec.load.target"),
+    Invalid("drill-inject-before-baseline", "Drill", {"steps": [_INJECT_0, _BASELINE, _RECOVER]}, "spec.steps"),
+    Invalid("drill-no-recover", "Drill", {"steps": [_BASELINE, _INJECT_0, _INJECT_30]}, "spec.steps"),
+    Invalid("drill-two-baselines", "Drill", {"steps": [_BASELINE, _BASELINE, _INJECT_0, _RECOVER]}, "spec.steps"),
+    Invalid("drill-step-of-two-kinds", "Drill",
+            {"steps": [{**_BASELINE, **_RECOVER}, _INJECT_0, _RECOVER]}, "spec.steps[0]"),
+    Invalid("drill-offsets-descending", "Drill", {"steps": [_BASELINE, _INJECT_30, _INJECT_0, _RECOVER]}, "spec.steps"),
+    Invalid("drill-inject-names-repeat", "Drill",
+            {"steps": [_BASELINE, _INJECT_0, {"inject": {**_INJECT_30["inject"], "name": "kill-primary"}}, _RECOVER]},
+            "spec.steps"),
+    Invalid("drill-inject-scheduled", "Drill",
+            {"steps": [_BASELINE, {"inject": {**_INJECT_0["inject"], "experiment": {
+                **_INJECT_0["inject"]["experiment"], "schedule": "@hourly"}}}, _RECOVER]},
+            "spec.steps[1].inject.experiment.schedule"),
+    Invalid("drill-budget-burn-above-1", "Drill", {"hypotheses": {"slos": [{"name": "booking", "maxBudgetBurn": 2}]}},
+            "spec.hypotheses.slos[0].maxBudgetBurn"),
+    Invalid("drill-latency-without-ceiling", "Drill", {"hypotheses": {"latency": [{"journey": "bookEncounter"}]}},
+            "spec.hypotheses.latency[0]"),
+    Invalid("drill-compare-unknown-policy", "Drill", {"compareTo": {"policy": "best"}}, "spec.compareTo.policy"),
+    Invalid("drill-name-too-long", "Drill", {}, "metadata.name", root_patch={"metadata": {"name": "d" * 41}},
+            pydantic_refuses=False),
     # Shard
     Invalid("shard-replicas-6", "Shard", {"replicas": 6}, "spec.replicas"),
     Invalid("shard-replicas-0", "Shard", {"replicas": 0, "synchronousReplicas": 0, "primary": DELETE}, "spec.replicas"),

@@ -108,6 +108,9 @@ STATUS_FIELDS = {
     "PersonaLoad": {"startedAt", "completedAt", "summary", "jobName", "pods", "recentRuns", "lastScheduleTime"},
     "ChaosExperiment": {"plannedTargets", "timeline", "recoverySeconds", "verdict", "abortReason"},
     "SLO": {"generatedObjects", "errorBudget"},
+    # the shape `pimlab report drill` reads
+    "Drill": {"startedAt", "finishedAt", "deadline", "window", "load", "injections", "timeline", "failovers", "ledger",
+              "recovery", "budgets", "latency", "hypotheses", "verdict", "score", "reason", "message"},
 }
 
 

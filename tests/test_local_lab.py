@@ -45,10 +45,12 @@ def test_on_the_real_node_the_lab_runs_the_local_image_in_a_placed_namespace():
         "one-off loads are the user's to start; the scheduled one waits for its time"
 
 
-def test_with_kwok_only_the_samples_are_applied_as_written():
+def test_with_kwok_only_the_samples_are_applied_as_written_and_no_drill_starts():
     written = [d for p in sorted((ROOT / "samples").glob("*.yaml"))
                for d in yaml.safe_load_all(p.read_text()) if d]
-    assert sample_documents(real_node=False) == written
+    assert by_kind(written, "Drill"), "samples/ declares a drill"
+    assert sample_documents(real_node=False) == [d for d in written if d["kind"] != "Drill"]
+    assert not by_kind(sample_documents(real_node=True), "Drill")
 
 
 def test_the_local_operator_overlay_places_pim_system_like_the_layout_says():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import kopf
 
-from pimlab_operator import kube, reconcile, resync, settings, watches
+from pimlab_operator import kube, metrics, reconcile, resync, settings, watches
 from pimlab_operator.chaos import step as chaos
 from pimlab_operator.chaos.model import ChaosExperiment
 from pimlab_operator.config import Settings
+from pimlab_operator.drill import step as drill
+from pimlab_operator.drill.model import Drill
 from pimlab_operator.lab import step as lab
 from pimlab_operator.lab.model import Lab
 from pimlab_operator.personaload import step as personaload
@@ -39,6 +41,7 @@ KINDS = (
     Kind(ChaosExperiment, chaos.step, Resync(5, follow=chaos.in_flight), children=chaos.CHILDREN),
     Kind(SLO, slo.step, Resync(lambda settings: settings.slo_refresh_seconds, follow=slo.reads_budget,
                                follow_trigger="refresh"), children=slo.CHILDREN),
+    Kind(Drill, drill.step, Resync(5, follow=drill.running, follow_seconds=2), children=drill.CHILDREN),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 
@@ -83,6 +86,15 @@ def register(operator_settings: Settings) -> None:
     kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-cleanup",
                   when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
         lambda body, **_: chaos.finalize(dict(body)))
+    kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-forget",
+                  when=lambda type, **_: type == "DELETED")(
+        lambda body, **_: metrics.forget_chaos_experiment(body["metadata"]["namespace"], body["metadata"]["name"]))
+    kopf.on.event(GROUP, VERSION, Drill.crd.plural, id="drill-cleanup",
+                  when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
+        lambda body, **_: drill.finalize(dict(body)))
+    kopf.on.event(GROUP, VERSION, Drill.crd.plural, id="drill-forget",
+                  when=lambda type, **_: type == "DELETED")(
+        lambda body, **_: metrics.forget_drill(body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 def _register_failover_timer(ctx: Context, kind: Kind) -> None:

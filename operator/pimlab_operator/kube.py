@@ -162,9 +162,8 @@ def _connection() -> _Connection:
 _token_lock = threading.Lock()
 
 
-def request(method: str, path: str, *, query: dict | None = None, body: dict | None = None,
-            content_type: str = "application/json") -> dict:
-    """One call to the apiserver; the decoded JSON answer. Non-2xx raises ApiError (NotFound,
+def _send(method: str, path: str, query: dict | None, body: dict | None, content_type: str) -> bytes:
+    """One call to the apiserver; the answer's bytes. Non-2xx raises ApiError (NotFound,
     Conflict, Forbidden for 404, 409, 403)."""
     connection = _connection()
     with _token_lock:
@@ -177,7 +176,21 @@ def request(method: str, path: str, *, query: dict | None = None, body: dict | N
     if response.status >= 300:
         text = response.data.decode(errors="replace")
         raise _ERRORS.get(response.status, ApiError)(response.status, text, f"{method} {path}")
-    return json.loads(response.data) if response.data else {}
+    return response.data
+
+
+def request(method: str, path: str, *, query: dict | None = None, body: dict | None = None,
+            content_type: str = "application/json") -> dict:
+    """One call to the apiserver; the decoded JSON answer (ApiError as `_send`)."""
+    data = _send(method, path, query, body, content_type)
+    return json.loads(data) if data else {}
+
+
+def pod_log(name: str, namespace: str, since_time: str | None = None) -> str:
+    """A pod's log (its first container's) as text, from `since_time` (RFC3339) on where given."""
+    query = {"sinceTime": since_time} if since_time else None
+    path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log"
+    return _send("GET", path, query, None, "application/json").decode(errors="replace")
 
 
 #: How long an answer of discovery is reused to say whether a kind is served: optional CRDs

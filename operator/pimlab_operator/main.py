@@ -13,9 +13,8 @@ import sys
 sys.modules.setdefault("kubernetes", None)
 
 import kopf  # noqa: E402
-import prometheus_client  # noqa: E402
 
-from pimlab_operator import kinds, kube, memory  # noqa: E402
+from pimlab_operator import kinds, kube, memory, metrics  # noqa: E402
 from pimlab_operator.config import Settings  # noqa: E402
 
 
@@ -55,7 +54,7 @@ def run(settings: Settings) -> None:
     )
     if not settings.verbose:
         quiet_routine_logs()
-    prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
+    metrics.serve(settings.metrics_port, settings.host)
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

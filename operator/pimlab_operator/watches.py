@@ -12,8 +12,9 @@ from pimlab_operator.objects import ready_condition, selector_matches
 from pimlab_operator.reconcile import Context, Kind
 from pimlab_operator.schema import API_VERSION
 
-#: Children whose status changes are worth an owner's prompt look (readiness, run progress).
-STATUS_CHILDREN = {"Deployment", "StatefulSet", "Job", "CronJob"}
+#: Children whose status changes are worth an owner's prompt look (readiness, run progress, a
+#: Drill's load and injections).
+STATUS_CHILDREN = {"Deployment", "StatefulSet", "Job", "CronJob", "PersonaLoad", "ChaosExperiment"}
 
 
 def child_event(ctx: Context, kinds: dict[str, Kind], child_kind: str) -> Callable:

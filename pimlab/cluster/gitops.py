@@ -12,7 +12,9 @@ Up, in order, each step said before it runs:
    from Git: the lab's CRDs, the operator's namespace, RBAC and Deployment, the samples.
    cluster-a's HelmRepositories/HelmReleases (prometheus-operator's CRDs, kube-prometheus-stack,
    the Grafana Alloy log and trace agent, Chaos Mesh) are not applied: no helm-controller runs
-   here and no chart repository is reachable;
+   here and no chart repository is reachable. prometheus-operator's CRDs come from
+   crds/thirdparty/ instead, as `make lab` installs them (the operator's ServiceMonitor, in
+   clusters/base/operator, needs them);
 5. the operator: its Deployment is Flux's, but kwok only simulates its pod, so the operator
    runs as a local process with the token of the ServiceAccount Flux created (the RBAC from
    Git is what it is held to), as `make lab` does. The namespaces Flux fills (the operator's
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from pimlab.cluster import flux_build
+from pimlab.cluster import flux_build, monitoring
 from pimlab.cluster.gitops_processes import COMPONENTS, REPOSITORY, gitops_dir, running, served_repository
 from pimlab.cluster.handle import write_sa_kubeconfig
 from pimlab.cluster.layout import HOST, Layout
@@ -125,7 +127,11 @@ class GitOps:
     # -- Flux --------------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Flux's CRDs, and its controllers' namespace, ServiceAccounts and RBAC."""
+        """Flux's CRDs, and its controllers' namespace, ServiceAccounts and RBAC; the monitoring
+        CRDs, in place of cluster A's HelmRelease monitoring-crds."""
+        self.say("installing the monitoring.coreos.com CRDs from crds/thirdparty/ (cluster A's "
+                 "HelmRelease monitoring-crds installs them where helm-controller runs)")
+        monitoring.install_crds(self.plane)
         files = flux_build.crd_files()
         self.say(f"installing Flux's CRDs ({len(files)}, from the built modules)")
         for path in files:

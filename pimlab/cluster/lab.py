@@ -53,11 +53,12 @@ def sample_documents(real_node: bool) -> list[dict]:
     with requests one node can hold; the Shards are PostgreSQL; the services trust the Lab's
     development issuer and export no traces (no identity provider or collector runs here); and
     the one-off PersonaLoads are left for the user to start (the node has no room for a 30-minute
-    peak load beside the lab). With kwok nodes only they are applied as written."""
+    peak load beside the lab). With kwok nodes only they are applied as written. Drills are never
+    applied here: one runs a load and real faults, and is started on purpose."""
     docs = []
     for path in _sample_files(real_node):
         for doc in yaml.safe_load_all(path.read_text()):
-            if not doc:
+            if not doc or doc["kind"] == "Drill":
                 continue
             if real_node and doc["kind"] == "Namespace":
                 doc["metadata"].setdefault("annotations", {}).update(REAL_NODE_NAMESPACE_ANNOTATIONS)

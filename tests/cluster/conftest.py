@@ -9,7 +9,6 @@ from pimlab.cluster import monitoring
 from test_chaos_experiments import OPT_IN
 
 
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/cluster/" in str(item.fspath):

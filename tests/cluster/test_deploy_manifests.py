@@ -20,12 +20,13 @@ def docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def test_operator_manifests_pass_a_server_side_dry_run(cluster):
+def test_operator_manifests_pass_a_server_side_dry_run(cluster, thirdparty_crds):
     base = CLUSTERS / "base/operator"
     cluster.apply(docs(base / "namespace.yaml"))
     result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts", "-k", str(base))
     assert "deployment.apps/pimlab-operator serverside-applied (server dry run)" in result.stdout
     assert "clusterrole.rbac.authorization.k8s.io/pimlab-operator" in result.stdout
+    assert "servicemonitor.monitoring.coreos.com/pimlab-operator serverside-applied (server dry run)" in result.stdout
 
 
 def test_operator_rbac_allows_what_it_reconciles_and_nothing_cluster_admin(
@@ -92,7 +93,8 @@ def test_kind_configs_declare_the_two_clusters():
     assert len([n for n in a["nodes"] if n["role"] == "worker"]) >= 3, "one worker per AG replica"
 
 
-def test_every_kustomization_under_clusters_builds_and_passes_a_server_side_dry_run(cluster, crds_installed):
+def test_every_kustomization_under_clusters_builds_and_passes_a_server_side_dry_run(cluster, crds_installed,
+                                                                                   thirdparty_crds):
     directories = sorted(p.parent for p in CLUSTERS.rglob("kustomization.yaml"))
     assert {d.relative_to(CLUSTERS).as_posix() for d in directories} >= {"base/operator", "local/operator",
                                                                           "cluster-b/grafana", "cluster-b/receivers"}

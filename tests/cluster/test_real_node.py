@@ -291,9 +291,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.exclusive  # an operator watching every namespace would reconcile the other workers' objects
-def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, crds_installed):
+def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, crds_installed, thirdparty_crds):
     """What `make lab` does on a real node: clusters/local/operator (the base Deployment and
-    RBAC, the local image, its namespace placed on the real node)."""
+    RBAC, the local image, its namespace placed on the real node, the ServiceMonitor the lab's
+    Prometheus scrapes it by)."""
     real.kubectl("apply", "--server-side", "--force-conflicts", "-k",
                  str(ROOT / "clusters/local/operator"))
     try:
@@ -310,6 +311,12 @@ def test_the_operator_runs_as_a_pod_of_the_local_image_on_the_real_node(real, cr
         time.sleep(5)  # its watches start: a missing permission would show as Forbidden now
         logs = real.kubectl("logs", "-n", "pim-system", pod["metadata"]["name"]).stdout
         assert "Forbidden" not in logs and "Unauthorized" not in logs, logs[-2000:]
+        # its /metrics answers through the Service its ServiceMonitor selects, every metric declared
+        metrics = real.kubectl("get", "--raw", "/api/v1/namespaces/pim-system/services/"
+                               "pimlab-operator-metrics:metrics/proxy/metrics").stdout
+        for name in ("pimlab_operator_reconciles_total", "sql_failover_duration_seconds", "chaos_experiment_active",
+                     "pimlab_drill_phase"):
+            assert f"# TYPE {name} " in metrics, name
     finally:
         # an operator watching every namespace would reconcile the other tests' objects
         real.kubectl("delete", "deployment", "pimlab-operator", "-n", "pim-system",

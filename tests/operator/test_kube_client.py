@@ -67,3 +67,35 @@ def test_throttled_for_good_is_an_api_error_with_the_status(apiserver, monkeypat
         kube.request("GET", "/apis/pim-sre.lab/v1alpha1/namespaces/a/shards/shard-00")
     assert raised.value.status == 429 and "TooManyRequests" in raised.value.body
     assert len(apiserver.seen) == kube.THROTTLED_RETRIES + 1
+
+
+class PodLog(BaseHTTPRequestHandler):
+    """A pod's log as the apiserver serves it: text/plain lines, from `sinceTime` on."""
+
+    def do_GET(self):
+        self.server.seen.append(self.path)
+        body = b'{"trace_id": "abc", "message": "request"}\nplain line\n'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_):
+        pass
+
+
+def test_pod_log_is_text_from_since_time(apiserver, tmp_path, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PodLog)
+    server.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = yaml.safe_load((tmp_path / "kubeconfig").read_text())
+    config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{server.server_port}"
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    kube.connect(None)
+    try:
+        text = kube.pod_log("pim-gateway-1", "lab", "2026-12-08T01:00:00Z")
+    finally:
+        server.shutdown()
+    assert text.splitlines() == ['{"trace_id": "abc", "message": "request"}', "plain line"]
+    assert server.seen == ["/api/v1/namespaces/lab/pods/pim-gateway-1/log?sinceTime=2026-12-08T01%3A00%3A00Z"]

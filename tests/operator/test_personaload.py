@@ -9,6 +9,8 @@ import random
 
 from cr_samples import by, sample, spec_of
 
+from pimlab_load.config import from_spec
+from pimlab_load.ledger import LedgerResult, Outage, Slowest
 from pimlab_load.report import Recorder, summary, to_wire
 from pimlab_operator import crdgen
 from pimlab_operator.personaload import desired as personaload
@@ -117,6 +119,44 @@ def test_a_persona_without_journeys_runs_its_standard_ones():
     config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
     assert config["personas"][0]["journeys"] == ["registerPatient", "bookEncounter", "reviewEncounter", "checkBilling"]
     assert config["personas"][1]["journeys"] == ["submitClaim", "readKpis"]
+
+
+def test_the_ledger_reaches_the_engine_through_its_config_and_a_spec_without_it_is_unchanged():
+    with_ledger = copy.deepcopy(PEAK)
+    with_ledger["spec"]["ledger"] = {"enabled": True}
+    children = personaload.desired_children(with_ledger, spec_of(with_ledger), "img")
+    config = json.loads(by(children, "ConfigMap", "peak-clinic-config")["data"]["config.json"])
+    assert config["ledger"] == {"enabled": True, "verify": True}
+    engine = from_spec(config, {"PIM_LOAD_TARGET_URL": "http://gateway"})
+    assert engine.ledger is True and engine.verify is True
+    plain = json.loads(by(personaload.desired_children(PEAK, spec_of(PEAK), "img"), "ConfigMap",
+                          "peak-clinic-config")["data"]["config.json"])
+    assert "ledger" not in plain and from_spec(plain, {"PIM_LOAD_TARGET_URL": "http://gateway"}).ledger is False
+
+
+def test_status_carries_the_pods_ledgers_outages_and_slowest_request_merged():
+    pods = []
+    for index, (lost, slow_ms) in enumerate(((2, 900.0), (1, 1400.0))):
+        rec = report(10 + index)
+        rec.ledger = LedgerResult(100, 98 - lost, lost, 2, [f"enc-0001-{index:032x}"] * lost,
+                                  {"shard-00": [60, lost], "shard-01": [40, 0]},
+                                  {"shard-00": (True, "120 events, chain intact"), "shard-01": (True, "80 events, chain intact")})
+        rec.outages = [Outage("shard-00", 1.8e9 + index, 1.8e9 + 6 + index, 6.0, 4)]
+        rec.slowest = Slowest(f"{index:032x}", "bookEncounter", "POST /encounters", slow_ms, 1.8e9)
+        pods.append(engine_pod(index, to_wire(rec, index, 2)))
+    status, _ = status_of(PEAK, job("Complete"), pods)
+    ledger = status["ledger"]
+    assert (ledger["acknowledged"], ledger["verified"], ledger["lost"], ledger["unverifiable"]) == (200, 193, 3, 4)
+    assert len(ledger["lostSample"]) == 3
+    assert ledger["shards"] == [{"shard": "shard-00", "acknowledged": 120, "lost": 3},
+                                {"shard": "shard-01", "acknowledged": 80, "lost": 0}]
+    assert all(chain["ok"] for chain in ledger["auditChains"])
+    # the two pods saw one outage of shard-00 (overlapping): the longest any client waited
+    assert status["writeOutages"] == [{"shard": "shard-00", "start": "2027-01-15T08:00:00Z",
+                                       "end": "2027-01-15T08:00:07Z", "seconds": 7.0, "failedWrites": 8}]
+    assert status["slowest"] == {"traceId": f"{1:032x}", "journey": "bookEncounter", "step": "POST /encounters",
+                                 "ms": 1400.0, "at": "2027-01-15T08:00:00Z"}
+    declared(status, STATUS_SCHEMA)
 
 
 def test_editing_the_spec_names_a_new_job():

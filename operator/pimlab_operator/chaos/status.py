@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pimlab_operator.chaos.desired import (
     CHAOS_MESH,
+    FINALIZER,
     alive,
     chaos_mesh_children,
     failover_mode,
@@ -49,6 +50,17 @@ class Step:
 def previous(body: dict) -> ChaosExperimentStatus:
     """The status as stored (keys of other writers are ignored)."""
     return ChaosExperimentStatus.model_validate(body.get("status") or {})
+
+
+def fault_active(body: dict) -> bool:
+    """Whether the experiment's run is in flight: from its intention (Running) through recovery,
+    and until what the fault left behind is cleaned up (the finalizer is released; a deleted
+    experiment's run ends there). Read from the object alone, so an operator that restarts
+    mid-run says the same."""
+    meta = body["metadata"]
+    if FINALIZER in (meta.get("finalizers") or []):
+        return True
+    return previous(body).phase in ACTIVE and not meta.get("deletionTimestamp")
 
 
 def updated(status: ChaosExperimentStatus, **changes) -> ChaosExperimentStatus:

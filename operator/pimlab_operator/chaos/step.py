@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from pimlab_operator import kube, reconcile
+from pimlab_operator import kube, metrics, reconcile
 from pimlab_operator.chaos import cron, desired, governance, grafana, inject, status
 from pimlab_operator.chaos.model import ChaosExperimentSpec, ChaosExperimentStatus
 from pimlab_operator.objects import label_selector
@@ -59,27 +59,32 @@ def await_failover_record(run: ChaosExperimentStatus, shard: dict | None, second
 
 
 def slo_readings(body: dict, spec: ChaosExperimentSpec, at: dt.datetime) -> dict[str, dict | str]:
-    """Each abortIf SLO's live error budget, from its status (the SLO kind reads Prometheus on
+    """Each abortIf SLO's live error budget (`live_budgets`)."""
+    return live_budgets(body["metadata"]["namespace"], [c.slo_ref for c in spec.abort_if or []], at)
+
+
+def live_budgets(namespace: str, slo_names: list[str], at: dt.datetime) -> dict[str, dict | str]:
+    """Each named SLO's live error budget, from its status (the SLO kind reads Prometheus on
     its timer), or why there is none: missing SLO, Prometheus unreadable, a stale reading."""
     readings: dict[str, dict | str] = {}
-    for condition in spec.abort_if or []:
-        slo = kube.get(API_VERSION, "SLO", condition.slo_ref, body["metadata"]["namespace"])
+    for name in slo_names:
+        slo = kube.get(API_VERSION, "SLO", name, namespace)
         if slo is None:
-            readings[condition.slo_ref] = "no such SLO"
+            readings[name] = "no such SLO"
             continue
         slo_status = slo.get("status") or {}
         budget = slo_status.get("errorBudget")
         if not budget:
             why = next((c.get("message") for c in slo_status.get("conditions") or [] if c["type"] == "BudgetCurrent"),
                        None)
-            readings[condition.slo_ref] = f"no error budget in its status ({why or 'no Prometheus named'})"
+            readings[name] = f"no error budget in its status ({why or 'no Prometheus named'})"
             continue
         stamp = budget.get("evaluatedAt")
         age = (at - status.parse_time(stamp)).total_seconds() if stamp else None
         if age is None or age > SLO_MAX_AGE_SECONDS:
-            readings[condition.slo_ref] = f"its error budget was last read {stamp or 'never'}"
+            readings[name] = f"its error budget was last read {stamp or 'never'}"
             continue
-        readings[condition.slo_ref] = budget
+        readings[name] = budget
     return readings
 
 
@@ -95,9 +100,17 @@ def probe_results(spec: ChaosExperimentSpec) -> dict[str, str | None]:
     return results
 
 
+def export_active(body: dict) -> None:
+    """chaos_experiment_active from the object as it stands (read, or just written)."""
+    meta = body["metadata"]
+    metrics.chaos_experiment_active(meta["namespace"], meta["name"], body["spec"]["action"],
+                                    status.fault_active(body))
+
+
 def _write(body: dict, spec: ChaosExperimentSpec, step: status.Step) -> dict:
     written = reconcile.write_status(body, step.status, step.conditions)
     grafana.announce(body, spec, step.status)  # once written: a refused write (409) announces nothing
+    export_active(written)
     return written
 
 
@@ -186,7 +199,9 @@ def _finish_cleanup(body: dict, spec: ChaosExperimentSpec | None) -> None:
     if spec is not None and not body["metadata"].get("deletionTimestamp"):
         detail = f"removed {', '.join(removed)}" if removed else "nothing left to remove"
         body = _write(body, spec, status.cleaned(status.previous(body), detail))
-    kube.set_finalizer(body, desired.FINALIZER, False)
+    released = kube.set_finalizer(body, desired.FINALIZER, False)
+    if released is not None:
+        export_active(released)
     if removed:
         kube.post_event(body, "Normal", "CleanedUp", f"removed {', '.join(removed)}")
 
@@ -220,6 +235,7 @@ def _schedule(body: dict, spec: ChaosExperimentSpec, run: ChaosExperimentStatus,
 
 
 def step(body: dict, spec: ChaosExperimentSpec) -> None:
+    export_active(body)  # the level, on every reconcile: right after a restart too
     run = status.previous(body)
     paused = governance.kill_switch(kube.get("v1", "Namespace", reconcile.context().settings.operator_namespace, None))
     if run.phase in status.ACTIVE and paused:

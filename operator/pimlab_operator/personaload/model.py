@@ -200,6 +200,17 @@ class Thresholds(ApiModel):
     error_ratio: float | None = Field(None, ge=0, le=1, description="Highest acceptable error ratio, 0..1.")
 
 
+class LedgerSpec(ApiModel):
+    """The write ledger: what the services acknowledged, checked after the load."""
+
+    enabled: bool = Field(
+        False, description="Record every acknowledged write (tracking id, Idempotency-Key, shard, time) and the write"
+        " outages per shard as the clients see them (default false).")
+    verify: bool = Field(
+        True, description="After the load, read every acknowledged write back through the API and verify the audit"
+        " chain of each shard written to (default true).")
+
+
 class PersonaLoadSpec(ApiModel):
     """The desired load run."""
 
@@ -219,6 +230,7 @@ class PersonaLoadSpec(ApiModel):
     image: Annotated[str, StringConstraints(max_length=512)] | None = Field(
         None, description="Engine image; unset: the target Lab's image."
     )
+    ledger: LedgerSpec | None = Field(None, description="The write ledger and its read-back; unset: off.")
 
     @model_validator(mode="after")
     def _unique_lists(self) -> PersonaLoadSpec:
@@ -297,6 +309,61 @@ class LoadSummary(LoadBreakdown):
     by_shard: BreakdownMap | None = Field(None, max_length=64, description="Per shard.")
 
 
+ShardName = Annotated[str, StringConstraints(max_length=63)]
+
+
+class ShardLedger(StatusModel):
+    """One shard's acknowledged and lost writes."""
+
+    shard: ShardName = Field(description="The shard the writes went to.")
+    acknowledged: int = Field(ge=0, description="Writes the services acknowledged on this shard.")
+    lost: int = Field(ge=0, description="Of those, writes the read-back did not find.")
+
+
+class AuditChain(StatusModel):
+    """One shard's audit hash chain, as `/admin/audit/verify` found it after the load."""
+
+    shard: ShardName = Field(description="The shard.")
+    ok: bool = Field(description="Whether the chain is intact (false also when it could not be verified).")
+    message: Text = Field(description="Events checked, or the problems found, or why it could not be verified.")
+
+
+class LedgerStatus(StatusModel):
+    """The acknowledged writes read back after the load, summed over the engine pods."""
+
+    acknowledged: int = Field(ge=0, description="Distinct writes the services acknowledged (a replay is not a second write).")
+    verified: int = Field(ge=0, description="Acknowledged writes the read-back found.")
+    lost: int = Field(ge=0, description="Acknowledged writes the read-back did not find (404, or notes at an older version).")
+    unverifiable: int = Field(ge=0, description="Acknowledged writes whose read failed after retries (not counted lost).")
+    lost_sample: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
+        None, max_length=10, description="Ids of up to 10 lost writes.")
+    shards: list[ShardLedger] | None = Field(None, max_length=64, description="Acknowledged and lost writes per shard.")
+    audit_chains: list[AuditChain] | None = Field(None, max_length=64, description="The audit chain of each shard written to.")
+
+
+class WriteOutage(StatusModel):
+    """Writes to a shard failing as the clients saw them: from the send of a failed write (5xx,
+    timeout, connection error) to the answer of the next write on the shard, sent after it, that
+    was acknowledged (not an idempotent replay); overlapping outages seen by several engine pods
+    are one."""
+
+    shard: ShardName = Field(description="The shard.")
+    start: datetime = Field(description="When the first failed write was sent.")
+    end: datetime | None = Field(None, description="When the next acknowledged write was answered; unset: still failing at the load's end.")
+    seconds: float = Field(ge=0, description="From start to end (or to the load's end).")
+    failed_writes: int = Field(ge=0, description="Writes that failed during the outage.")
+
+
+class SlowestRequest(StatusModel):
+    """The request with the highest latency (from its intended start), to find in traces and logs."""
+
+    trace_id: Annotated[str, StringConstraints(max_length=32)] = Field(description="The trace id the engine sent in its traceparent.")
+    journey: Annotated[str, StringConstraints(max_length=63)] = Field(description="The journey it was a step of.")
+    step: Annotated[str, StringConstraints(max_length=100)] = Field(description="Method and route, ids as {id}.")
+    ms: float = Field(ge=0, description="Latency, ms.")
+    at: datetime = Field(description="Its intended start.")
+
+
 class PodCounts(StatusModel):
     """The engine pods of the current or last run."""
 
@@ -337,6 +404,11 @@ class PersonaLoadStatus(StatusBase):
     recent_runs: list[RunRecord] | None = Field(
         None, max_length=5, description="The last finished runs of a scheduled PersonaLoad, newest first."
     )
+    ledger: LedgerStatus | None = Field(None, description="With spec.ledger: the acknowledged writes of the last run, read back.")
+    write_outages: list[WriteOutage] | None = Field(
+        None, max_length=320, description="With spec.ledger: the write outages per shard of the last run, the 5 longest per shard."
+    )
+    slowest: SlowestRequest | None = Field(None, description="The slowest request of the last run.")
 
 
 class PersonaLoad(Resource):

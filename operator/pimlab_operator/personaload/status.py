@@ -2,13 +2,15 @@
 
 Each engine pod writes its report (counts and HDR histograms, `pimlab_load.report`) to its
 termination message; the status merges the reports bucket by bucket and reads percentiles from
-the sum, never averaging them. A run is never Succeeded without every pod's results.
+the sum, never averaging them; the ledgers, write outages and slowest requests merge beside them.
+A run is never Succeeded without every pod's results.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pimlab_load.ledger import status_fields
 from pimlab_load.report import Recorder, WireError, from_wire, merge, summary
 from pimlab_operator.conditions import Condition
 from pimlab_operator.personaload.model import (
@@ -43,6 +45,7 @@ class RunOutcome:
     reason: str
     message: str
     summary: LoadSummary | None = None
+    ledger: dict = field(default_factory=dict)  # status.ledger, writeOutages and slowest (camelCase)
     started_at: str | None = None
     completed_at: str | None = None
     pods: PodCounts = field(default_factory=PodCounts)
@@ -128,15 +131,16 @@ def reports_from_pods(pods: list[dict]) -> tuple[dict[int, Recorder], list[str]]
     return found, malformed
 
 
-def merged_summary(reports: list[Recorder], thresholds: Thresholds | None) -> LoadSummary:
-    """The pods' reports merged bucket by bucket, summarised once. The engine's summary takes
-    the thresholds as its config spells them (camelCase), as the engine itself does."""
+def merged_summary(reports: list[Recorder], thresholds: Thresholds | None) -> tuple[LoadSummary, dict]:
+    """The pods' reports merged bucket by bucket, summarised once; and the merged ledger,
+    write outages and slowest request as status fields. The engine's summary takes the
+    thresholds as its config spells them (camelCase), as the engine itself does."""
     merged = merge(reports)
     result = summary(merged, thresholds.to_k8s() if thresholds else None)
     approx = sorted({d for rec in reports for d in getattr(rec, "approx", [])})
     if approx:
         result["approximate"] = approx
-    return LoadSummary.model_validate(result)
+    return LoadSummary.model_validate(result), status_fields(merged.ledger, merged.outages, merged.slowest)
 
 
 def run_outcome(job: dict, pods: list[dict], thresholds: Thresholds | None) -> RunOutcome:
@@ -159,7 +163,7 @@ def run_outcome(job: dict, pods: list[dict], thresholds: Thresholds | None) -> R
                              succeeded=int(job_status.get("succeeded") or 0),
                              failed=int(job_status.get("failed") or 0), reported=len(reports))
     if reports:
-        outcome.summary = merged_summary(list(reports.values()), thresholds)
+        outcome.summary, outcome.ledger = merged_summary(list(reports.values()), thresholds)
     complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
     if not (complete or failed):
         running = any((p.get("status") or {}).get("phase") in ("Running", "Succeeded") for p in pods) \
@@ -218,7 +222,8 @@ def personaload_status(body: dict, spec: PersonaLoadSpec, image: str | None, job
     if job:
         outcome = run_outcome(job, pods, spec.thresholds)
         run = {"job_name": job["metadata"]["name"], "started_at": outcome.started_at,
-               "completed_at": outcome.completed_at, "pods": outcome.pods, "summary": outcome.summary}
+               "completed_at": outcome.completed_at, "pods": outcome.pods, "summary": outcome.summary,
+               **outcome.ledger}
         phase, reason, message = outcome.phase, outcome.reason, outcome.message
         if scheduled and phase in ("Succeeded", "Failed"):
             message = f"{message}; next run on {spec.schedule!r}"

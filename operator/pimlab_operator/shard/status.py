@@ -24,6 +24,7 @@ from pimlab_operator.shard.failover import Memory, Policy
 from pimlab_operator.shard.failover_pass import PassResult
 from pimlab_operator.shard.model import (
     FailoverProgress,
+    FailoverRecord,
     ReplicaStatus,
     RollingUpdateStatus,
     ShardSpec,
@@ -40,6 +41,20 @@ HISTORY_LENGTH = 20
 def recorded(shard: dict) -> ShardStatus:
     """The status the operator wrote last (ShardStatus ignores other writers' keys)."""
     return ShardStatus.model_validate(shard.get("status") or {})
+
+
+def failover_identity(record: FailoverRecord) -> tuple[str, datetime]:
+    """What makes two records the same failover: the primary it replaced and when it started
+    (a pass that completes it again after a lost status write records a new completedAt)."""
+    return record.from_, record.started_at
+
+
+def completed_since(before: ShardStatus, after: ShardStatus) -> list[FailoverRecord]:
+    """The failovers `after` records that `before` does not: the ones a status write completes.
+    Both come from the object, never from the operator's memory, so no resync and no restarted
+    operator finds the same failover new twice."""
+    known = {failover_identity(r) for r in [*(before.failover_history or []), *filter(None, [before.last_failover])]}
+    return [r for r in after.failover_history or [] if failover_identity(r) not in known]
 
 
 def rollout_status(rollout: Rollout) -> RollingUpdateStatus:

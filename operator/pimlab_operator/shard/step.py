@@ -10,7 +10,7 @@ import secrets
 import time
 from datetime import datetime, timezone
 
-from pimlab_operator import kube, reconcile
+from pimlab_operator import kube, metrics, reconcile
 from pimlab_operator.objects import label_selector, pod_ready
 from pimlab_operator.reconcile import ChildKind
 from pimlab_operator.shard import desired, rollout, status
@@ -213,7 +213,18 @@ def _locked_pass(body: dict, spec: ShardSpec, driver, pods: list[dict], stateful
     observed, wanted = status.failover_status(body, spec, statefulset, pods, result,
                                               driver.replica_details(result.memory.current_primary), now,
                                               credentials_missing, rollout=_roll(body, spec, statefulset, pods, result))
-    _write_pass_status(body, observed, wanted)
+    written_over = _write_pass_status(body, observed, wanted)
+    if written_over is not None:
+        observe_failovers(written_over, observed)
+
+
+def observe_failovers(before: dict, written: ShardStatus) -> None:
+    """sql_failover_duration_seconds: each failover that `written`, the status written over the
+    Shard `before`, completes."""
+    meta = before["metadata"]
+    for record in status.completed_since(status.recorded(before), written):
+        if record.duration_seconds is not None:
+            metrics.failover_completed(meta["namespace"], meta["name"], record.reason, record.duration_seconds)
 
 
 def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict],
@@ -249,19 +260,21 @@ def _roll(body: dict, spec: ShardSpec, statefulset: dict | None, pods: list[dict
     return step_
 
 
-def _write_pass_status(body: dict, observed: ShardStatus, wanted: list) -> None:
+def _write_pass_status(body: dict, observed: ShardStatus, wanted: list) -> dict | None:
     """Status after a pass that acted: what it did (a fence, a promotion) lives only here, so a
     409 is never answered by deciding again (that pass would see its own fence as a failed
     primary). Passes are one at a time (`_pass_lock`); whoever wrote since, kopf's annotations or
-    a spec change, did not touch these fields: they are written again on the newer object."""
+    a spec change, did not touch these fields: they are written again on the newer object.
+    Returns the Shard as it was before the write that took (None: it is gone)."""
     for _ in range(reconcile.CONFLICT_ATTEMPTS):
         try:
             reconcile.write_status(body, observed, wanted)
-            return
+            return body
         except kube.Conflict:
             newer = kube.get(body.get("apiVersion", "pim-sre.lab/v1alpha1"), "Shard", body["metadata"]["name"],
                              body["metadata"]["namespace"])
             if newer is None:
-                return
+                return None
             body = newer
     reconcile.write_status(body, observed, wanted)
+    return body

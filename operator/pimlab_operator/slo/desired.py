@@ -66,23 +66,34 @@ def le_label(seconds: float) -> str:
     return repr(float(seconds))
 
 
-def error_ratio_query(spec: SLOSpec, window: str) -> str:
-    """The SLI's error ratio (0..1) over `window`, as PromQL that never yields NaN or +Inf: a
-    window without traffic gives no sample at all (the denominator is kept only where it is
-    above zero), and no error series at all counts as zero errors."""
+def event_rate_queries(spec: SLOSpec, window: str) -> tuple[str, str] | None:
+    """(bad events per second, all events per second) over `window`, as PromQL; None for a raw
+    SLI, which gives only a ratio."""
     sli = spec.sli
     if sli.ratio:
-        errors = sli.ratio.errors.replace(WINDOW_PLACEHOLDER, window)
-        total = sli.ratio.total.replace(WINDOW_PLACEHOLDER, window)
-        return f"(({errors}) or on() vector(0))\n/\n(({total}) > 0)"
+        return (sli.ratio.errors.replace(WINDOW_PLACEHOLDER, window),
+                sli.ratio.total.replace(WINDOW_PLACEHOLDER, window))
     if sli.raw:
-        return f"clamp_max(({sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)}) >= 0, 1)"
+        return None
     latency = sli.latency
     matchers = latency.selector or ""
     bucket = ",".join(m for m in (matchers, f'le="{le_label(duration_seconds(latency.threshold))}"') if m)
     total = f"sum(rate({latency.metric}_count{{{matchers}}}[{window}]))"
     good = f"sum(rate({latency.metric}_bucket{{{bucket}}}[{window}]))"
-    return f"({total} - {good})\n/\n({total} > 0)"
+    return f"{total} - {good}", total
+
+
+def error_ratio_query(spec: SLOSpec, window: str) -> str:
+    """The SLI's error ratio (0..1) over `window`, as PromQL that never yields NaN or +Inf: a
+    window without traffic gives no sample at all (the denominator is kept only where it is
+    above zero), and no error series at all counts as zero errors."""
+    sli = spec.sli
+    if sli.raw:
+        return f"clamp_max(({sli.raw.error_ratio.replace(WINDOW_PLACEHOLDER, window)}) >= 0, 1)"
+    bad, total = event_rate_queries(spec, window)
+    if sli.ratio:
+        return f"(({bad}) or on() vector(0))\n/\n(({total}) > 0)"
+    return f"({bad})\n/\n({total} > 0)"
 
 
 def presence_query(spec: SLOSpec) -> str:

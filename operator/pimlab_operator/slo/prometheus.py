@@ -42,6 +42,19 @@ def _get(url: str, path: str, params: dict | None = None, timeout: float = PROME
     return body["data"]
 
 
+def query_range(url: str, expr: str, start: dt.datetime, end: dt.datetime, step_seconds: float,
+                timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> list[dict]:
+    """A range query's series: [{"metric": labels, "values": [(unix seconds, value), ...]}], NaN
+    and infinite samples dropped; PrometheusUnavailable as `read_slo`."""
+    data = _get(url, "/api/v1/query_range", {"query": expr, "start": start.timestamp(), "end": end.timestamp(),
+                                             "step": step_seconds}, timeout)
+    found = []
+    for series in data.get("result", []) if isinstance(data, dict) else []:
+        values = [(float(t), float(v)) for t, v in series.get("values", []) if math.isfinite(float(v))]
+        found.append({"metric": series.get("metric", {}), "values": values})
+    return found
+
+
 def read_slo(url: str, name: str, namespace: str, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> dict:
     """{"series": {metric name: value}, "alerts": [alert dicts of this SLO], "readAt": datetime}.
     NaN and infinite samples are dropped (the rules do not produce them, a foreign rule might).
@@ -58,3 +71,12 @@ def read_slo(url: str, name: str, namespace: str, timeout: float = PROMETHEUS_TI
     mine = [a for a in (alerts.get("alerts", []) if isinstance(alerts, dict) else [])
             if a.get("labels", {}).get("slo") == name and a.get("labels", {}).get("slo_namespace") == namespace]
     return {"series": series, "alerts": mine, "readAt": read_at}
+
+
+def instant_value(url: str, query: str, at: dt.datetime, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> float | None:
+    """The one value `query` has at `at` (the sum of its samples when it has several); None
+    when it has no sample or only NaN/infinite ones (no traffic in the window)."""
+    data = _get(url, "/api/v1/query", {"query": query, "time": f"{at.timestamp():.3f}"}, timeout)
+    values = [float(sample["value"][1]) for sample in (data.get("result", []) if isinstance(data, dict) else [])]
+    finite = [value for value in values if math.isfinite(value)]
+    return sum(finite) if finite else None
