@@ -31,8 +31,9 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
     held to), watching one fresh namespace of its own; `.namespace` names it.
 
     `env`: variables the operator starts with (e.g. a short PIMLAB_SLO_REFRESH_SECONDS). Its
-    operator namespace, where the chaos kill switch lives, is its own namespace unless `env`
-    names another (PIMLAB_OPERATOR_NAMESPACE): tests running at once never pause each other.
+    operator namespace, where the chaos kill switch lives (`.operator_namespace`), is
+    `<namespace>-operator`, made here, unless `env` names another (PIMLAB_OPERATOR_NAMESPACE):
+    tests running at once never pause each other's chaos.
     `documents`: applied once the operator runs, each placed in the namespace; a Namespace
     among them is the namespace itself (its labels, e.g. a node selector, kept). A namespace
     that places its pods nowhere else tolerates the kwok nodes' taint: its pods are simulated
@@ -50,11 +51,14 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
     if not any(doc["kind"] == "Namespace" for doc in documents):
         cluster.apply({"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": namespace, "annotations": KWOK_NAMESPACE_ANNOTATIONS}})
+    env = {"PIMLAB_OPERATOR_NAMESPACE": f"{namespace}-operator", **(env or {})}
+    operator_namespace = env["PIMLAB_OPERATOR_NAMESPACE"]
+    cluster.kubectl("create", "namespace", operator_namespace, check=False)
     process = OperatorProcess(kubeconfig, workdir / "operator.log", workdir / "operator.pid",
                               metrics_port=metrics_port or free_port(), health_port=free_port(),
-                              namespaces=(namespace,), env={"PIMLAB_OPERATOR_NAMESPACE": namespace, **(env or {})})
+                              namespaces=(namespace,), env=env)
     process.start()
-    process.namespace = namespace
+    process.namespace, process.operator_namespace = namespace, operator_namespace
     try:
         if documents:
             cluster.apply(documents)
@@ -62,6 +66,8 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
     finally:
         process.stop()
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        if operator_namespace.startswith(namespace):
+            cluster.kubectl("delete", "namespace", operator_namespace, "--wait=false", check=False)
 
 
 def real_nodes(cluster) -> list[str]:

@@ -74,9 +74,9 @@ def lab(cluster, operator):
 def kill_switch(cluster, operator):
     """Engage the kill switch on the operator's namespace; always released afterwards."""
     def engage():
-        cluster.kubectl("annotate", "namespace", operator.namespace, f"{KILL_SWITCH}=true", "--overwrite")
+        cluster.kubectl("annotate", "namespace", operator.operator_namespace, f"{KILL_SWITCH}=true", "--overwrite")
     yield engage
-    cluster.kubectl("annotate", "namespace", operator.namespace, f"{KILL_SWITCH}-", check=False)
+    cluster.kubectl("annotate", "namespace", operator.operator_namespace, f"{KILL_SWITCH}-", check=False)
 
 
 def test_dry_run_lists_the_targets_and_changes_nothing(cluster, lab):

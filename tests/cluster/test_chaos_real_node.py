@@ -44,7 +44,14 @@ def lab(real_sample_lab):
     return real_sample_lab.namespace
 
 
-def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_deletion(cluster, lab):
+@pytest.fixture(scope="module")
+def operator_namespace(real_sample_lab):
+    """Where the lab's operator reads its kill switch."""
+    return real_sample_lab.operator_namespace
+
+
+def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_deletion(cluster, lab,
+                                                                                          operator_namespace):
     services = {"app.kubernetes.io/instance": "pim"}
     before = {n: p["metadata"]["uid"] for n, p in pods(cluster, lab, services).items()}
     cluster.apply(_drill("real-preview", lab, dryRun=True))
@@ -69,14 +76,14 @@ def test_governance_on_the_real_lab_dry_run_blast_radius_opt_in_kill_switch_and_
     wait_for(lambda: cluster.get("chaosexperiment", "real-delay-deleted", lab) is None, timeout=30,
              what="the deleted experiment gone (its finalizer released after cleanup)")
     assert cluster.get("networkchaos", generated["real-delay-deleted"], lab) is None
-    cluster.kubectl("annotate", "namespace", lab, f"{KILL_SWITCH}=true", "--overwrite")  # the operator's
+    cluster.kubectl("annotate", "namespace", operator_namespace, f"{KILL_SWITCH}=true", "--overwrite")
     try:
         aborted = settled(cluster, "real-delay-paused", lab, phases=("Aborted",), timeout=30)
         assert condition(aborted, "Degraded")["reason"] == "KillSwitchEngaged"
         wait_for(lambda: cluster.get("networkchaos", generated["real-delay-paused"], lab) is None, timeout=30,
                  what="the paused experiment's NetworkChaos removed")
     finally:
-        cluster.kubectl("annotate", "namespace", lab, f"{KILL_SWITCH}-", check=False)
+        cluster.kubectl("annotate", "namespace", operator_namespace, f"{KILL_SWITCH}-", check=False)
 
 
 def test_pod_kill_replaces_exactly_one_real_pod_and_times_its_readiness(cluster, lab):
