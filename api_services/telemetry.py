@@ -190,6 +190,12 @@ RATE_LIMITED = Counter("pim_rate_limited_requests", "Requests refused by the rat
                        registry=REGISTRY)
 
 
+#: Error statuses whose request counters exist, at 0, from a label set's first request on: an
+#: error's first occurrence is then an increase Prometheus sees (rate() and increase() take
+#: nothing from a series' first sample), so an outage's first 503s count against the SLOs.
+ERROR_STATUSES = ("500", "502", "503", "504")
+
+
 class RequestMetrics:
     """The RED series of a request, with their children bound once per label set: `.labels()`
     builds and hashes the label tuple under a lock, twice per request, for the same few sets."""
@@ -203,6 +209,8 @@ class RequestMetrics:
         children = self._children.get(key)
         if children is None:
             labels = (service, route, method, persona, shard, str(status))
+            for error in ERROR_STATUSES:
+                HTTP_REQUESTS.labels(*labels[:-1], error)
             children = self._children.setdefault(key, (HTTP_REQUESTS.labels(*labels), HTTP_DURATION.labels(*labels)))
         exemplar = {"trace_id": trace_id} if trace_id else None
         children[0].inc(exemplar=exemplar)

@@ -27,3 +27,6 @@ def real_sample_lab(cluster, crds_installed, thirdparty_crds, tmp_path_factory):
                   env={"PIMLAB_SLO_REFRESH_SECONDS": "5"}) as process:
         cluster.kubectl("label", "namespace", process.namespace, OPT_IN, "--overwrite")
         yield process
+        # while the operator runs: their finalizers would hold the namespace's deletion forever
+        cluster.kubectl("delete", "drill,chaosexperiment", "--all", "-n", process.namespace, "--timeout=150s",
+                        check=False, timeout=160)

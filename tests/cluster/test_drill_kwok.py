@@ -29,6 +29,9 @@ def operator(cluster, crds_installed, tmp_path_factory):
                  "metadata": {"name": "placeholder", "annotations": NOWHERE, "labels": {"pim-sre.lab/chaos": "enabled"}}}
     with operator_process(cluster, tmp_path_factory, "drill", documents=[namespace]) as process:
         yield process
+        # while the operator runs: their finalizers would hold the namespace's deletion forever
+        cluster.kubectl("delete", "drill,chaosexperiment", "--all", "-n", process.namespace, "--timeout=120s",
+                        check=False, timeout=130)
 
 
 def lab(cluster, name: str, namespace: str) -> str:
