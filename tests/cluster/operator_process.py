@@ -64,8 +64,15 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
             cluster.apply(documents)
         yield process
     finally:
-        process.stop()
+        # deleted while the operator runs, so its finalizers are released and nothing it
+        # changed (a fault, a load) outlives the test; then stopped
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        try:
+            wait_for(lambda: not cluster.kubectl("get", "pimlab", "-n", namespace, "-o", "name",
+                                                 check=False).stdout.strip(),
+                     timeout=90, interval=2, what=f"the lab objects in {namespace} to go")
+        finally:
+            process.stop()
         if operator_namespace.startswith(namespace):
             cluster.kubectl("delete", "namespace", operator_namespace, "--wait=false", check=False)
 
