@@ -67,12 +67,11 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
         # deleted while the operator runs, so its finalizers are released and nothing it
         # changed (a fault, a load) outlives the test; then stopped
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        try:
-            wait_for(lambda: not cluster.kubectl("get", "pimlab", "-n", namespace, "-o", "name",
-                                                 check=False).stdout.strip(),
-                     timeout=90, interval=2, what=f"the lab objects in {namespace} to go")
-        finally:
-            process.stop()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and cluster.kubectl("get", "pimlab", "-n", namespace, "-o", "name",
+                                                              check=False).stdout.strip():
+            time.sleep(2)
+        process.stop()
         if operator_namespace.startswith(namespace):
             cluster.kubectl("delete", "namespace", operator_namespace, "--wait=false", check=False)
 
