@@ -85,6 +85,25 @@ def slo_over_window(namespace: str, name: str, window: tuple[dt.datetime, dt.dat
                    problem=None if ratio is not None else "no traffic recorded in the window")
 
 
+def budget_left(namespace: str, name: str, lab: dict | None, now: dt.datetime, url: str | None) -> float | None:
+    """What is left of SLO `name`'s budget now: 1 - the budget burned since its window began, or
+    since the Lab was made if that is later (bad events over the window's allowance at the
+    traffic rate seen; judge.budget). The SLO's own figure divides by the history Prometheus
+    holds, so on a young lab one failover reads as an exhausted 30-day budget."""
+    slo = kube.get(API_VERSION, "SLO", name, namespace)
+    if slo is None or not url:
+        return None
+    start = now - dt.timedelta(seconds=duration_seconds(SLOSpec.model_validate(slo["spec"]).window))
+    made = ((lab or {}).get("metadata") or {}).get("creationTimestamp")
+    if made:
+        start = max(start, dt.datetime.fromisoformat(made.replace("Z", "+00:00")))
+    seconds = (now - start).total_seconds()
+    if seconds <= 0:
+        return None
+    burned = judge.budget(slo_over_window(namespace, name, (start, now), url), seconds, None).burned
+    return None if burned is None else round(1 - burned, 6)
+
+
 def _evidence(body: dict, spec: DrillSpec, run: DrillStatus, drills: list[dict]) -> status.Evidence:
     namespace = body["metadata"]["namespace"]
     url = prometheus_url(namespace, reconcile.context().settings.prometheus_url)
@@ -114,6 +133,12 @@ def observe(body: dict, spec: DrillSpec, run: DrillStatus, now: dt.datetime) -> 
     seen.shards = _shards(lab, namespace)
     if phase == "Preflight" or (spec.abort.fast_burn and phase in ("Baseline", "Injecting", "Recovering")):
         seen.readings = live_budgets(namespace, judge.watched_slos(spec), now)
+    if phase == "Preflight" and spec.abort.preflight.min_budget_remaining is not None:
+        url = prometheus_url(namespace, settings.prometheus_url)
+        for name, reading in seen.readings.items():
+            left = budget_left(namespace, name, lab, now, url) if isinstance(reading, dict) else None
+            if left is not None:
+                seen.readings[name] = {**reading, "remaining": left}
     if status.ready_to_judge(run, seen.load):
         seen.evidence = _evidence(body, spec, run, drills)
     return seen
