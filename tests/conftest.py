@@ -64,6 +64,7 @@ def cluster() -> Cluster:
     reason = plane.foreign_reason()
     if reason:
         pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
+    plane.ensure_kwok()  # the `namespace` fixture's pods are simulated, also beside a real node
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
     yield Cluster(plane, started_here)
     if started_here and not os.environ.get("PIMLAB_KEEP_CLUSTER"):
