@@ -142,7 +142,7 @@ class LocalCluster(ClusterHandle):
             self.say("a previous cluster is partly running: stopping it first")
             self.down(quiet=True)
         mode = self.choose_node_mode()
-        self.build(mode == "real", real_node_builds)
+        self.build_for_node(mode == "real", real_node_builds)
         self._link_binaries(build.bin_dir())
         for port in self.layout.ports.__dict__.values():
             if port_open(port):
@@ -167,7 +167,7 @@ class LocalCluster(ClusterHandle):
         if mode == "real":
             addons.install(self)
 
-    def build(self, real: bool, real_node_builds: Sequence[Callable[[Progress], object]] = ()) -> None:
+    def build_for_node(self, real: bool, real_node_builds: Sequence[Callable[[Progress], object]] = ()) -> None:
         """What the chosen node needs, built where missing: the Go builds in one lane, the
         images that need none in another beside it (real node only)."""
         if real:
