@@ -141,14 +141,14 @@ class LocalCluster(ClusterHandle):
         if self.running() or node.owner() == str(self.layout.root):
             self.say("a previous cluster is partly running: stopping it first")
             self.down(quiet=True)
-        mode = self.choose_node_mode()
-        self.build_for_node(mode == "real", real_node_builds)
-        self._link_binaries(build.bin_dir())
         for port in self.layout.ports.__dict__.values():
             if port_open(port):
                 raise ClusterError(
                     f"port {HOST}:{port} is already in use by another program; stop it or set "
                     "PIMLAB_PORT_OFFSET to move the control plane's ports")
+        mode = self.choose_node_mode()
+        self.build_for_node(mode == "real", real_node_builds)
+        self._link_binaries(build.bin_dir())
         for directory in (self.layout.logs, self.layout.pids, self.layout.kubeconfigs):
             directory.mkdir(parents=True, exist_ok=True)
         self.layout.node_mode_file.write_text(mode + "\n")
