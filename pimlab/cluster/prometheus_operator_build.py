@@ -14,15 +14,10 @@ Prometheus itself is built here too (`build_prometheus()`): Debian's prometheus,
 project's image carries for promtool and the loopback tests, is compiled without Kubernetes
 service discovery (no `discovery/kubernetes` in Debian's build: a `kubernetes_sd_configs` block,
 which is what prometheus-operator writes for every ServiceMonitor, is refused as an unknown
-field). Upstream's `cmd/prometheus` v3.10.0 (Go module version v0.310.0) is built the same way,
-in a wrapper module (its go.mod has a replace directive, so `go install` refuses it). v3.10.0 is
-the first release whose `plugins/` carry build tags: `remove_all_sd` with `enable_kubernetes_sd`
-leaves every service discovery out but Kubernetes' (and file and HTTP, which are always in),
-the only one the configuration prometheus-operator writes for ServiceMonitors and PodMonitors
-uses; the cloud providers' SDKs are then not compiled (docs/benchmarks.md). prometheus-operator
-v0.85.0 defaults to v3.5.0 and picks its flags by the version the Prometheus object names, which
-is this one. Its web UI is left out (the `builtinassets` tag needs the UI built with npm); the
-HTTP API, which is what the lab reads, is all there.
+field). Upstream's `cmd/prometheus` at the version prometheus-operator v0.85.0 defaults to
+(v3.5.0, Go module version v0.305.0) is built the same way, in a wrapper module (its go.mod has a
+replace directive, so `go install` refuses it). Its web UI is left out (the `builtinassets` tag
+needs the UI built with npm); the HTTP API, which is what the lab reads, is all there.
 
 `build()` is what the cluster code calls; `binaries()` names what it returns.
 """
@@ -48,11 +43,9 @@ COMMANDS = {
 }
 
 
-PROMETHEUS_VERSION = "v3.10.0"
+PROMETHEUS_VERSION = "v3.5.0"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
-PROMETHEUS_MODULE_VERSION = "v0.310.0"  # the module's tag of v3.10.0
-#: Kubernetes service discovery only (plugins/plugin_*.go's build tags)
-PROMETHEUS_TAGS = "remove_all_sd,enable_kubernetes_sd"
+PROMETHEUS_MODULE_VERSION = "v0.305.0"  # the module's tag of v3.5.0
 # What a cold build takes on the 2-core machine (docs/benchmarks.md's figures), until one is
 # measured here (progress.py).
 COLD_SECONDS = 12 * 60
@@ -75,7 +68,7 @@ def build_prometheus(log=sys.stderr) -> Path:
         work = target.parent.parent / "work"
         work.mkdir(parents=True, exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        (work / "go.mod").write_text(f"module pimlab.local/prometheus\n\ngo 1.25.0\n\n"
+        (work / "go.mod").write_text(f"module pimlab.local/prometheus\n\ngo 1.23.0\n\n"
                                      f"require {PROMETHEUS_MODULE} {PROMETHEUS_MODULE_VERSION}\n")
         (work / "tools.go").write_text(
             f'//go:build tools\n\npackage tools\n\nimport _ "{PROMETHEUS_MODULE}/cmd/prometheus"\n')
@@ -85,8 +78,8 @@ def build_prometheus(log=sys.stderr) -> Path:
                   "Branch": "module", "BuildUser": "pimlab", "BuildDate": "19700101-00:00:00"}
         ldflags = " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in values.items())])
         partial = target.with_suffix(".partial")
-        go(["build", "-trimpath", f"-tags={PROMETHEUS_TAGS}", f"-ldflags={ldflags}", "-o", str(partial),
-            f"{PROMETHEUS_MODULE}/cmd/prometheus"], work, log)
+        go(["build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), f"{PROMETHEUS_MODULE}/cmd/prometheus"],
+           work, log)
         partial.rename(target)
 
     build_once(target.parent.parent, prometheus_built, missing,
