@@ -15,7 +15,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 DEBIAN_PACKAGES := libodbc2 unixodbc prometheus podman mmdebstrap gcc libc6-dev containerd \
 	runc containernetworking-plugins iptables conntrack iproute2 wrk postgresql-15
 
-.PHONY: help deps venv controlplane prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams node gitops drill gitops-down up down clean
+.PHONY: help deps venv controlplane kwok prometheus-operator dashboards image slo-proof cluster-up cluster-down cluster-status crds docs golden lab lab-down test bench bench-booking bench-stack bench-operator bench-load bench-failover bench-gateway flux thirdparty-crds docs-validate diagrams node gitops drill gitops-down up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ venv: $(VENV)/.installed ## the Python virtual environment with the project and 
 controlplane: venv ## compile the control plane, kubelet, kube-proxy and add-ons once into ~/.cache/pimlab (Go module proxy)
 	$(PIMLAB) cluster build
 
+kwok: venv ## compile kwok once into ~/.cache/pimlab (the kwok nodes: PIMLAB_NODE=kwok and the tests' simulated namespaces)
+	$(PIMLAB) cluster build-kwok
+
 image: deps venv ## build the node's images (pause, CoreDNS, local-path, the project's) if their inputs changed
 	$(PY) -m pimlab.cluster.images build
 
@@ -61,7 +64,9 @@ thirdparty-crds: venv ## fetch the Flux, Chaos Mesh and grafana-operator CRDs th
 dashboards: venv ## rebuild dashboards/ with grafana-foundation-sdk (review the diff)
 	$(PY) -m pimlab.dashboards
 
-cluster-up: deps controlplane ## start the local cluster (PIMLAB_NODE=auto|real|kwok: a real node, or kwok nodes only)
+# `cluster up` and `lab up` build what the chosen node needs themselves, the Go builds beside the
+# image builds (pimlab/cluster/local_cluster.py).
+cluster-up: deps venv ## start the local cluster (PIMLAB_NODE=auto|real|kwok: a real node, or kwok nodes only)
 	$(PIMLAB) cluster up
 
 cluster-down: venv ## stop the local cluster and remove every trace (processes, mounts, bridge, iptables chains)
@@ -92,7 +97,7 @@ docs: venv ## regenerate docs/reference/crds.md, the CRD reference, from the pyd
 golden: venv ## rewrite tests/golden/ from what the operator renders for samples/ (review the diff)
 	PIMLAB_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/operator/test_golden.py
 
-lab: cluster-up ## bring up the lab: control plane, CRDs, operator, samples
+lab: deps venv ## bring up the lab: control plane, CRDs, operator, samples
 	$(PIMLAB) lab up
 
 # The lab as `make lab` leaves it (or brings it up), then samples/60-drills.yaml's
@@ -122,7 +127,7 @@ down: venv ## delete the kind cluster (without Docker: `make lab-down`)
 # the tests that need the cluster to themselves (`exclusive`). Both share one run id, so the cluster the run started is stopped once,
 # at the end.
 TEST_WORKERS ?= 3
-test: deps controlplane prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
+test: deps controlplane kwok prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
 	@export PIMLAB_TEST_SESSION=$$(od -An -N8 -tx8 /dev/urandom | tr -d ' '); \
 	PIMLAB_KEEP_CLUSTER=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
 	  -m "not exclusive" --durations=25; parallel=$$?; \

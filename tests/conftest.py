@@ -118,6 +118,7 @@ def cluster() -> Cluster:
     reason = plane.foreign_reason()
     if reason:
         pytest.exit(f"refusing to run the tests: {reason}", returncode=3)
+    plane.ensure_kwok()  # the `namespace` fixture's pods are simulated, also beside a real node
     os.environ["KUBECONFIG"] = str(plane.layout.kubeconfig)
     tag = _run_tag(plane)
     return Cluster(plane, tag.exists() and tag.read_text() == os.environ[RUN_ID])

@@ -10,11 +10,12 @@ import yaml
 
 from pimlab.cluster.controlplane import ControlPlane
 from pimlab.cluster.handle import placed
-from pimlab.cluster.images import PROJECT_IMAGE
+from pimlab.cluster.images import GO_BUILDS, PROJECT_IMAGE
 from pimlab.cluster.layout import (
     KWOK_NAMESPACE_ANNOTATIONS, KWOK_NODE_TAINT, REAL_NODE_NAMESPACE_ANNOTATIONS, Layout,
 )
 from pimlab.cluster.lab import sample_documents
+from pimlab.cluster.local_cluster import IMAGES_WITHOUT_GO, LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,3 +96,19 @@ def test_kwok_nodes_carry_kwoks_taint_only_beside_a_real_node(tmp_path):
     (real_ns,) = by_kind(sample_documents(real_node=True), "Namespace")
     (as_written,) = by_kind(sample_documents(real_node=False), "Namespace")
     assert placed(real_ns) and not placed(as_written)
+
+
+def test_kwok_is_part_of_a_kwok_only_cluster_and_optional_beside_a_real_node(tmp_path):
+    """`make lab` on the real node neither builds nor starts kwok: a healthy real-node cluster
+    is one without it (the tests and benchmarks start it with ensure_kwok())."""
+    plane = LocalCluster(tmp_path)
+    plane.layout.node_mode_file.parent.mkdir(parents=True)
+    plane.layout.node_mode_file.write_text("real\n")
+    assert "kwok" not in plane.expected() and "kubelet" in plane.expected()
+    plane.layout.node_mode_file.write_text("kwok: PIMLAB_NODE=kwok\n")
+    assert "kwok" in plane.expected() and "kubelet" not in plane.expected()
+    assert "kwok" in plane.binaries(), "`down` stops a kwok started beside the real node too"
+
+
+def test_the_images_built_beside_the_go_builds_need_none():
+    assert IMAGES_WITHOUT_GO and not set(IMAGES_WITHOUT_GO) & set(GO_BUILDS)

@@ -15,7 +15,9 @@ import time
 import pytest
 
 from pimlab.cluster import build
-from pimlab.cluster.progress import CommandFailed, Progress, duration, for_tree, is_live, run, timings_path
+from pimlab.cluster.progress import (
+    CommandFailed, Progress, duration, for_tree, is_live, run, run_lanes, timings_path,
+)
 
 FAKE_GO = "#!/bin/sh\nfor i in $(seq 100); do echo line $i; done\nexit 3\n"
 
@@ -153,3 +155,51 @@ def test_a_build_found_cached_is_up_to_date_and_leaves_no_log(tmp_path):
     progress.build_step("flux", "Flux controllers", 1200, lambda: False, lambda log: print("built", file=log))
     assert (tmp_path / "logs" / "flux.log").read_text() == "built\n"
     assert "flux" in json.loads(timings_path().read_text())
+
+
+def test_two_lanes_run_side_by_side_each_step_its_own_lines(tmp_path):
+    """The Go lane and the image lane at once: both steps say their start, neither hides the
+    other's, and both cold times are recorded."""
+    out = io.StringIO()
+    progress = Progress(out, tmp_path / "logs", heartbeat=10, start_delay=0.1)
+
+    def slow(key: str):
+        def step(progress: Progress) -> None:
+            with progress.step(key, f"building {key}", cold=60):
+                time.sleep(0.6)
+        return step
+
+    started = time.monotonic()
+    run_lanes(progress, [slow("controlplane")], [slow("image-lab")])
+    assert time.monotonic() - started < 1.1, "the lanes ran one after the other"
+    lines = out.getvalue().splitlines()
+    for key in ("controlplane", "image-lab"):
+        assert any(line.startswith(f"..   building {key}: ") for line in lines), lines
+        assert any(line.startswith(f"ok   building {key}: ") for line in lines), lines
+    assert set(json.loads(timings_path().read_text())) == {"controlplane", "image-lab"}
+
+
+def test_a_failing_lane_lets_the_other_finish_then_raises(tmp_path):
+    out = io.StringIO()
+    progress = Progress(out, tmp_path / "logs")
+    done = []
+
+    def failing(progress: Progress) -> None:
+        with progress.step("controlplane", "control plane"):
+            raise CommandFailed("go build failed (exit 1)")
+
+    def images(progress: Progress) -> None:
+        with progress.step("image-lab", "image lab"):
+            time.sleep(0.3)
+        done.append("image-lab")
+
+    with pytest.raises(CommandFailed, match="go build failed"):
+        run_lanes(progress, [failing, lambda p: done.append("after the failure")], [images])
+    assert done == ["image-lab"], "the failing lane stops; the other runs to its end"
+    assert "FAIL control plane: failed after " in out.getvalue()
+
+
+def test_go_build_names_a_major_version_package_by_the_element_before_it():
+    assert build.exec_name("k8s.io/kubernetes/cmd/kube-apiserver") == "kube-apiserver"
+    assert build.exec_name(build.ETCD_PACKAGE) == "server"
+    assert set(build.PACKAGES) == {*build.KUBE_COMMANDS, "etcd"} and "kwok" not in build.BINARIES

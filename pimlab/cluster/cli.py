@@ -48,6 +48,10 @@ def _build(args) -> int:
     return run_steps(build.build_step, build.addons_step, root=args.root)
 
 
+def _build_kwok(args) -> int:
+    return run_steps(build.kwok_step, root=args.root)
+
+
 def _tree_command(sub, name: str, help: str):
     """A command acting on one working tree's local cluster (`--root`); returns its actions."""
     command = sub.add_parser(name, help=help)
@@ -63,6 +67,8 @@ def add_commands(sub) -> None:
     actions.add_parser("down", help="stop every process and remove the state").set_defaults(func=_down)
     actions.add_parser("status", help="which components run").set_defaults(func=_status)
     actions.add_parser("build", help="compile the binaries (control plane, node, add-ons) into the cache").set_defaults(func=_build)
+    actions.add_parser("build-kwok", help="compile kwok (the kwok nodes: PIMLAB_NODE=kwok, simulated namespaces) "
+                       "into the cache").set_defaults(func=_build_kwok)
 
 
 def _lab_up(args) -> int:

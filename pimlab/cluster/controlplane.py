@@ -1,5 +1,6 @@
-"""The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok,
-on loopback, TLS everywhere, client-certificate authentication and Node,RBAC authorization.
+"""The control plane: etcd, kube-apiserver, kube-controller-manager and kube-scheduler, on
+loopback, TLS everywhere, client-certificate authentication and Node,RBAC authorization; and kwok,
+which simulates the kwok nodes' kubelets wherever kwok nodes are wanted.
 
 This module says how each is started (credentials, flags, health checks) and registers the kwok
 nodes; `pimlab.cluster.local_cluster` runs them, with the real node beside them.
@@ -18,7 +19,8 @@ from pimlab.cluster.layout import (
 from pimlab.cluster.pki import CertificateAuthority, KeyPair, service_account_keys
 from pimlab.cluster.procs import Component, https_ok, port_open
 
-START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KWOK = "kwok"
 
 
 class ControlPlane:
@@ -66,7 +68,7 @@ class ControlPlane:
         bin_dir = lay.bin
         sa_key, sa_pub = lay.pki / "sa.key", lay.pki / "sa.pub"
         kubeconfigs = lay.kubeconfigs
-        for user in ("controller-manager", "scheduler", "kwok"):
+        for user in ("controller-manager", "scheduler"):
             write_kubeconfig(kubeconfigs / f"{user}.kubeconfig", lay.server, ca,
                               creds[user], user)
         admin = creds["admin"]
@@ -154,21 +156,27 @@ class ControlPlane:
                 ],
                 lambda: https_ok(f"https://{HOST}:{ports.scheduler}/healthz", ca, admin),
             ),
-            Component(
-                "kwok", bin_dir / "kwok",
-                [
-                    f"--kubeconfig={kubeconfig('kwok')}",
-                    "--manage-all-nodes=false",
-                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                    f"--server-address={HOST}:{ports.kwok}",
-                    f"--cidr={KWOK_POD_CIDR}", f"--node-ip={HOST}",
-                    # Node leases: without them the node-lifecycle controller sees stale
-                    # heartbeats, marks the nodes NotReady and their pods not Ready.
-                    "--node-lease-duration-seconds=40",
-                ],
-                lambda: port_open(ports.kwok),
-            ),
         ]
+
+    def kwok(self, creds: dict[str, KeyPair]) -> Component:
+        """kwok, simulating the kubelets of the nodes annotated as fake (kwok_nodes())."""
+        lay, ports = self.layout, self.layout.ports
+        kubeconfig = lay.kubeconfigs / "kwok.kubeconfig"
+        write_kubeconfig(kubeconfig, lay.server, self.ca, creds["kwok"], "kwok")
+        return Component(
+            KWOK, lay.bin / KWOK,
+            [
+                f"--kubeconfig={kubeconfig}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--server-address={HOST}:{ports.kwok}",
+                f"--cidr={KWOK_POD_CIDR}", f"--node-ip={HOST}",
+                # Node leases: without them the node-lifecycle controller sees stale
+                # heartbeats, marks the nodes NotReady and their pods not Ready.
+                "--node-lease-duration-seconds=40",
+            ],
+            lambda: port_open(ports.kwok),
+        )
 
     def kwok_nodes(self, tainted: bool) -> list[dict]:
         """Node objects that kwok simulates kubelets for (annotated as fake). `tainted` (a real

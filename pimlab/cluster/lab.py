@@ -101,7 +101,7 @@ class LocalLab:
 
     def up(self, samples: bool = True, local_operator: bool = False) -> None:
         home = project_home()
-        self.plane.up()
+        self.plane.up(real_node_builds=monitoring.BUILD_STEPS)
         kubectl = self.plane.kubectl
         step = self.plane.progress.step
         real = self.plane.real_node

@@ -1,7 +1,14 @@
 """The local cluster of one working tree: the control plane, kwok nodes for scale tests and,
 where the machine can run containers, one real node with cluster DNS and a default
-StorageClass. With the real node, the kwok nodes carry kwok's NoSchedule taint (only pods that
-tolerate it are simulated there); with kwok nodes only they carry none.
+StorageClass. With the real node, kwok and its nodes start only when something asks for a
+simulated namespace (`ensure_kwok()`: the tests, the benchmarks, a locally run operator), and
+its nodes carry kwok's NoSchedule taint (only pods that tolerate it are simulated there); with
+kwok nodes only they start with the cluster and carry none.
+
+A cold `up` builds what the chosen node needs, in two lanes side by side
+(progress.run_lanes): the Go builds (the control plane and node, then the add-ons or kwok, then
+what the caller adds, such as the monitoring stack's), and the images that need no Go build (the
+sandbox, the project's image on its Debian base).
 
 `PIMLAB_NODE` chooses the node: `real` (fail when a real node cannot run), `kwok` (kwok nodes
 only) or `auto` (the default: a real node when `node.probe()` finds nothing against it, else
@@ -16,18 +23,22 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable, Sequence
 
 import yaml
 
 from pimlab.cluster import addons, build, gitops_processes, images, node, teardown
-from pimlab.cluster.controlplane import START_ORDER as CONTROL_PLANE, ControlPlane
+from pimlab.cluster.controlplane import KWOK, START_ORDER as CONTROL_PLANE, ControlPlane
 from pimlab.cluster.handle import ClusterHandle, write_kubeconfig
 from pimlab.cluster.layout import HOST, NODE_NAME, Layout
 from pimlab.cluster.procs import ClusterError, https_ok, pid_alive, port_open, running, start, terminate
+from pimlab.cluster.progress import Progress, run_lanes
 from pimlab.waiting import TimedOut, wait_for
 
 MARKER_NAMESPACE, MARKER_NAME = "kube-system", "pimlab-control-plane"
 NODE_MODES = ("auto", "real", "kwok")
+#: The images the real node needs that no Go build feeds: built beside the Go builds.
+IMAGES_WITHOUT_GO = (images.PAUSE_IMAGE, images.PROJECT_IMAGE)
 
 
 def requested_node_mode() -> str:
@@ -53,7 +64,7 @@ class LocalCluster(ClusterHandle):
     # -- state -----------------------------------------------------------------------------
 
     def binaries(self) -> dict[str, Path]:
-        found = {name: self.layout.bin / name for name in CONTROL_PLANE}
+        found = {name: self.layout.bin / name for name in (*CONTROL_PLANE, KWOK)}
         found.update({"containerd": node.CONTAINERD, "kubelet": self.layout.bin / "kubelet",
                       "kube-proxy": self.layout.bin / "kube-proxy"})
         return found
@@ -74,7 +85,8 @@ class LocalCluster(ClusterHandle):
         return self.node_mode() == "real"
 
     def expected(self) -> tuple[str, ...]:
-        return CONTROL_PLANE + (node.START_ORDER if self.real_node else ())
+        """What must run: beside a real node kwok is optional (ensure_kwok() starts it)."""
+        return CONTROL_PLANE + (node.START_ORDER if self.real_node else (KWOK,))
 
     def healthy(self) -> bool:
         if not self.layout.kubeconfig.exists() or not (self.layout.pki / "admin.crt").exists():
@@ -116,24 +128,27 @@ class LocalCluster(ClusterHandle):
                  "(PIMLAB_NODE=kwok says so without probing)")
         return f"kwok: {reason}"
 
-    def up(self) -> None:
+    def up(self, real_node_builds: Sequence[Callable[[Progress], object]] = ()) -> None:
+        """Start what is not running. `real_node_builds`: more Go builds (steps) the caller needs
+        when the node is real, run in the Go lane of a cold start (the monitoring stack's)."""
         if self.healthy():
             self.say(f"cluster already running: {self.layout.server} "
                      f"(node: {self.node_mode()})")
-            self._apply_kwok_nodes()
+            if KWOK in self.running():
+                self._apply_kwok_nodes()
             self._wait_nodes_ready()
             return
         if self.running() or node.owner() == str(self.layout.root):
             self.say("a previous cluster is partly running: stopping it first")
             self.down(quiet=True)
-        bin_dir = build.build_step(self.progress)
-        self._link_binaries(bin_dir)
         for port in self.layout.ports.__dict__.values():
             if port_open(port):
                 raise ClusterError(
                     f"port {HOST}:{port} is already in use by another program; stop it or set "
                     "PIMLAB_PORT_OFFSET to move the control plane's ports")
         mode = self.choose_node_mode()
+        self.build_for_node(mode == "real", real_node_builds)
+        self._link_binaries(build.bin_dir())
         for directory in (self.layout.logs, self.layout.pids, self.layout.kubeconfigs):
             directory.mkdir(parents=True, exist_ok=True)
         self.layout.node_mode_file.write_text(mode + "\n")
@@ -142,14 +157,44 @@ class LocalCluster(ClusterHandle):
             start(self.layout, component, self.progress)
         write_kubeconfig(self.layout.kubeconfig, self.layout.server, self.ca,
                          creds["admin"], "pimlab-admin")
-        self._apply_kwok_nodes()
         self._mark_cluster()
         if mode == "real":
             self._node_up()
+        else:
+            self._kwok_up()
         self._wait_nodes_ready()
         self._wait_default_service_account()
         if mode == "real":
             addons.install(self)
+
+    def build_for_node(self, real: bool, real_node_builds: Sequence[Callable[[Progress], object]] = ()) -> None:
+        """What the chosen node needs, built where missing: the Go builds in one lane, the
+        images that need none in another beside it (real node only)."""
+        if real:
+            go_lane = [build.build_step, build.addons_step, *real_node_builds]
+            image_lane = [lambda progress, ref=ref: images.build_step(ref, progress) for ref in IMAGES_WITHOUT_GO]
+        else:
+            go_lane, image_lane = [build.build_step, build.kwok_step], []
+        run_lanes(self.progress, go_lane, image_lane)
+
+    def ensure_kwok(self) -> None:
+        """kwok and its nodes, started unless kwok runs (built first if it never was): the
+        nodes a simulated namespace's pods go to, also beside the real node."""
+        if KWOK in self.running():
+            return
+        build.kwok_step(self.progress)
+        self._kwok_up()
+        self._wait_nodes_ready()
+
+    def ensure_kwok_namespace(self, name: str) -> None:
+        """ClusterHandle's, with kwok running to simulate the namespace's pods."""
+        self.ensure_kwok()
+        super().ensure_kwok_namespace(name)
+
+    def _kwok_up(self) -> None:
+        self._link(KWOK, build.kwok_binary())
+        start(self.layout, self.plane.kwok(self.plane.credentials()), self.progress)
+        self._apply_kwok_nodes()
 
     def _apply_kwok_nodes(self) -> None:
         """The kwok nodes, tainted when the real node runs beside them (also on a cluster that
@@ -173,12 +218,15 @@ class LocalCluster(ClusterHandle):
                                f"{proc.stderr.strip()}; see {self.layout.log('kubelet')}")
 
     def _link_binaries(self, bin_dir: Path) -> None:
-        self.layout.bin.mkdir(parents=True, exist_ok=True)
         for name in build.BINARIES:
-            link = self.layout.bin / name
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(bin_dir / name)
+            self._link(name, bin_dir / name)
+
+    def _link(self, name: str, binary: Path) -> None:
+        self.layout.bin.mkdir(parents=True, exist_ok=True)
+        link = self.layout.bin / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(binary)
 
     def _mark_cluster(self) -> None:
         """A ConfigMap holding this cluster's id: the tests refuse a cluster without it."""
@@ -229,7 +277,7 @@ class LocalCluster(ClusterHandle):
         if self.real_node or node.owner() == str(self.layout.root) or \
                 self.layout.node.exists():
             teardown.teardown_node(self.layout, lambda name: self._stop(name, quiet))
-        for name in reversed(CONTROL_PLANE):
+        for name in (KWOK, *reversed(CONTROL_PLANE)):
             self._stop(name, quiet)
         for path in (self.layout.state, self.layout.bin):
             shutil.rmtree(path, ignore_errors=True)
@@ -240,7 +288,7 @@ class LocalCluster(ClusterHandle):
     def status(self) -> str:
         alive = self.running()
         lines = []
-        for name in CONTROL_PLANE + node.START_ORDER:
+        for name in (*CONTROL_PLANE, KWOK, *node.START_ORDER):
             state = f"running pid {alive[name]}" if name in alive else "stopped"
             lines.append(f"{name:<24} {state}")
         mode = self.node_mode()

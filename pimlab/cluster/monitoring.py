@@ -34,6 +34,8 @@ FIELD_MANAGER = "pimlab-cluster"
 #: prometheus-operator picks Prometheus's flags by it.
 PROMETHEUS_VERSION = prometheus_operator_build.PROMETHEUS_VERSION
 LABELS = {"app.kubernetes.io/part-of": "pim-sre-lab", "app.kubernetes.io/component": "monitoring"}
+#: The Go builds the stack's images need (steps), for the Go lane of a cold cluster start.
+BUILD_STEPS = (prometheus_operator_build.build_step, prometheus_operator_build.prometheus_step)
 
 
 def crd_files() -> list[Path]:

@@ -18,6 +18,11 @@ the figure the builder documents when it was never measured here.
 
 (`Progress.build_step` is that pattern; each builder offers its build as such a step.)
 
+`run_lanes(progress, lane, lane)` runs lanes of steps side by side, one thread each (the Go
+builds beside the image builds: on two cores the Go compiles take both, the image builds mostly
+wait for the disk and the network). Each step is still its own line; on a terminal the redrawn
+line shows the running step of every lane.
+
 It sits in the package's floor with `layout`, `pki` and `procs`: the builders and the
 orchestrators above it both use it.
 """
@@ -32,10 +37,11 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator, TypeVar
+from typing import IO, Callable, Iterator, Sequence, TypeVar
 
 from pimlab.cluster.layout import Layout, cache_root
 
@@ -81,16 +87,20 @@ def load_timings() -> dict[str, dict]:
         return {}
 
 
+_TIMINGS_LOCK = threading.Lock()  # two lanes may end a step at once
+
+
 def record_timing(key: str, seconds: float) -> None:
     """Remember a cold run of step `key` (written whole, then renamed: a reader never sees half)."""
-    timings = load_timings()
-    timings[key] = {"seconds": round(seconds, 1),
-                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = timings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-    partial.replace(path)
+    with _TIMINGS_LOCK:
+        timings = load_timings()
+        timings[key] = {"seconds": round(seconds, 1),
+                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path = timings_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
 
 
 def duration(seconds: float) -> str:
@@ -127,6 +137,7 @@ class Step:
     path: Path
     expected: tuple[float, bool] | None  # a cold run's seconds, and whether measured here
     started: float = field(default_factory=time.monotonic)
+    lane: int = field(default_factory=threading.get_ident)  # the thread that runs it
     cached: bool = False
     note: str = ""
     _log: IO | None = None
@@ -223,19 +234,22 @@ class Progress:
         for wait in waits:
             if stop.wait(wait):
                 return
-            if self._steps and self._steps[-1] is not step:
-                continue  # an inner step speaks for now
+            if self._innermost().get(step.lane, step) is not step:
+                continue  # an inner step of its lane speaks for now
             self._draw(step)
 
+    def _innermost(self) -> dict[int, Step]:
+        """The innermost running step of each lane (thread)."""
+        return {s.lane: s for s in list(self._steps)}
+
     def _draw(self, step: Step) -> None:
-        expectation = f" ({step.expectation()})" if step.expected else ""
-        line = f"..   {step.what}: {duration(step.elapsed())}{expectation}"
-        if self.live:
+        if self.live:  # one line: the running step of every lane
+            line = "  |  ".join(_line(s) for s in self._innermost().values())
             with self._lock:
                 self.out.write("\r\033[K" + line)
                 self.out.flush()
         else:
-            self._write(line)
+            self._write(_line(step))
 
     def _failed(self, step: Step) -> None:
         lines = [f"FAIL {step.what}: failed after {duration(step.elapsed())}"]
@@ -253,6 +267,31 @@ class Progress:
             if self.live:
                 self.out.write("\r\033[K")
             print(text, file=self.out, flush=True)
+
+
+def _line(step: Step) -> str:
+    expectation = f" ({step.expectation()})" if step.expected else ""
+    return f"..   {step.what}: {duration(step.elapsed())}{expectation}"
+
+
+def run_lanes(progress: Progress, *lanes: Sequence[Callable[[Progress], object]]) -> None:
+    """Each lane's steps in turn, the lanes side by side (a thread each). A lane stops at its
+    first failure, the others run to their end; then the first failure is raised (its lines
+    already say why)."""
+    lanes = [lane for lane in lanes if lane]
+    if len(lanes) <= 1:
+        for step in (lanes[0] if lanes else ()):
+            step(progress)
+        return
+
+    def run_lane(lane: Sequence[Callable[[Progress], object]]) -> None:
+        for step in lane:
+            step(progress)
+
+    with ThreadPoolExecutor(max_workers=len(lanes), thread_name_prefix="lane") as pool:
+        futures = [pool.submit(run_lane, lane) for lane in lanes]
+    for future in futures:
+        future.result()
 
 
 def run_steps(*steps: Callable[[Progress], object], root: Path | str = ".") -> int:

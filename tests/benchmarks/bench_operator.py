@@ -426,6 +426,7 @@ def run_operator(api: Api, plane: LocalCluster, labs: int, timeout: float, settl
 def _add_bench_nodes(plane: LocalCluster) -> None:
     """Two more kwok nodes: 210 pods do not fit next to other pods on the cluster's two. Tainted
     as the cluster's own are beside a real node (the benchmark's namespaces tolerate it)."""
+    plane.ensure_kwok()  # beside a real node kwok starts on demand
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "220", "ephemeral-storage": "500Gi"}
     docs = [{"apiVersion": "v1", "kind": "Node",
              "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
