@@ -91,7 +91,7 @@ def test_the_sample_drill_passes_and_a_restart_mid_injection_injects_nothing_twi
     # the sample's 15 s holds on a quiet node (`make drill`); beside the other tests' load the
     # clients may wait a few seconds more for the promotion
     cluster.apply(sample_drill(namespace, maxRecoverySeconds=25))
-    wait_for(lambda: (cluster.get("drill", SAMPLE, namespace)["status"] or {}).get("failovers"),
+    wait_for(lambda: ((cluster.get("drill", SAMPLE, namespace) or {}).get("status") or {}).get("failovers"),
              timeout=300, interval=1, what="the drill to record shard-00's failover")
     lab.stop()  # mid-drill, the injection recorded and done: a restart must not fire it again
     lab.start()
