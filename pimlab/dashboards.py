@@ -80,7 +80,7 @@ def _red_variables():
 
 
 def slo_overview():
-    budget = f"(1 - slo:objective:ratio)"
+    budget = "(1 - slo:objective:ratio)"
     panels = [
         _panel("stat", "Error budget remaining", [("slo:error_budget:remaining_ratio", "{{slo}}")], "percentunit", 12, 6,
                "Share of each SLO's window budget left (below 0: overspent)."),
