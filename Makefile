@@ -129,7 +129,7 @@ down: venv ## delete the kind cluster (without Docker: `make lab-down`)
 TEST_WORKERS ?= 3
 test: deps controlplane kwok prometheus-operator flux thirdparty-crds image docs-validate ## run the test suite (starts the control plane if it is not running)
 	@export PIMLAB_TEST_SESSION=$$(od -An -N8 -tx8 /dev/urandom | tr -d ' '); \
-	PIMLAB_KEEP_CLUSTER=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	PIMLAB_KEEP_CLUSTER=1 $(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder \
 	  -m "not exclusive" --durations=25; parallel=$$?; \
 	$(PY) -m pytest -m exclusive; alone=$$?; \
 	exit $$(( parallel != 0 ? parallel : alone ))

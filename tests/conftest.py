@@ -90,16 +90,26 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Each module one unit of work (`--dist loadgroup`), the GROUPS one unit each; the groups
-    first, in GROUPS' order; the cluster's restart last of all."""
+    """The groups first, in GROUPS' order, and the cluster's restart last of all; under
+    pytest-xdist the `exclusive` tests skip, saying why."""
     for item in items:
-        module = Path(str(item.fspath)).name
-        item.add_marker(pytest.mark.xdist_group(GROUP_OF.get(module, item.nodeid.split("::")[0])))
         if "exclusive" in item.keywords and _is_worker(config):
             item.add_marker(pytest.mark.skip(reason="needs the cluster to itself: run it alone, after the "
                                                     "other tests (as `make test` does)"))
     items.sort(key=lambda item: ("restarts_cluster" in item.keywords,
                                  ORDER.get(Path(str(item.fspath)).name, len(ORDER))))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each module one unit of work, the GROUPS one unit each, handed out in collection order."""
+    from xdist.scheduler import LoadScopeScheduling  # pytest-xdist: loaded only when it runs the tests
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return GROUP_OF.get(Path(path).name, path)
+
+    return ModuleGroups(config, log)
 
 
 def _run_tag(plane: LocalCluster) -> Path:
