@@ -64,10 +64,11 @@ def operator_process(cluster, tmp_path_factory, prefix: str, *, namespace: str |
             cluster.apply(documents)
         yield process
     finally:
-        # deleted while the operator runs, so its finalizers are released and nothing it
-        # changed (a fault, a load) outlives the test; then stopped
+        # deleted while the operator runs, so it can release what it holds (a drill's load, a
+        # fault) before it stops; a Lab's and Shards' finalizers may stay (the namespace then
+        # stays Terminating: the run's cluster goes at the end)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and cluster.kubectl("get", "pimlab", "-n", namespace, "-o", "name",
                                                               check=False).stdout.strip():
             time.sleep(2)

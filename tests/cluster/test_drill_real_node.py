@@ -71,9 +71,11 @@ def ended(cluster, name: str, namespace: str, timeout: float = 600) -> dict:
 def injected(cluster, name: str, namespace: str, timeout: float = 240) -> dict:
     """The drill once its injection is recorded (an injection at offset 0 moves it through
     Injecting to Recovering at once)."""
-    return wait_for(lambda: (o := cluster.get("drill", name, namespace))
-                    and (o.get("status") or {}).get("injections") and o,
-                    timeout=timeout, interval=1, what=f"Drill {name} to inject")
+    drill = wait_for(lambda: (o := cluster.get("drill", name, namespace))
+                     and ((o.get("status") or {}).get("injections") or (o.get("status") or {}).get("verdict")) and o,
+                     timeout=timeout, interval=1, what=f"Drill {name} to inject")
+    assert drill["status"].get("injections"), f"Drill {name} ended before injecting: {drill['status'].get('message')}"
+    return drill
 
 
 def listed(cluster, kind: str, namespace: str, selector: str = "") -> list[dict]:
