@@ -92,6 +92,7 @@ def run(args) -> int:
         print(f"pimlab drill run: {error}", file=sys.stderr)
         return 1
     spec = DrillSpec.model_validate(drill["spec"])
+    report_cluster.use_the_labs_kubeconfig(ROOT)
     start(drill, args.namespace)
     print(f"..   Drill {args.namespace}/{args.name} started (deadline {spec.timeout})", flush=True)
     ended = follow(args.name, args.namespace, duration_seconds(spec.timeout) + FOLLOW_SLACK_SECONDS)

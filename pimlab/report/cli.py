@@ -14,6 +14,7 @@ from pimlab_operator import kube
 
 
 def report_drill(args) -> int:
+    cluster.use_the_labs_kubeconfig(Path(__file__).resolve().parents[2])
     try:
         evidence = cluster.read(args.name, args.namespace, args.prometheus)
     except (LookupError, kube.ApiError, urllib3.exceptions.HTTPError, OSError, RuntimeError) as error:

@@ -5,8 +5,10 @@ request's trace id (through the project's apiserver client, `pimlab_operator.kub
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from api_services.catalog import NAMES
@@ -71,6 +73,13 @@ def trace_logs(lab: str | None, namespace: str, trace_id: str, since: datetime |
         return TraceLogs(missing=f"no pod matches {selector} in {namespace} (the pods of the run are gone)",
                          source=source)
     return TraceLogs(lines[:MAX_LOG_LINES], source=source)
+
+
+def use_the_labs_kubeconfig(root: Path) -> None:
+    """Without $KUBECONFIG, talk to the lab `make lab` runs from `root` (its `.lab/kubeconfig`)."""
+    kubeconfig = root / ".lab" / "kubeconfig"
+    if "KUBECONFIG" not in os.environ and kubeconfig.exists():
+        os.environ["KUBECONFIG"] = str(kubeconfig)
 
 
 def from_the_host(url: str) -> str:

@@ -57,6 +57,9 @@ def _shards(lab: dict | None, namespace: str) -> list[dict]:
     return kube.list_objects(API_VERSION, "Shard", namespace, selector_string(selector))
 
 
+NO_TRAFFIC = "no traffic recorded in the window"
+
+
 def slo_over_window(namespace: str, name: str, window: tuple[dt.datetime, dt.datetime], url: str | None) -> judge.SloReading:
     """One hypothesis SLO over the drill's window: its SLI's error ratio and event rate at the
     window's end over the window's length (the SLO's own PromQL), its page alerts firing now
@@ -82,7 +85,7 @@ def slo_over_window(namespace: str, name: str, window: tuple[dt.datetime, dt.dat
     pages = tuple(sorted({a.alert for a in firing_alerts(now["alerts"]) if a.severity == "page"}))
     return replace(base, error_ratio=ratio, total_rate=total, firing_pages=pages,
                    lifetime_remaining=now["series"].get("slo:error_budget:remaining_ratio"),
-                   problem=None if ratio is not None else "no traffic recorded in the window")
+                   problem=None if ratio is not None else NO_TRAFFIC)
 
 
 def budget_left(namespace: str, name: str, lab: dict | None, now: dt.datetime, url: str | None) -> float | None:
@@ -100,7 +103,10 @@ def budget_left(namespace: str, name: str, lab: dict | None, now: dt.datetime, u
     seconds = (now - start).total_seconds()
     if seconds <= 0:
         return None
-    burned = judge.budget(slo_over_window(namespace, name, (start, now), url), seconds, None).burned
+    reading = slo_over_window(namespace, name, (start, now), url)
+    if reading.problem == NO_TRAFFIC:
+        return 1.0  # nothing asked of the SLO yet: nothing burned
+    burned = judge.budget(reading, seconds, None).burned
     return None if burned is None else round(1 - burned, 6)
 
 
