@@ -13,9 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from pimlab.report import cli as report_cli
 from pimlab.report import cluster as report_cluster
-from pimlab.report import document
-from pimlab.report.drill import build
 from pimlab.waiting import wait_for
 from pimlab_operator import kube
 from pimlab_operator.drill.model import DrillSpec
@@ -76,15 +75,6 @@ def verdict_lines(drill: dict) -> list[str]:
     return lines
 
 
-def report(name: str, namespace: str, out_dir: Path, prometheus_url: str | None) -> list[Path]:
-    evidence = report_cluster.read(name, namespace, prometheus_url)
-    built = build(evidence.drill, evidence.slos, evidence.prometheus_url, evidence.slowest, evidence.logs)
-    for section in built.sections:
-        if section.missing:
-            print(f"     figure missing: {section.title}: {section.missing}")
-    return document.write(built, out_dir)
-
-
 def run(args) -> int:
     try:
         drill = declared(Path(args.file), args.name)
@@ -98,7 +88,7 @@ def run(args) -> int:
     ended = follow(args.name, args.namespace, duration_seconds(spec.timeout) + FOLLOW_SLACK_SECONDS)
     print("\n".join(verdict_lines(ended)))
     out_dir = Path(args.report or ROOT / ".lab" / "reports" / args.name)
-    written = report(args.name, args.namespace, out_dir, args.prometheus)
+    written = report_cli.write_report(args.name, args.namespace, out_dir, args.prometheus)
     print(f"report: {next((p for p in written if p.suffix == '.html'), out_dir)}")
     return 0 if (ended.get("status") or {}).get("verdict") == "Passed" else 2
 

@@ -83,18 +83,17 @@ def register(operator_settings: Settings) -> None:
         lambda body, **_: ctx.memory.forget(("Shard", body["metadata"]["namespace"], body["metadata"]["name"]),
                                             body["metadata"].get("uid")))
     _register_failover_timer(ctx, BY_NAME["Shard"])
-    kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-cleanup",
-                  when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
-        lambda body, **_: chaos.finalize(dict(body)))
-    kopf.on.event(GROUP, VERSION, ChaosExperiment.crd.plural, id="chaosexperiment-forget",
-                  when=lambda type, **_: type == "DELETED")(
-        lambda body, **_: metrics.forget_chaos_experiment(body["metadata"]["namespace"], body["metadata"]["name"]))
-    kopf.on.event(GROUP, VERSION, Drill.crd.plural, id="drill-cleanup",
-                  when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
-        lambda body, **_: drill.finalize(dict(body)))
-    kopf.on.event(GROUP, VERSION, Drill.crd.plural, id="drill-forget",
-                  when=lambda type, **_: type == "DELETED")(
-        lambda body, **_: metrics.forget_drill(body["metadata"]["namespace"], body["metadata"]["name"]))
+    # kinds whose deletion restores what they changed (a finalizer of their own) and whose
+    # metric series go with them
+    for model, finalize, forget in ((ChaosExperiment, chaos.finalize, metrics.forget_chaos_experiment),
+                                    (Drill, drill.finalize, metrics.forget_drill)):
+        prefix = model.__name__.lower()
+        kopf.on.event(GROUP, VERSION, model.crd.plural, id=f"{prefix}-cleanup",
+                      when=lambda body, **_: bool(body.get("metadata", {}).get("deletionTimestamp")))(
+            lambda body, finalize=finalize, **_: finalize(dict(body)))
+        kopf.on.event(GROUP, VERSION, model.crd.plural, id=f"{prefix}-forget",
+                      when=lambda type, **_: type == "DELETED")(
+            lambda body, forget=forget, **_: forget(body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 def _register_failover_timer(ctx: Context, kind: Kind) -> None:

@@ -13,19 +13,26 @@ from pimlab.report.drill import build
 from pimlab_operator import kube
 
 
-def report_drill(args) -> int:
-    cluster.use_the_labs_kubeconfig(Path(__file__).resolve().parents[2])
-    try:
-        evidence = cluster.read(args.name, args.namespace, args.prometheus)
-    except (LookupError, kube.ApiError, urllib3.exceptions.HTTPError, OSError, RuntimeError) as error:
-        print(f"pimlab report drill: {error}", file=sys.stderr)
-        return 1
+def write_report(name: str, namespace: str, out_dir: Path, prometheus_url: str | None) -> list[Path]:
+    """Read the Drill and what it names, write its report into `out_dir`; say which figures are
+    missing and why (stderr). Raises what reading the cluster raises."""
+    evidence = cluster.read(name, namespace, prometheus_url)
     report = build(evidence.drill, evidence.slos, evidence.prometheus_url, evidence.slowest, evidence.logs)
-    for path in document.write(report, Path(args.out)):
-        print(path)
     for section in report.sections:
         if section.missing:
             print(f"figure missing: {section.title}: {section.missing}", file=sys.stderr)
+    return document.write(report, out_dir)
+
+
+def report_drill(args) -> int:
+    cluster.use_the_labs_kubeconfig(Path(__file__).resolve().parents[2])
+    try:
+        written = write_report(args.name, args.namespace, Path(args.out), args.prometheus)
+    except (LookupError, kube.ApiError, urllib3.exceptions.HTTPError, OSError, RuntimeError) as error:
+        print(f"pimlab report drill: {error}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
     return 0
 
 
